@@ -1,0 +1,341 @@
+"""A bounded stage pipeline: source -> stage threads -> sink, in order, with back-pressure or dropping.
+
+    stats = Pipeline(reader, stages=[("crop", crop), ("infer", infer)], sink=writer.write_frame,
+                     policy="offline", finalize=writer.close).run()
+
+Each stage runs in its own named thread and takes items from a bounded `queue.Queue(depth)`; one thread
+per stage and FIFO queues keep the order of items. Policies:
+
+- offline: every put blocks while the next queue is full (lossless back-pressure: the source is read only
+  as fast as the slowest stage).
+- live: the source never waits; when the first queue is full its oldest item is discarded to make room for
+  the newest (`PipelineStats.dropped` counts them), so latency stays bounded by the queue depths. Later
+  queues block as in offline mode.
+
+Stopping:
+- end of input: everything in flight is processed, then the sink is finalised.
+- `stop()`, the `quit_event`, a first Ctrl-C (KeyboardInterrupt in the calling thread or raised by the
+  source) or a source error (e.g. a truncated file): reading stops and the frames already read are
+  drained through every stage to the sink (at most depth x (stages + 1) frames), so the output holds
+  exactly the frames read so far. A second Ctrl-C aborts and discards what is in flight.
+- an exception in a stage or the sink: all threads stop at once, in-flight items are discarded.
+In every case `run()` returns or raises only after all threads have stopped and `finalize` has run. The
+first error wins and is re-raised by `run()`; an interrupt is not an error: `run()` returns stats with
+`interrupted=True`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+__all__ = ["Pipeline", "PipelineStats", "StageStats"]
+
+_END = object()
+_POLL_S = 0.05
+_WINDOW = 100_000  # timing samples kept per stage (percentiles over the most recent frames)
+
+
+class _Abort(Exception):
+    """Raised inside pipeline threads to unwind when the run is aborted."""
+
+
+@dataclass(frozen=True)
+class StageStats:
+    """Wall time of one stage's calls: count over the whole run, ms figures over the recent window."""
+
+    name: str
+    count: int
+    median_ms: float
+    p95_ms: float
+    mean_ms: float
+
+
+@dataclass(frozen=True)
+class PipelineStats:
+    frames_in: int  # items taken from the source
+    frames_out: int  # items the sink accepted
+    dropped: int  # live policy: items discarded at the source queue
+    wall_s: float
+    fps: float  # frames_out / wall_s
+    stages: dict[str, StageStats] = field(default_factory=dict)  # "source", each stage, "sink"
+    interrupted: bool = False
+    reason: str = ""
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.frames_out} frames out of {self.frames_in} read, {self.dropped} dropped, "
+            f"{self.wall_s:.2f} s, {self.fps:.1f} FPS ({self.reason})"
+        ]
+        for s in self.stages.values():
+            lines.append(f"  {s.name:>10}: median {s.median_ms:7.2f} ms  p95 {s.p95_ms:7.2f} ms  n={s.count}")
+        return "\n".join(lines)
+
+
+class _Timer:
+    def __init__(self, name: str):
+        self.name = name
+        self.count = 0
+        self.samples: deque[float] = deque(maxlen=_WINDOW)
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.samples.append(seconds)
+
+    def stats(self) -> StageStats:
+        s = np.fromiter(list(self.samples), dtype=np.float64) * 1e3
+        if s.size == 0:
+            return StageStats(self.name, self.count, 0.0, 0.0, 0.0)
+        return StageStats(self.name, self.count, float(np.median(s)), float(np.percentile(s, 95)), float(s.mean()))
+
+
+class Pipeline:
+    """source: iterable of items (e.g. `Frame`s); stages: (name, fn) pairs, fn(item) -> item, run in order;
+    sink(item): consumes the last stage's output; finalize(): called once at the end, whatever happened
+    (e.g. `VideoWriter.close`). policy: "offline" or "live"; depth: capacity of each queue (>= 1).
+    quit_event: setting it stops the run gracefully (as stop() does), e.g. from a preview window."""
+
+    def __init__(
+        self,
+        source: Iterable[Any],
+        stages: Sequence[tuple[str, Callable[[Any], Any]]] = (),
+        sink: Callable[[Any], Any] = lambda item: None,
+        *,
+        policy: str = "offline",
+        depth: int = 2,
+        finalize: Callable[[], Any] | None = None,
+        quit_event: threading.Event | None = None,
+    ):
+        if policy not in ("offline", "live"):
+            raise ValueError(f"policy must be 'offline' or 'live', got {policy!r}")
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        names = [name for name, _ in stages]
+        if len(set(names)) != len(names) or {"source", "sink"} & set(names):
+            raise ValueError(f"stage names must be unique and not 'source'/'sink', got {names}")
+        self._source = source
+        self._stages = list(stages)
+        self._sink = sink
+        self._finalize = finalize
+        self.policy = policy
+        self.depth = depth
+        self.quit_event = quit_event or threading.Event()
+        self._queues = [queue.Queue(maxsize=depth) for _ in range(len(self._stages) + 1)]
+        self._timers = {n: _Timer(n) for n in ["source", *names, "sink"]}
+        self._stop_reading = threading.Event()
+        self._abort = threading.Event()
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._interrupted = False
+        self._reason = ""
+        self._frames_in = 0
+        self._frames_out = 0
+        self._dropped = 0
+        self._t0: float | None = None
+        self._t1: float | None = None
+        self._ran = False
+
+    # ----------------------------------------------------------------------------------------- control
+    def stop(self) -> None:
+        """Stop reading; frames already read are still processed and delivered (thread-safe)."""
+        self._stop_reading.set()
+
+    def _fail(self, exc: BaseException, where: str) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = exc
+                self._reason = f"error in {where}: {type(exc).__name__}: {exc}"
+        self._abort.set()
+
+    def _interrupt(self, drain: bool) -> None:
+        with self._lock:
+            self._interrupted = True
+            if not self._reason:
+                self._reason = "interrupted" + ("" if drain else ", in-flight frames discarded")
+        (self._stop_reading if drain else self._abort).set()
+
+    # ----------------------------------------------------------------------------------------- queues
+    def _put(self, q: queue.Queue, item: Any) -> None:
+        while True:
+            if self._abort.is_set():
+                raise _Abort
+            try:
+                q.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def _put_newest(self, q: queue.Queue, item: Any) -> None:
+        """Live source put: never wait; evict the oldest queued item instead."""
+        while True:
+            try:
+                q.put_nowait(item)
+                return
+            except queue.Full:
+                try:
+                    q.get_nowait()
+                    with self._lock:
+                        self._dropped += 1
+                except queue.Empty:
+                    pass
+
+    def _get(self, q: queue.Queue) -> Any:
+        while True:
+            if self._abort.is_set():
+                raise _Abort
+            try:
+                return q.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+
+    # ----------------------------------------------------------------------------------------- threads
+    def _run_source(self) -> None:
+        q = self._queues[0]
+        put = self._put_newest if self.policy == "live" else self._put
+        timer = self._timers["source"]
+        try:
+            it = iter(self._source)
+            while not self._stop_reading.is_set() and not self.quit_event.is_set():
+                t = time.perf_counter()
+                try:
+                    item = next(it)
+                except StopIteration:
+                    break
+                except KeyboardInterrupt:
+                    self._interrupt(drain=True)
+                    break
+                except BaseException as e:
+                    # Keep what was read: drain it to the sink, then report the source's error.
+                    with self._lock:
+                        if self._error is None:
+                            self._error = e
+                            self._reason = f"source failed: {type(e).__name__}: {e}"
+                    break
+                timer.add(time.perf_counter() - t)
+                with self._lock:
+                    self._frames_in += 1
+                put(q, item)
+            with self._lock:
+                if (self.quit_event.is_set() or self._stop_reading.is_set()) and not self._reason:
+                    self._reason = "stopped"
+            # The end marker must get through even in live mode, where put would evict frames instead.
+            self._put(q, _END)
+        except _Abort:
+            pass
+        except BaseException as e:
+            self._fail(e, "source")
+
+    def _run_stage(self, index: int) -> None:
+        name, fn = self._stages[index]
+        q_in, q_out = self._queues[index], self._queues[index + 1]
+        timer = self._timers[name]
+        try:
+            while True:
+                item = self._get(q_in)
+                if item is _END:
+                    self._put(q_out, _END)
+                    return
+                t = time.perf_counter()
+                out = fn(item)
+                timer.add(time.perf_counter() - t)
+                self._put(q_out, out)
+        except _Abort:
+            pass
+        except KeyboardInterrupt:
+            self._interrupt(drain=False)
+        except BaseException as e:
+            self._fail(e, f"stage {name!r}")
+
+    def _run_sink(self) -> None:
+        q_in = self._queues[-1]
+        timer = self._timers["sink"]
+        try:
+            while True:
+                item = self._get(q_in)
+                if item is _END:
+                    return
+                t = time.perf_counter()
+                self._sink(item)
+                timer.add(time.perf_counter() - t)
+                with self._lock:
+                    self._frames_out += 1
+        except _Abort:
+            pass
+        except KeyboardInterrupt:
+            self._interrupt(drain=False)
+        except BaseException as e:
+            self._fail(e, "sink")
+        finally:
+            self._done.set()
+
+    # ----------------------------------------------------------------------------------------- run
+    def run(self) -> PipelineStats:
+        """Run to the end (or stop/interrupt/error); see the module doc for what happens to frames."""
+        if self._ran:
+            raise RuntimeError("a Pipeline runs once; build a new one")
+        self._ran = True
+        self._t0 = time.perf_counter()
+        threads = [threading.Thread(target=self._run_source, name="source", daemon=True)]
+        threads += [
+            threading.Thread(target=self._run_stage, args=(i,), name=name, daemon=True)
+            for i, (name, _) in enumerate(self._stages)
+        ]
+        threads.append(threading.Thread(target=self._run_sink, name="sink", daemon=True))
+        finalize_error: BaseException | None = None
+        try:
+            for t in threads:
+                t.start()
+            self._wait(threads)
+        finally:
+            self._t1 = time.perf_counter()
+            if self._finalize is not None:
+                try:
+                    self._finalize()
+                except BaseException as e:
+                    finalize_error = e
+        if self._error is not None:
+            if finalize_error is not None and hasattr(self._error, "add_note"):  # Python >= 3.11
+                self._error.add_note(f"finalize() also failed: {type(finalize_error).__name__}: {finalize_error}")
+            raise self._error
+        if finalize_error is not None:
+            raise finalize_error
+        if not self._reason:
+            self._reason = "end of input"
+        return self.snapshot()
+
+    def _wait(self, threads: list[threading.Thread]) -> None:
+        """Wait for the sink to finish (or an abort), then for every thread; Ctrl-C escalates."""
+        while True:
+            try:
+                while not self._done.wait(_POLL_S):
+                    if self.quit_event.is_set():
+                        self._stop_reading.set()
+                    if self._abort.is_set():
+                        break
+                for t in threads:
+                    # A source blocked inside a device read cannot be woken; do not hang on it forever.
+                    t.join(timeout=5.0 if t.name == "source" else None)
+                return
+            except KeyboardInterrupt:
+                self._interrupt(drain=not self._interrupted)
+
+    def snapshot(self) -> PipelineStats:
+        """Statistics so far (callable while running, e.g. for a live FPS readout)."""
+        end = self._t1 if self._t1 is not None else time.perf_counter()
+        wall = (end - self._t0) if self._t0 is not None else 0.0
+        with self._lock:
+            fin, fout, dropped = self._frames_in, self._frames_out, self._dropped
+            interrupted, reason = self._interrupted, self._reason
+        return PipelineStats(
+            frames_in=fin, frames_out=fout, dropped=dropped, wall_s=wall,
+            fps=fout / wall if wall > 0 else 0.0,
+            stages={n: t.stats() for n, t in self._timers.items()},
+            interrupted=interrupted, reason=reason,
+        )

@@ -1,0 +1,223 @@
+"""The bounded stage pipeline: order, policies, errors, interrupts, stats; with real clips and writers."""
+
+from __future__ import annotations
+
+import _thread
+import random
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from capture.stream import Pipeline, VideoError, VideoReader, VideoWriter
+from capture.stream.clips import make_test_clip, read_frame_number
+
+
+def _jitter(seed: int, fn=lambda x: x, max_ms: float = 3.0):
+    rng = random.Random(seed)
+    lock = threading.Lock()
+
+    def stage(x):
+        with lock:
+            delay = rng.random() * max_ms / 1e3
+        time.sleep(delay)
+        return fn(x)
+
+    return stage
+
+
+def _numbers(path):
+    with VideoReader(path) as r:  # raises VideoError if the file is not complete and playable
+        return [read_frame_number(f.image) for f in r]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clips") / "src.mp4"
+    make_test_clip(path, frames=30, fps=25, audio=True)
+    return path
+
+
+def test_order_preserved_under_random_stage_delays():
+    out = []
+    stats = Pipeline(
+        range(80),
+        stages=[("a", _jitter(1, lambda x: x * 3)), ("b", _jitter(2, lambda x: x + 1)), ("c", _jitter(3))],
+        sink=out.append, policy="offline", depth=2,
+    ).run()
+    assert out == [3 * i + 1 for i in range(80)]
+    assert (stats.frames_in, stats.frames_out, stats.dropped) == (80, 80, 0)
+    assert stats.reason == "end of input" and not stats.interrupted
+    assert set(stats.stages) == {"source", "a", "b", "c", "sink"}
+    assert all(s.count == 80 for s in stats.stages.values() if s.name != "source")
+
+
+def test_offline_never_drops_with_a_slow_consumer():
+    out = []
+    stats = Pipeline(range(40), stages=[("id", lambda x: x)],
+                     sink=lambda x: (time.sleep(0.004), out.append(x)), policy="offline", depth=1).run()
+    assert out == list(range(40)) and stats.dropped == 0
+
+
+def test_live_drops_oldest_and_counts_drops_with_a_slow_consumer():
+    def camera():  # a fast source that must never wait for the consumer
+        for i in range(60):
+            time.sleep(0.001)
+            yield i
+
+    out = []
+    stats = Pipeline(camera(), stages=[("id", lambda x: x)],
+                     sink=lambda x: (time.sleep(0.02), out.append(x)), policy="live", depth=1).run()
+    assert stats.dropped > 20
+    assert stats.frames_in == 60 and stats.frames_out + stats.dropped == 60 == len(out) + stats.dropped
+    assert out == sorted(out)  # still in order
+    assert out[-1] == 59  # the newest frame survives (drop-newest would have lost it)
+
+
+def test_stage_timing_stats_measure_the_stage():
+    stats = Pipeline(range(15), stages=[("sleep", lambda x: (time.sleep(0.01), x)[1])]).run()
+    s = stats.stages["sleep"]
+    assert s.count == 15 and 9.5 <= s.median_ms <= 30 and s.median_ms <= s.p95_ms
+    assert stats.stages["sink"].median_ms < 5
+
+
+def test_stage_exception_propagates_and_writer_output_is_playable(clip, tmp_path):
+    out = tmp_path / "out.mp4"
+
+    def explode(frame):
+        if frame.index == 15:
+            raise ValueError("bad frame 15")
+        return frame
+
+    with VideoReader(clip) as r:
+        w = VideoWriter(out, r.width, r.height, fps=r.fps, time_base=r.time_base, audio_from=clip)
+        with pytest.raises(ValueError, match="bad frame 15"):
+            Pipeline(r, stages=[("jitter", _jitter(4)), ("explode", explode)], sink=w.write_frame,
+                     finalize=w.close).run()
+    with pytest.raises(VideoError, match="after close"):
+        w.write(np.zeros((r.height, r.width, 3), np.uint8))
+    assert not any(t.name in ("source", "jitter", "explode", "sink")
+                                 for t in threading.enumerate())
+    got = _numbers(out)
+    assert got == list(range(len(got))) and len(got) <= 15
+
+
+def test_first_error_wins():
+    def a(x):
+        if x == 2:
+            raise RuntimeError("A failed")
+        return x
+
+    def b(x):
+        time.sleep(0.1)
+        raise RuntimeError("B failed")
+
+    with pytest.raises(RuntimeError, match="A failed"):
+        Pipeline(range(10), stages=[("a", a), ("b", b)]).run()
+
+
+def test_keyboard_interrupt_from_source_leaves_exact_partial_file(clip, tmp_path):
+    out = tmp_path / "partial.mp4"
+    with VideoReader(clip) as r:
+
+        def source():
+            for frame in r:
+                if frame.index == 20:
+                    raise KeyboardInterrupt
+                yield frame
+
+        with VideoWriter(out, r.width, r.height, fps=r.fps, time_base=r.time_base, audio_from=clip) as w:
+            stats = Pipeline(source(), stages=[("a", _jitter(5)), ("b", _jitter(6))],
+                             sink=w.write_frame, depth=2).run()
+    assert stats.interrupted and stats.frames_in == stats.frames_out == 20
+    assert _numbers(out) == list(range(20))
+
+
+def test_ctrl_c_in_calling_thread_drains_and_returns():
+    def endless():
+        i = 0
+        while True:
+            time.sleep(0.002)
+            yield i
+            i += 1
+
+    out = []
+    threading.Timer(0.2, _thread.interrupt_main).start()
+    stats = Pipeline(endless(), stages=[("s", _jitter(7))], sink=out.append).run()
+    assert stats.interrupted and stats.reason == "interrupted"
+    assert stats.frames_in == stats.frames_out == len(out) > 10 and out == list(range(len(out)))
+
+
+def test_quit_event_stops_gracefully():
+    quit_event = threading.Event()
+    out = []
+
+    def sink(x):
+        out.append(x)
+        if x == 9:
+            quit_event.set()
+
+    stats = Pipeline(iter(range(1000)), sink=sink, quit_event=quit_event, depth=1).run()
+    assert stats.reason == "stopped" and not stats.interrupted
+    assert 10 <= len(out) == stats.frames_in < 1000 and out == list(range(len(out)))
+
+
+def test_truncated_source_is_written_then_error_raised(clip, tmp_path):
+    cut, out = tmp_path / "cut.mkv", tmp_path / "out.mp4"
+    full = tmp_path / "full.mkv"
+    make_test_clip(full, frames=50, fps=25)
+    data = full.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with VideoReader(cut) as r:
+        with VideoWriter(out, r.width, r.height, fps=r.fps, time_base=r.time_base) as w:
+            seen = []
+            with pytest.raises(VideoError, match="truncated"):
+                Pipeline(r, stages=[("n", lambda f: (seen.append(f.index), f)[1])], sink=w.write_frame).run()
+    assert _numbers(out)[:10] == list(range(10)) and len(_numbers(out)) == len(seen) > 10
+
+
+def test_package_docstring_example(clip, tmp_path):
+    """The example in capture/stream/__init__.py, run as written (with a concrete stage)."""
+    from capture.stream import VideoReader as VR, VideoWriter as VW  # noqa: N814
+    from capture.stream.reader import Frame
+
+    def flip(f):
+        return Frame(f.index, np.ascontiguousarray(f.image[:, ::-1]), f.pts, f.time_base, f.time)
+
+    out = str(tmp_path / "out.mp4")
+    with VR(clip) as reader, VW(out, reader.width, reader.height, fps=reader.fps,
+                                time_base=reader.time_base, audio_from=clip) as writer:
+        stats = Pipeline(reader, stages=[("flip", flip)], sink=writer.write_frame).run()
+    assert stats.frames_out == 30
+    with VideoReader(out) as r:
+        first = next(iter(r)).image
+    assert read_frame_number(first[:, ::-1]) == 0 and first[2:6, -6:-2, 0].mean() > 200  # marker now top-right
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="policy"):
+        Pipeline([], policy="fast")
+    with pytest.raises(ValueError, match="depth"):
+        Pipeline([], depth=0)
+    with pytest.raises(ValueError, match="unique"):
+        Pipeline([], stages=[("a", id), ("a", id)])
+
+
+def test_live_file_source_recording_with_drops(tmp_path):
+    from capture.stream import open_camera
+
+    src, out = tmp_path / "cam.mp4", tmp_path / "rec.mp4"
+    make_test_clip(src, frames=20, fps=50)
+    with open_camera(str(src)) as cam, VideoWriter(out, cam.width, cam.height, fps=cam.fps,
+                                                   time_base=cam.time_base, origin=None) as w:
+        stats = Pipeline(cam, stages=[("slow", lambda f: (time.sleep(0.05), f)[1])], sink=w.write_frame,
+                         policy="live", depth=1).run()
+    assert cam.ended_reason == "end of file"
+    assert stats.dropped > 5 and stats.frames_out + stats.dropped == 20
+    with VideoReader(out) as r:
+        frames = list(r)
+    numbers = [read_frame_number(f.image) for f in frames]
+    assert len(frames) == stats.frames_out and numbers == sorted(numbers) and numbers[-1] == 19
+    # Recorded at the source's own times, shifted so the first kept frame is at 0.
+    assert [f.time for f in frames] == pytest.approx([(n - numbers[0]) / 50 for n in numbers])
