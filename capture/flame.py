@@ -341,6 +341,8 @@ class FLAME(torch.nn.Module):
         self.register_buffer("full_lmk_bary_coords", f32(lmk.full_lmk_bary_coords))
         # A host copy of the tree so that forward never reads a (possibly GPU) tensor back to Python.
         self._parents = tuple(_parents_list(flame.parents))
+        # Same signature as `lbs`; capture.lbs_cuda.CudaLBS.from_flame(self) can be put here on a GPU.
+        self.lbs_impl = lbs
 
     def forward(
         self,
@@ -368,7 +370,7 @@ class FLAME(torch.nn.Module):
 
         full_pose = torch.cat([pose[:, :3], neck_pose, pose[:, 3:], eye_pose], dim=1)  # [B, 15]
         betas = torch.cat([shape, expression], dim=1)
-        vertices, joints = lbs(
+        vertices, joints = self.lbs_impl(
             betas, full_pose, self.v_template, self.shapedirs, self.posedirs,
             self.J_regressor, self._parents, self.lbs_weights,
         )
