@@ -1,0 +1,433 @@
+"""CPU rasterizer: exact fixed-point coverage, a z-buffer, two interchangeable kernels.
+
+Geometry (shared by both kernels, see docs/conventions.md):
+- NDC vertices go to pixel coordinates (pixel centres at integers) and are snapped to 1/256 pixel
+  (`SUBPIXEL_BITS`), as GPUs do. Edge functions are then exact int64 arithmetic, so a pixel centre on an
+  edge shared by two triangles is given to exactly one of them (top-left rule): no holes, no double cover.
+- Top-left rule in our y-down image: a centre exactly on an edge counts when that edge is a left edge
+  (the triangle's interior is to its right) or a horizontal top edge (interior below it).
+- Barycentrics are screen-space (not perspective-corrected), from the snapped edge functions, so covered
+  pixels always get weights in [0, 1] that sum to 1. Depth = barycentric blend of vertex z; the smallest z
+  in [near, far] wins; equal depths go to the lower face index. No back-face culling.
+- Vertices outside a guard band of +-2^20 pixels, or non-finite ones, drop their triangles.
+
+Kernels (`CpuRasterizer(kernel=...)`):
+- "torch": pure vectorised torch. For every (triangle, bounding-box row) the exact span of covered pixel
+  centres is solved from the three integer edge inequalities; only covered pixels are expanded (in
+  chunks), and the z-buffer is resolved with two scatter-min passes (depth, then face index).
+- "c": the same arithmetic in a small C loop, compiled with the system C compiler on first use and cached
+  (keyed by source hash) in the capture cache dir; about 10x faster. Bit-identical results.
+- "auto" (default): "c" when it compiles, else "torch" (logged once).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+from .base import Fragments, Rasterizer, check_rasterize_inputs, empty_fragments
+from .conventions import DEPTH_FAR, DEPTH_NEAR, ndc_to_pixel
+
+log = logging.getLogger(__name__)
+
+SUBPIXEL_BITS = 8
+SUBPIXEL = 1 << SUBPIXEL_BITS
+# Keeps every fixed-point coordinate below 2^28 so that edge functions (products of two differences,
+# doubled in the torch kernel) stay below 2^61.
+GUARD_PIXELS = float(1 << 20)
+KERNELS = ("auto", "c", "torch")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shared set-up: NDC -> snapped fixed-point pixel coordinates.
+
+def snap_vertices(vertices: torch.Tensor, size: Tuple[int, int]):
+    """[B, V, 3] NDC -> (fx, fy) [B, V] int64 in 1/SUBPIXEL pixels, z [B, V] float64, valid [B, V] bool."""
+    v = vertices.detach().to(device="cpu", dtype=torch.float64)
+    pix = ndc_to_pixel(v[..., :2], size)
+    valid = torch.isfinite(v).all(dim=-1) & (pix.abs() <= GUARD_PIXELS).all(dim=-1)
+    fixed = torch.where(valid.unsqueeze(-1), pix * SUBPIXEL, torch.zeros_like(pix)).round().to(torch.int64)
+    z = torch.where(valid, v[..., 2], torch.zeros_like(v[..., 2]))
+    return fixed[..., 0].contiguous(), fixed[..., 1].contiguous(), z.contiguous(), valid.contiguous()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pure torch kernel.
+
+def _floor_div(a: torch.Tensor, b) -> torch.Tensor:
+    return torch.div(a, b, rounding_mode="floor")
+
+
+def rasterize_torch(fx, fy, z, valid, faces, size, near=DEPTH_NEAR, far=DEPTH_FAR,
+                    chunk: int = 1 << 19):
+    """Vectorised rasterisation of snapped vertices (see `snap_vertices`); returns (face_id, bary, depth).
+
+    fx, fy: [B, V] int64; z: [B, V] float64; valid: [B, V] bool; faces: [F, 3] int64 (CPU).
+    Works per (triangle, row): the exact span of covered pixel centres is solved from the three integer
+    edge inequalities, then only covered pixels are expanded, `chunk` fragments at a time.
+    """
+    H, W = size
+    B = fx.shape[0]
+    F = faces.shape[0]
+    S = SUBPIXEL
+    take = torch.index_select  # much faster than advanced indexing for 1-D gathers on the CPU
+    face_id = torch.full((B * H * W,), -1, dtype=torch.int64)
+    bary = torch.zeros((B * H * W, 3), dtype=torch.float32)
+    depth = torch.full((B * H * W,), float("inf"), dtype=torch.float32)
+    empty = (face_id.view(B, H, W), bary.view(B, H, W, 3), depth.view(B, H, W))
+
+    # Per (batch, face) g = b * F + f: corners [B*F, 3].
+    X = fx[:, faces].reshape(B * F, 3)
+    Y = fy[:, faces].reshape(B * F, 3)
+    Z = z[:, faces].reshape(B * F, 3)
+    ok = valid[:, faces].all(dim=-1).reshape(B * F)
+    x0, x1, x2 = X.unbind(1)
+    y0, y1, y2 = Y.unbind(1)
+    area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
+    ok &= area != 0
+    sign = torch.sign(area)
+    abs_area = area.abs().to(torch.float64)  # rounded as the C kernel rounds (double)area
+
+    # Edge k runs a_k -> b_k and weighs the opposite vertex k: (v1->v2), (v2->v0), (v0->v1).
+    xa, ya = torch.stack([x1, x2, x0], 1), torch.stack([y1, y2, y0], 1)
+    xb, yb = torch.stack([x2, x0, x1], 1), torch.stack([y2, y0, y1], 1)
+    A = -(yb - ya) * sign[:, None]  # d(edge)/d(column), oriented so that the interior is positive
+    G = (xb - xa) * sign[:, None]  # d(edge)/d(row)
+    top_left = (A > 0) | ((A == 0) & (G > 0))
+    bias = (~top_left).to(torch.int64)  # inside edge k  <=>  e_k >= bias_k
+
+    cmin = (-_floor_div(-X.min(1).values, S)).clamp(min=0)
+    cmax = _floor_div(X.max(1).values, S).clamp(max=W - 1)
+    rmin = (-_floor_div(-Y.min(1).values, S)).clamp(min=0)
+    rmax = _floor_div(Y.max(1).values, S).clamp(max=H - 1)
+    ok &= (cmax >= cmin) & (rmax >= rmin)
+    g_ok = ok.nonzero().squeeze(1)
+    if g_ok.numel() == 0:
+        return empty
+
+    # One entry per (face, bounding-box row).
+    n_rows = take(rmax - rmin + 1, 0, g_ok)
+    row_g = torch.repeat_interleave(g_ok, n_rows)
+    row = take(rmin, 0, row_g) + torch.arange(row_g.numel()) - torch.repeat_interleave(
+        torch.cumsum(n_rows, 0) - n_rows, n_rows)
+    c0 = take(cmin, 0, row_g)
+    a = take(A, 0, row_g) * S  # edge change per column
+    e_row = take(A, 0, row_g) * (c0 * S)[:, None].sub(take(xa, 0, row_g)) + take(G, 0, row_g) * (
+        (row * S)[:, None].sub(take(ya, 0, row_g)))  # edge values at (row, cmin)
+    need = take(bias, 0, row_g) - e_row  # inside edge k at column c0 + j  <=>  a_k * j >= need_k
+    a_safe = torch.where(a == 0, torch.ones_like(a), a)
+    lo_k = torch.where(a > 0, -_floor_div(-need, a_safe), torch.zeros_like(a))  # ceil(need / a)
+    hi_k = torch.where(a < 0, _floor_div(-need, -a_safe), torch.full_like(a, W))  # floor(need / a)
+    hi_k = torch.where((a == 0) & (need > 0), torch.full_like(a, -1), hi_k)
+    lo = lo_k.max(dim=1).values.clamp(min=0)
+    hi = torch.minimum(hi_k.min(dim=1).values, take(cmax, 0, row_g) - c0)
+    count = (hi - lo + 1).clamp(min=0)
+    live = (count > 0).nonzero().squeeze(1)
+    if live.numel() == 0:
+        return empty
+    count = take(count, 0, live)
+    row_g = take(row_g, 0, live)
+    # Row table for the fragments: edge values at the span start, their per-column step, pixel index.
+    span_e = take(e_row, 0, live) + take(a, 0, live) * take(lo, 0, live)[:, None]
+    table = torch.cat([span_e, take(a, 0, live)], 1)
+    pixel_start = (row_g // F) * (H * W) + take(row, 0, live) * W + take(c0, 0, live) + take(lo, 0, live)
+
+    pixels, depths, gfaces, edges = [], [], [], []
+    ends = torch.cumsum(count, 0)
+    n_spans = int(count.numel())
+    start = 0
+    while start < n_spans:
+        offset = int(ends[start - 1]) if start else 0
+        stop = max(int(torch.searchsorted(ends, offset + chunk, right=True)), start + 1)
+        counts = count[start:stop]
+        seg = torch.repeat_interleave(torch.arange(start, stop), counts)
+        j = torch.arange(seg.numel()) - take(torch.cumsum(counts, 0) - counts, 0, seg - start)
+        t = take(table, 0, seg)
+        e = torch.addcmul(t[:, 0:3], t[:, 3:6], j[:, None])
+        g = take(row_g, 0, seg)
+        zf = take(Z, 0, g)
+        ef = e.to(torch.float64)
+        zz = (ef[:, 0] * zf[:, 0] + ef[:, 1] * zf[:, 1] + ef[:, 2] * zf[:, 2]) / take(abs_area, 0, g)
+        keep = ((zz >= near) & (zz <= far)).nonzero().squeeze(1)
+        pixels.append(take(take(pixel_start, 0, seg) + j, 0, keep))
+        depths.append(take(zz, 0, keep))
+        gfaces.append(take(g, 0, keep))
+        edges.append(take(e, 0, keep))
+        start = stop
+
+    pix = torch.cat(pixels)
+    zz = torch.cat(depths)
+    g = torch.cat(gfaces)
+    e = torch.cat(edges)
+    if pix.numel() == 0:
+        return empty
+    # Nearest depth per pixel, then the lowest face index among the fragments at that depth.
+    zbuf = torch.full((B * H * W,), float("inf"), dtype=torch.float64)
+    zbuf.scatter_reduce_(0, pix, zz, reduce="amin")
+    cand = (zz == take(zbuf, 0, pix)).nonzero().squeeze(1)
+    pc, gc = take(pix, 0, cand), take(g, 0, cand)
+    gbuf = torch.full((B * H * W,), torch.iinfo(torch.int64).max, dtype=torch.int64)
+    gbuf.scatter_reduce_(0, pc, gc, reduce="amin")
+    win = take(cand, 0, (gc == take(gbuf, 0, pc)).nonzero().squeeze(1))
+    wp, wg = take(pix, 0, win), take(g, 0, win)
+    face_id[wp] = wg % F
+    bary[wp] = (take(e, 0, win).to(torch.float64) / take(abs_area, 0, wg)[:, None]).to(torch.float32)
+    depth[wp] = take(zz, 0, win).to(torch.float32)
+    return face_id.view(B, H, W), bary.view(B, H, W, 3), depth.view(B, H, W)
+
+
+# ----------------------------------------------------------------------------------------------------
+# C kernel: the same arithmetic as `rasterize_torch`, one triangle at a time.
+
+_C_SOURCE = r"""
+#include <stdint.h>
+#include <math.h>
+
+static int64_t floor_div(int64_t a, int64_t b) {
+    int64_t q = a / b;
+    if ((a % b != 0) && ((a < 0) != (b < 0))) q -= 1;
+    return q;
+}
+
+/* fx, fy: [B, V] fixed-point pixel coords; z: [B, V]; valid: [B, V]; faces: [F, 3].
+   Outputs face_id [B, H, W], bary [B, H, W, 3], depth [B, H, W]; zbuf: scratch [H * W]. */
+int capture_rasterize(int64_t B, int64_t V, int64_t F, int64_t H, int64_t W, int64_t S,
+                      const int64_t *fx, const int64_t *fy, const double *z, const uint8_t *valid,
+                      const int64_t *faces, double near_z, double far_z,
+                      int64_t *face_id, float *bary, float *depth, double *zbuf)
+{
+    const int64_t HW = H * W;
+    for (int64_t b = 0; b < B; ++b) {
+        const int64_t *X = fx + b * V, *Y = fy + b * V;
+        const double *Z = z + b * V;
+        const uint8_t *ok = valid + b * V;
+        int64_t *fid = face_id + b * HW;
+        float *bc = bary + b * HW * 3;
+        float *dp = depth + b * HW;
+        for (int64_t i = 0; i < HW; ++i) {
+            zbuf[i] = INFINITY;
+            fid[i] = -1;
+            bc[3 * i] = bc[3 * i + 1] = bc[3 * i + 2] = 0.0f;
+        }
+        for (int64_t f = 0; f < F; ++f) {
+            const int64_t i0 = faces[3 * f], i1 = faces[3 * f + 1], i2 = faces[3 * f + 2];
+            if (!(ok[i0] && ok[i1] && ok[i2])) continue;
+            const int64_t x0 = X[i0], x1 = X[i1], x2 = X[i2];
+            const int64_t y0 = Y[i0], y1 = Y[i1], y2 = Y[i2];
+            int64_t area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0);
+            if (area == 0) continue;
+            const int64_t s = area > 0 ? 1 : -1;
+            area *= s;
+            const int64_t xa[3] = {x1, x2, x0}, ya[3] = {y1, y2, y0};
+            const int64_t xb[3] = {x2, x0, x1}, yb[3] = {y2, y0, y1};
+            int64_t A[3], G[3], bias[3];
+            for (int k = 0; k < 3; ++k) {
+                A[k] = -(yb[k] - ya[k]) * s;
+                G[k] = (xb[k] - xa[k]) * s;
+                bias[k] = (A[k] > 0 || (A[k] == 0 && G[k] > 0)) ? 0 : 1;
+            }
+            int64_t xmin = x0 < x1 ? x0 : x1; xmin = xmin < x2 ? xmin : x2;
+            int64_t xmax = x0 > x1 ? x0 : x1; xmax = xmax > x2 ? xmax : x2;
+            int64_t ymin = y0 < y1 ? y0 : y1; ymin = ymin < y2 ? ymin : y2;
+            int64_t ymax = y0 > y1 ? y0 : y1; ymax = ymax > y2 ? ymax : y2;
+            int64_t cmin = -floor_div(-xmin, S), cmax = floor_div(xmax, S);
+            int64_t rmin = -floor_div(-ymin, S), rmax = floor_div(ymax, S);
+            if (cmin < 0) cmin = 0;
+            if (rmin < 0) rmin = 0;
+            if (cmax > W - 1) cmax = W - 1;
+            if (rmax > H - 1) rmax = H - 1;
+            const double za = Z[i0], zb = Z[i1], zc = Z[i2], area_d = (double)area;
+            for (int64_t r = rmin; r <= rmax; ++r) {
+                const int64_t py = r * S;
+                int64_t e0 = A[0] * (cmin * S - xa[0]) + G[0] * (py - ya[0]);
+                int64_t e1 = A[1] * (cmin * S - xa[1]) + G[1] * (py - ya[1]);
+                int64_t e2 = A[2] * (cmin * S - xa[2]) + G[2] * (py - ya[2]);
+                const int64_t s0 = A[0] * S, s1 = A[1] * S, s2 = A[2] * S;
+                for (int64_t c = cmin; c <= cmax; ++c, e0 += s0, e1 += s1, e2 += s2) {
+                    if (e0 < bias[0] || e1 < bias[1] || e2 < bias[2]) continue;
+                    const double zz = ((double)e0 * za + (double)e1 * zb + (double)e2 * zc) / area_d;
+                    if (!(zz >= near_z && zz <= far_z)) continue;
+                    const int64_t idx = r * W + c;
+                    if (zz < zbuf[idx]) {
+                        zbuf[idx] = zz;
+                        fid[idx] = f;
+                        bc[3 * idx] = (float)((double)e0 / area_d);
+                        bc[3 * idx + 1] = (float)((double)e1 / area_d);
+                        bc[3 * idx + 2] = (float)((double)e2 / area_d);
+                    }
+                }
+            }
+        }
+        for (int64_t i = 0; i < HW; ++i) dp[i] = (float)zbuf[i];
+    }
+    return 0;
+}
+"""
+# No FMA contraction: the C loop must round exactly like the torch kernel's separate multiply and add.
+_C_FLAGS = ["-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math"]
+
+_c_lock = threading.Lock()
+_c_state: dict = {}
+
+
+def _cache_dir() -> Path:
+    try:
+        from capture.assets.locate import cache_dir
+        return cache_dir() / "render"
+    except Exception:  # the assets package is optional for rendering; fall back to the same default
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(base) / "capture" / "render"
+
+
+def _compile_c_kernel() -> ctypes.CDLL:
+    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if not compiler:
+        raise RuntimeError("no C compiler found (set $CC or install gcc)")
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    key = hashlib.sha256("\0".join([_C_SOURCE, " ".join(_C_FLAGS), version, platform.machine()]).encode())
+    target = _cache_dir() / f"cpu_raster_{key.hexdigest()[:16]}.so"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            src = Path(tmp) / "cpu_raster.c"
+            src.write_text(_C_SOURCE)
+            out = Path(tmp) / target.name
+            proc = subprocess.run([compiler, *_C_FLAGS, str(src), "-o", str(out)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{compiler} failed to build the CPU raster kernel:\n{proc.stderr[-2000:]}")
+            os.replace(out, target)  # atomic: concurrent first uses never load half a file
+    lib = ctypes.CDLL(str(target))
+    fn = lib.capture_rasterize
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_int64] * 6 + [ctypes.c_void_p] * 5 + [ctypes.c_double] * 2 + [ctypes.c_void_p] * 4
+    return lib
+
+
+def c_kernel_error() -> Optional[str]:
+    """None when the C kernel is available (compiling it on first call), else why not."""
+    with _c_lock:
+        if "lib" not in _c_state and "error" not in _c_state:
+            try:
+                _c_state["lib"] = _compile_c_kernel()
+            except Exception as exc:  # any failure means: use the torch kernel, and say why
+                _c_state["error"] = f"{type(exc).__name__}: {exc}"
+        return _c_state.get("error")
+
+
+def rasterize_c(fx, fy, z, valid, faces, size, near=DEPTH_NEAR, far=DEPTH_FAR):
+    """Same contract and bit-identical results as `rasterize_torch`, in compiled C."""
+    error = c_kernel_error()
+    if error:
+        raise RuntimeError(f"CPU raster C kernel unavailable ({error}); use kernel='torch'")
+    H, W = size
+    B, V = fx.shape
+    faces = faces.to(dtype=torch.int64, device="cpu").contiguous()
+    valid_u8 = valid.to(torch.uint8).contiguous()
+    face_id = torch.empty((B, H, W), dtype=torch.int64)
+    bary = torch.empty((B, H, W, 3), dtype=torch.float32)
+    depth = torch.empty((B, H, W), dtype=torch.float32)
+    zbuf = torch.empty((H * W,), dtype=torch.float64)
+    _c_state["lib"].capture_rasterize(
+        B, V, faces.shape[0], H, W, SUBPIXEL,
+        fx.data_ptr(), fy.data_ptr(), z.data_ptr(), valid_u8.data_ptr(), faces.data_ptr(),
+        float(near), float(far),
+        face_id.data_ptr(), bary.data_ptr(), depth.data_ptr(), zbuf.data_ptr())
+    return face_id, bary, depth
+
+
+# ----------------------------------------------------------------------------------------------------
+
+class CpuRasterizer(Rasterizer):
+    """Rasterizer for machines without a GPU. `kernel`: "auto" | "c" | "torch" (see module doc).
+
+    Works on tensors of any device (computes on the CPU, returns on the vertices' device). The chosen
+    kernel is in `.kernel`.
+    """
+
+    name = "cpu"
+
+    def __init__(self, kernel: str = "auto", near: float = DEPTH_NEAR, far: float = DEPTH_FAR,
+                 chunk: int = 1 << 19):
+        super().__init__(near, far)
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
+        if kernel in ("auto", "c"):
+            error = c_kernel_error()
+            if error and kernel == "c":
+                raise RuntimeError(f"CPU raster C kernel unavailable ({error}); use kernel='torch' or 'auto'")
+            if error and not _c_state.get("warned"):
+                _c_state["warned"] = True
+                log.warning("CPU rasterizer: C kernel unavailable (%s); using the slower torch kernel", error)
+            kernel = "torch" if error else "c"
+        self.kernel = kernel
+        self.chunk = int(chunk)
+
+    def rasterize(self, vertices: torch.Tensor, faces: torch.Tensor, size: Tuple[int, int]) -> Fragments:
+        H, W = check_rasterize_inputs(vertices, faces, size)
+        B = vertices.shape[0]
+        if faces.shape[0] == 0 or vertices.shape[1] == 0:
+            return empty_fragments(B, (H, W), vertices.device)
+        fx, fy, z, valid = snap_vertices(vertices, (H, W))
+        faces_cpu = faces.detach().to(device="cpu", dtype=torch.int64).contiguous()
+        if self.kernel == "c":
+            face_id, bary, depth = rasterize_c(fx, fy, z, valid, faces_cpu, (H, W), self.near, self.far)
+        else:
+            face_id, bary, depth = rasterize_torch(fx, fy, z, valid, faces_cpu, (H, W), self.near, self.far,
+                                                   chunk=self.chunk)
+        device = vertices.device
+        return Fragments(face_id.to(device), bary.to(device), depth.to(device))
+
+    def __repr__(self) -> str:
+        return f"CpuRasterizer(kernel={self.kernel!r}, near={self.near}, far={self.far})"
+
+
+def _benchmark() -> None:
+    """Print timings for a ~10k-triangle sphere at 224x224 and 1280x720 with both kernels."""
+    import time
+
+    def sphere(n_lat: int, n_lon: int):
+        lat = torch.linspace(0, torch.pi, n_lat)
+        lon = torch.linspace(0, 2 * torch.pi, n_lon + 1)[:-1]
+        la, lo = torch.meshgrid(lat, lon, indexing="ij")
+        verts = torch.stack([la.sin() * lo.cos(), la.cos(), la.sin() * lo.sin()], -1).reshape(-1, 3)
+        i = torch.arange(n_lat - 1)[:, None] * n_lon
+        j = torch.arange(n_lon)[None, :]
+        a, b = i + j, i + (j + 1) % n_lon
+        c, d = a + n_lon, b + n_lon
+        tris = torch.cat([torch.stack([a, b, c], -1).reshape(-1, 3), torch.stack([b, d, c], -1).reshape(-1, 3)])
+        return verts, tris
+
+    verts, tris = sphere(51, 100)
+    verts = (verts * 0.8)[None]
+    print(f"sphere: {tris.shape[0]} triangles, torch threads {torch.get_num_threads()}")
+    for kernel in ("c", "torch"):
+        if kernel == "c" and c_kernel_error():
+            print("c kernel unavailable:", c_kernel_error())
+            continue
+        rast = CpuRasterizer(kernel=kernel)
+        for size in ((224, 224), (720, 1280)):
+            v = verts.clone()
+            v[..., 0] *= size[0] / size[1]  # round on screen
+            rast.rasterize(v, tris, size)
+            times = []
+            for _ in range(20):
+                t0 = time.perf_counter()
+                frags = rast.rasterize(v, tris, size)
+                times.append(time.perf_counter() - t0)
+            times.sort()
+            print(f"{kernel:6s} {size[0]}x{size[1]}: min {times[0] * 1e3:7.2f} ms, median "
+                  f"{times[len(times) // 2] * 1e3:7.2f} ms, coverage {frags.mask.float().mean():.3f}")
+
+
+if __name__ == "__main__":
+    _benchmark()
