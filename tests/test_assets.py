@@ -189,7 +189,7 @@ def test_checkpoint_key_problems_are_named(small_pack_dir, tmp_path):
     result = _run_cli("check", str(pack))
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "encoder.conv1.weight" in result.stderr
-    assert "l1.0.weight (10, 181) (expected (8192, 181))" in result.stderr
+    assert "l1.0.weight: expected (8192, 181), found (10, 181)" in result.stderr
     assert "encoder.extra.weight" in result.stderr
     assert "num_batches_tracked" not in result.stderr and "opt" not in result.stderr.replace("optional", "")
 

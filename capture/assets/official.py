@@ -317,24 +317,17 @@ def read_checkpoint(path: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def checkpoint_problems(loaded: dict) -> list[str]:
-    """Compare a loaded checkpoint with the architecture: missing/unexpected keys and shape mismatches."""
-    from ..nets import checkpoint_spec
+    """Compare a loaded checkpoint with the architecture (FORMATS.md 2.5), one line per network at fault."""
+    from ..nets import NETWORK_NAMES, checkpoint_spec, state_dict_problems
 
     spec = checkpoint_spec()
     problems = []
-    for net, expected in spec.items():
+    for net in NETWORK_NAMES:
         found = loaded.get(net)
         if not isinstance(found, dict):
             problems.append(f"top-level key '{net}' is missing (found {sorted(map(str, loaded))[:6]})")
             continue
-        missing = [k for k in expected if k not in found and not k.endswith("num_batches_tracked")]
-        unexpected = [k for k in found if k not in expected]
-        wrong = [f"{k} {tuple(found[k].shape)} (expected {expected[k]})" for k in expected
-                 if k in found and hasattr(found[k], "shape") and tuple(found[k].shape) != tuple(expected[k])]
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if items:
-                more = f" and {len(items) - 3} more" if len(items) > 3 else ""
-                problems.append(f"{net}: {len(items)} {label} key(s): {', '.join(items[:3])}{more}")
+        problems += [f"{net} {p}" for p in state_dict_problems(net, found, spec[net])]
     return problems
 
 
