@@ -1,0 +1,16 @@
+"""Inference backends over DECA's networks: PyTorch, ONNX Runtime and TensorRT behind one interface.
+
+    make_backend("auto", "E_flame", pack)            # fastest that works here; see `.reason`
+    InferenceEngines(pack).encode_flame(images)      # [B, 3, 224, 224] -> [B, 236]
+"""
+from .base import Backend, BackendUnavailable
+from .engines import InferenceEngines
+from .onnxruntime_backend import OnnxRuntimeBackend
+from .registry import AUTO_ORDER, BACKENDS, NAMES, availability, make_backend
+from .tensorrt_backend import TensorRTBackend
+from .torch_backend import TorchBackend
+
+__all__ = [
+    "AUTO_ORDER", "BACKENDS", "NAMES", "Backend", "BackendUnavailable", "InferenceEngines", "OnnxRuntimeBackend",
+    "TensorRTBackend", "TorchBackend", "availability", "make_backend",
+]

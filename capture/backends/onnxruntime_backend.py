@@ -1,0 +1,133 @@
+"""ONNX Runtime backend: CPU execution provider, or CUDA when onnxruntime-gpu is installed.
+
+Fed by `engines/<network>.onnx` when its sidecar matches the pack's weights, else by an export made on demand
+into the per-weights cache folder (`capture.export.ensure_onnx`).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from .base import Backend, BackendUnavailable
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (hyper-threads share one core's FPUs, so ORT gains nothing from
+    them); falls back to the usable logical CPUs when /proc/cpuinfo says nothing."""
+    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores, processor, phys = {}, None, None
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "processor":
+                    processor = int(value)
+                elif key == "physical id":
+                    phys = value
+                elif key == "core id" and processor is not None:
+                    cores[processor] = (phys, value)
+    except OSError:
+        return max(1, len(usable))
+    found = {cores[p] for p in usable if p in cores}
+    return max(1, len(found) if found else len(usable))
+
+
+def _ort():
+    import onnxruntime
+
+    return onnxruntime
+
+
+def session_options(threads: Optional[int] = None):
+    """Tuned options: intra-op threads = physical cores, all graph optimisations, sequential, memory pattern."""
+    ort = _ort()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or physical_cores()
+    options.inter_op_num_threads = 1  # sequential execution: no parallel branches to feed
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.enable_mem_pattern = True
+    options.log_severity_level = 3
+    return options
+
+
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime session over one network's ONNX graph.
+
+    onnx_path: use this file as is (no freshness check); default: `ensure_onnx(pack, network, engines_dir)`.
+    CPU: numpy in, numpy out (zero-copy into torch). CUDA: io_binding straight onto torch CUDA tensors.
+    """
+
+    name = "onnxruntime"
+    devices = ("cuda", "cpu")
+
+    def __init__(self, network: str, pack, device: Union[str, torch.device] = "cpu", *,
+                 onnx_path: Optional[Union[str, Path]] = None, engines_dir: Optional[Union[str, Path]] = None,
+                 threads: Optional[int] = None):
+        super().__init__(network, device)
+        ok, why = self.available(self.device.type)
+        if not ok:
+            raise BackendUnavailable(f"onnxruntime backend on {self.device}: {why}")
+        if onnx_path is None:
+            from capture.export import ensure_onnx
+
+            onnx_path = ensure_onnx(pack, network, engines_dir=engines_dir)
+        self.onnx_path = Path(onnx_path)
+        ort = _ort()
+        if self.device.type == "cuda":
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            self.device = torch.device("cuda", index)
+            providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(self.onnx_path), session_options(threads), providers=providers)
+        active = self.session.get_providers()
+        if self.device.type == "cuda" and active[0] != "CUDAExecutionProvider":
+            # Never fall back to CPU silently behind a backend that claims CUDA.
+            raise RuntimeError(f"onnxruntime could not start the CUDA execution provider (active: {active}); "
+                               "check that onnxruntime-gpu matches the installed CUDA/cuDNN")
+        self.providers = active
+
+    @classmethod
+    def available(cls, device: str = "cpu") -> tuple[bool, str]:
+        try:
+            ort = _ort()
+        except ImportError:
+            return False, "onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu on a GPU machine)"
+        providers = ort.get_available_providers()
+        kind = torch.device(device).type
+        if kind == "cpu":
+            if "CPUExecutionProvider" in providers:
+                return True, f"ONNX Runtime {ort.__version__} CPU, {physical_cores()} threads"
+            return False, f"onnxruntime has no CPU execution provider (providers: {providers})"
+        if kind == "cuda":
+            if "CUDAExecutionProvider" not in providers:
+                return False, ("this onnxruntime build has no CUDA execution provider (the CPU package is installed; "
+                               "pip uninstall onnxruntime && pip install onnxruntime-gpu)")
+            if not torch.cuda.is_available():
+                return False, "onnxruntime-gpu is installed but torch sees no CUDA GPU (needed for io_binding)"
+            return True, f"ONNX Runtime {ort.__version__} CUDA execution provider"
+        return False, f"device {device!r} is not supported (use cpu or cuda)"
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cpu":
+            (out,) = self.session.run([self.spec.output_name], {self.spec.input_name: x.numpy()})
+            return torch.from_numpy(out)
+        return self._run_bound(x)
+
+    def _run_bound(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.empty((x.shape[0], *self.spec.output_shape), dtype=torch.float32, device=self.device)
+        binding = self.session.io_binding()
+        index = self.device.index
+        binding.bind_input(self.spec.input_name, "cuda", index, np.float32, tuple(x.shape), x.data_ptr())
+        binding.bind_output(self.spec.output_name, "cuda", index, np.float32, tuple(out.shape), out.data_ptr())
+        # ORT runs on its own CUDA stream: the input must be complete before, the output before it is read.
+        torch.cuda.current_stream(self.device).synchronize()
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        return out

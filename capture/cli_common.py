@@ -1,0 +1,96 @@
+"""What the retargeting CLIs share: arguments, building the model side, turning errors into one line."""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from .assets import AssetError, open_pack
+from .assets.locate import cache_dir
+from .avatar import Avatar, load_avatar
+from .crop import FaceDetector
+from .deca import DECA
+from .retarget import LAYOUTS, POSE_MODES
+from .stills import ImageError
+from .stream.reader import VideoError
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one `error:` line, exit status `code`."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default="astronaut",
+                        help="identity photo of the avatar (default: 'astronaut', skimage's public-domain photo)")
+    parser.add_argument("--assets", default=None, help="model pack folder, or 'demo' (default: CAPTURE_ASSETS)")
+    parser.add_argument("--backend", default="auto", help="inference backend: auto, torch, onnxruntime, tensorrt")
+    parser.add_argument("--device", default=None, choices=("cpu", "cuda"), help="default: cuda if available")
+    parser.add_argument("--layout", default="side-by-side", choices=LAYOUTS)
+    parser.add_argument("--pose", default="source", choices=POSE_MODES,
+                        help="head pose from the performer (source) or kept from the target photo")
+    parser.add_argument("--texture", default="auto", choices=("auto", "photo", "model"),
+                        help="avatar colour: photo texture or the pack's albedo model (auto: model if present)")
+    parser.add_argument("--hold", type=float, default=0.5, metavar="S",
+                        help="seconds to keep the last expression when the face is lost (default 0.5)")
+
+
+@dataclass
+class ModelSide:
+    deca: DECA
+    avatar: Avatar
+    avatar_cached: bool
+    encode_flame: Optional[Callable]
+    decode_detail: Optional[Callable]
+    backend_name: str
+
+
+def build_model_side(args, say: Callable[[str], None]) -> ModelSide:
+    """Pack -> DECA -> avatar -> inference backends, each failure as a CliError."""
+    try:
+        pack = open_pack(args.assets)
+    except AssetError as exc:
+        raise CliError(str(exc)) from None
+    say(pack.label)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: no CUDA GPU is available here (use --device cpu)")
+    deca = DECA.from_pack(pack, device=device)
+    try:
+        with FaceDetector() as detector:
+            avatar, cached = load_avatar(deca, args.target, detector, cache_dir() / "avatars", args.texture)
+    except ImageError as exc:
+        raise CliError(f"--target {exc}") from None
+    encode_flame = decode_detail = None
+    backend_name = "torch"
+    if args.backend != "torch":
+        from .backends import InferenceEngines
+
+        engines = InferenceEngines(pack, args.backend, device=device)
+        try:
+            for network in ("E_flame", "D_detail"):  # made now, so a bad choice fails before any frame
+                engines.backend(network)
+        except ValueError as exc:
+            raise CliError(f"--backend {args.backend}: {exc}") from None
+        encode_flame, decode_detail = engines.encode_flame, engines.decode_detail
+        backend_name = "; ".join(engines.describe())
+    return ModelSide(deca, avatar, cached, encode_flame, decode_detail, backend_name)
+
+
+def run_cli(main: Callable[[], int]) -> None:
+    """Exit with main()'s status; CliError / VideoError become one `error:` line, Ctrl-C exit 130."""
+    try:
+        code = main()
+    except (CliError, VideoError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = getattr(exc, "code", 2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
