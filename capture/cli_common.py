@@ -79,7 +79,7 @@ def build_model_side(args, say: Callable[[str], None]) -> ModelSide:
         except ValueError as exc:
             raise CliError(f"--backend {args.backend}: {exc}") from None
         encode_flame, decode_detail = engines.encode_flame, engines.decode_detail
-        backend_name = "; ".join(engines.describe())
+        backend_name = ", ".join(f"{n} {engines.backend(n).reason.split(';')[0]}" for n in ("E_flame", "D_detail"))
     return ModelSide(deca, avatar, cached, encode_flame, decode_detail, backend_name)
 
 

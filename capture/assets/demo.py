@@ -16,6 +16,7 @@ import scipy.sparse
 import torch
 from PIL import Image
 
+from ..meshio import write_obj
 from .safe_pickle import write_pickle_with_chumpy_standins
 
 
@@ -57,17 +58,6 @@ def write_landmark_embedding(path: Path, *, static_faces, static_bary, dynamic_f
     np.save(path, np.array(content, dtype=object), allow_pickle=True)
 
 
-def write_obj(path: Path, vertices: np.ndarray, uvcoords: np.ndarray, faces: np.ndarray,
-              uvfaces: np.ndarray) -> None:
-    """Wavefront OBJ with `f v/vt v/vt v/vt` (1-based), like head_template.obj."""
-    lines = ["# capture demo pack: synthetic head template"]
-    lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in np.asarray(vertices)]
-    lines += [f"vt {u:.6f} {v:.6f}" for u, v in np.asarray(uvcoords)]
-    lines += ["f " + " ".join(f"{a + 1}/{b + 1}" for a, b in zip(f, t))
-              for f, t in zip(np.asarray(faces), np.asarray(uvfaces))]
-    path.write_text("\n".join(lines) + "\n")
-
-
 def _rgba(mask: np.ndarray) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim == 3 and mask.shape[2] == 4:
@@ -96,7 +86,7 @@ def write_demo_pack(path, seed: int = 0, n_vertices: Optional[int] = None,
                              static_faces=head.static_lmk_faces_idx, static_bary=head.static_lmk_bary_coords,
                              dynamic_faces=head.dynamic_lmk_faces_idx, dynamic_bary=head.dynamic_lmk_bary_coords,
                              full_faces=head.full_lmk_faces_idx, full_bary=head.full_lmk_bary_coords)
-    write_obj(root / "head_template.obj", head.v_template, head.uvcoords, head.faces, head.uvfaces)
+    write_obj(root / "head_template.obj", head.v_template, head.faces, head.uvcoords, head.uvfaces)
     Image.fromarray(_rgba(head.uv_face_eye_mask), "RGBA").save(root / "uv_face_eye_mask.png")
     Image.fromarray(_rgba(head.uv_face_mask), "RGBA").save(root / "uv_face_mask.png")
     np.save(root / "fixed_displacement_256.npy", np.asarray(head.fixed_displacement, np.float64))

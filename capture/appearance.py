@@ -1,0 +1,193 @@
+"""Albedo, spherical-harmonics light and detail normals, all in FLAME's UV space (FORMATS.md 1.6, 3.4, 3.6).
+
+Pure tensor functions; the one piece of state is `UVSampler`, the UV layout rasterised once (which texel lies
+in which triangle, with which barycentrics) so that moving per-vertex data into UV space each frame is a gather
+and a weighted sum instead of a rasterisation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .assets.pack import UV_SIZE, AlbedoModel
+from .render.conventions import obj_uv_to_ndc
+
+# SH constants, FORMATS.md 3.4; basis order 1, x, y, z, xy, xz, yz, x^2-y^2, 3z^2-1
+SH_CONSTANTS = (
+    1 / math.sqrt(4 * math.pi),
+    (2 * math.pi / 3) * math.sqrt(3 / (4 * math.pi)),
+    (2 * math.pi / 3) * math.sqrt(3 / (4 * math.pi)),
+    (2 * math.pi / 3) * math.sqrt(3 / (4 * math.pi)),
+    (math.pi / 4) * 3 * math.sqrt(5 / (12 * math.pi)),
+    (math.pi / 4) * 3 * math.sqrt(5 / (12 * math.pi)),
+    (math.pi / 4) * 3 * math.sqrt(5 / (12 * math.pi)),
+    (math.pi / 4) * (3 / 2) * math.sqrt(5 / (12 * math.pi)),
+    (math.pi / 4) * (1 / 2) * math.sqrt(5 / (4 * math.pi)),
+)
+
+
+def sh_basis(normals: torch.Tensor) -> torch.Tensor:
+    """[..., 3] normals -> [..., 9] SH basis values, constants included."""
+    x, y, z = normals.unbind(-1)
+    basis = torch.stack([torch.ones_like(x), x, y, z, x * y, x * z, y * z, x * x - y * y, 3 * z * z - 1], -1)
+    return basis * basis.new_tensor(SH_CONSTANTS)
+
+
+def sh_shading(normals: torch.Tensor, light: torch.Tensor) -> torch.Tensor:
+    """Shading from world-space normals.
+
+    normals: [B, 3, H, W] (a normal map) or [B, N, 3]; light: [B, 9, 3] (9 SH coefficients x RGB).
+    Returns [B, 3, H, W] or [B, N, 3]; no clamping (DECA's add_SHlight).
+    """
+    if normals.dim() == 4:
+        basis = sh_basis(normals.permute(0, 2, 3, 1))  # [B, H, W, 9]
+        return torch.einsum("bhwk,bkc->bchw", basis, light)
+    return torch.einsum("bnk,bkc->bnc", sh_basis(normals), light)
+
+
+def directional_shading(normals: torch.Tensor, directions: torch.Tensor, intensity: float) -> torch.Tensor:
+    """Mean over lights of clamp(n.l, 0, 1) * intensity; normals [B, N, 3], directions [L, 3] -> [B, N]."""
+    directions = F.normalize(directions, dim=-1)
+    return (torch.einsum("bnc,lc->bnl", normals, directions).clamp(0, 1) * intensity).mean(-1)
+
+
+# DECA's grey shape render: five lights in world space (y up, +z towards the camera), intensity 1.7 each
+SHAPE_LIGHTS = ((-1.0, 1.0, 1.0), (1.0, 1.0, 1.0), (-1.0, -1.0, 1.0), (1.0, -1.0, 1.0), (0.0, 0.0, 1.0))
+SHAPE_LIGHT_INTENSITY = 1.7
+SHAPE_GREY = 180.0 / 255.0
+
+
+def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Area-weighted vertex normals. vertices [B, V, 3], faces [F, 3] int64 -> [B, V, 3] unit (eps 1e-6)."""
+    v0, v1, v2 = (vertices[:, faces[:, i]] for i in range(3))
+    face_n = torch.cross(v1 - v0, v2 - v0, dim=-1)  # length = 2 x area: area weighting for free
+    normals = torch.zeros_like(vertices)
+    for i in range(3):
+        normals.index_add_(1, faces[:, i], face_n)
+    return F.normalize(normals, dim=-1, eps=1e-6)
+
+
+def albedo_from_model(model: AlbedoModel, tex: torch.Tensor, size: int = UV_SIZE) -> torch.Tensor:
+    """Linear albedo: tex [B, K<=50] -> [B, 3, size, size] RGB (file is BGR, nearest-resized like DECA)."""
+    mean = torch.as_tensor(model.mean, device=tex.device, dtype=tex.dtype)
+    basis = torch.as_tensor(model.basis[:, : tex.shape[1]], device=tex.device, dtype=tex.dtype)
+    flat = mean[None] + tex @ basis.T  # [B, R*R*3]
+    r = model.resolution
+    image = flat.view(-1, r, r, 3).permute(0, 3, 1, 2)
+    if r != size:
+        image = F.interpolate(image, size=(size, size), mode="nearest")
+    return image.flip(1)  # BGR -> RGB
+
+
+def mean_texture_albedo(mean_texture: np.ndarray, size: int = UV_SIZE) -> torch.Tensor:
+    """Fallback albedo from `mean_texture.jpg` ([H, W, 3] RGB 0..1) -> [1, 3, size, size]."""
+    image = torch.as_tensor(np.ascontiguousarray(mean_texture), dtype=torch.float32).permute(2, 0, 1)[None]
+    return F.interpolate(image, size=(size, size), mode="area")
+
+
+def uv_layout_ndc(uvcoords: np.ndarray) -> np.ndarray:
+    """OBJ uv [T, 2] (v up) -> [T, 2] float32 y-down NDC (the flip lives in render.conventions)."""
+    return obj_uv_to_ndc(torch.as_tensor(np.asarray(uvcoords, dtype=np.float32))).numpy()
+
+
+@dataclass
+class UVSampler:
+    """The UV layout rasterised once: texel -> (3 vertex ids, 3 barycentric weights, covered?)."""
+
+    vertex_ids: torch.Tensor  # [S*S, 3] int64 (0 where uncovered)
+    weights: torch.Tensor  # [S*S, 3] float32 (0 where uncovered)
+    size: int
+
+    @classmethod
+    def build(cls, rasterizer, uvcoords: np.ndarray, uvfaces: np.ndarray, faces: np.ndarray,
+              size: int = UV_SIZE) -> "UVSampler":
+        ndc = uv_layout_ndc(uvcoords)
+        layout = torch.as_tensor(np.concatenate([ndc, np.ones((len(ndc), 1), np.float32)], 1))[None]
+        frags = rasterizer.rasterize(layout, torch.as_tensor(uvfaces, dtype=torch.int64), (size, size))
+        face_id = frags.face_id[0].reshape(-1).cpu()
+        covered = face_id >= 0
+        faces_t = torch.as_tensor(faces, dtype=torch.int64)
+        vertex_ids = torch.where(covered[:, None], faces_t[face_id.clamp(min=0)], torch.zeros(1, dtype=torch.int64))
+        weights = frags.bary[0].reshape(-1, 3).cpu().float() * covered[:, None]
+        return cls(vertex_ids=vertex_ids, weights=weights, size=size)
+
+    def to(self, device) -> "UVSampler":
+        return UVSampler(self.vertex_ids.to(device), self.weights.to(device), self.size)
+
+    @property
+    def coverage(self) -> torch.Tensor:
+        """[S, S] bool: texels covered by the layout."""
+        return (self.weights.sum(-1) > 0).view(self.size, self.size)
+
+    def __call__(self, attributes: torch.Tensor) -> torch.Tensor:
+        """Per-vertex attributes [B, V, C] -> UV map [B, C, S, S] (DECA's world2uv)."""
+        gathered = attributes[:, self.vertex_ids]  # [B, S*S, 3, C]
+        texels = (gathered * self.weights[None, :, :, None]).sum(2)
+        return texels.permute(0, 2, 1).reshape(attributes.shape[0], -1, self.size, self.size)
+
+
+def grid_triangles(size: int, margin_x: int = 2, margin_y: int = 5) -> torch.Tensor:
+    """Triangles of the texel grid used for detail normals: two per cell, the DECA margins skipped,
+    winding reordered [0, 2, 1]. Returns [N, 3] int64 texel ids (row-major: id = y * size + x)."""
+    xs = torch.arange(margin_x, size - 1 - margin_x)
+    ys = torch.arange(margin_y, size - 1 - margin_y)
+    x, y = torch.meshgrid(xs, ys, indexing="ij")  # x outer, y inner: DECA's loop order
+    x, y = x.reshape(-1), y.reshape(-1)
+    here, right, down, diag = y * size + x, y * size + x + 1, (y + 1) * size + x, (y + 1) * size + x + 1
+    first = torch.stack([here, right, down], -1)
+    second = torch.stack([right, diag, down], -1)
+    triangles = torch.stack([first, second], 1).reshape(-1, 3)
+    return triangles[:, [0, 2, 1]]
+
+
+@dataclass
+class DetailMaps:
+    uv_detail_normals: torch.Tensor  # [B, 3, S, S] world-space normal map
+    displacement_map: torch.Tensor  # [B, 1, S, S] uv_z + fixed displacement (metres)
+    uv_coarse_normals: torch.Tensor  # [B, 3, S, S]
+    uv_positions: torch.Tensor  # [B, 3, S, S] detailed surface positions
+
+
+def displacement_to_normals(uv_z: torch.Tensor, vertices: torch.Tensor, normals: torch.Tensor,
+                            sampler: UVSampler, face_eye_mask: torch.Tensor, fixed_displacement: torch.Tensor,
+                            grid_faces: torch.Tensor) -> DetailMaps:
+    """DECA's displacement2normal.
+
+    uv_z [B, 1, S, S] predicted displacement (metres); vertices/normals [B, V, 3] coarse mesh (world);
+    face_eye_mask [S, S]; fixed_displacement [S, S]; grid_faces from `grid_triangles(S)`.
+    """
+    batch, size = uv_z.shape[0], sampler.size
+    uv_positions = sampler(vertices)
+    uv_normals = sampler(normals)  # interpolated, deliberately not re-normalised (as DECA)
+    mask = face_eye_mask.to(uv_z)[None, None]
+    offset = uv_z * mask + fixed_displacement.to(uv_z)[None, None]
+    detailed = uv_positions + offset * uv_normals
+    dense = vertex_normals(detailed.reshape(batch, 3, -1).permute(0, 2, 1), grid_faces)
+    dense = dense.permute(0, 2, 1).reshape(batch, 3, size, size)
+    detail_normals = dense * mask + uv_normals * (1 - mask)
+    return DetailMaps(
+        uv_detail_normals=detail_normals,
+        displacement_map=uv_z + fixed_displacement.to(uv_z)[None, None],
+        uv_coarse_normals=uv_normals,
+        uv_positions=detailed,
+    )
+
+
+def extract_texture(image: torch.Tensor, screen: torch.Tensor, sampler: UVSampler, face_eye_mask: torch.Tensor,
+                    fallback: torch.Tensor) -> torch.Tensor:
+    """DECA's uv_texture_gt: sample the photo at each texel's projected position.
+
+    image [B, 3, H, W] 0..1; screen [B, V, 3] the mesh in that image's NDC; face_eye_mask [S, S];
+    fallback [B, 3, S, S] used outside the mask (albedo x SH, or grey 0.7 without an albedo model).
+    No occlusion handling, as in DECA.
+    """
+    import torch.nn.functional as F
+
+    grid = sampler(screen[..., :2]).permute(0, 2, 3, 1)  # [B, S, S, 2] NDC
+    sampled = F.grid_sample(image, grid, mode="bilinear", align_corners=False)
+    mask = face_eye_mask.to(image)[None, None]
+    return sampled * mask + fallback * (1 - mask)

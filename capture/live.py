@@ -1,0 +1,148 @@
+"""`python -m capture.live --cam 0 --target IMG`: camera in, avatar out, live.
+
+The source never waits: when the network falls behind, the oldest waiting frame is dropped (counted), so
+latency stays bounded. A preview window shows FPS and latency (`q` or Esc quits); `--record OUT` writes what is
+shown with the camera's timestamps. Ctrl-C, `--max-seconds` or a lost camera end the run cleanly with the
+recording finalised. `--cam` also takes a video file or URL (played at its own pace) to run the live path
+without a camera.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from .cli_common import CliError, add_model_arguments, build_model_side, run_cli
+from .session import FrameOutput, RetargetSession
+from .stream.camera import open_camera
+from .stream.pipeline import Pipeline
+from .stream.writer import VideoWriter
+
+WINDOW = "capture live (q to quit)"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m capture.live", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cam", default="0", help="camera index or device, or a video file / URL")
+    add_model_arguments(parser)
+    parser.add_argument("--no-display", action="store_true", help="no preview window")
+    parser.add_argument("--record", default=None, metavar="OUT", help="record the output video")
+    parser.add_argument("--max-seconds", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--no-smooth", action="store_true", help="turn off the One-Euro code filter")
+    parser.add_argument("--size", default=None, metavar="WxH", help="requested camera mode, e.g. 1280x720")
+    parser.add_argument("--fps", type=float, default=None, help="requested camera frame rate")
+    args = parser.parse_args(argv)
+    if args.layout == "side-by-side" and "--layout" not in (argv if argv is not None else sys.argv):
+        args.layout = "avatar"  # live default: the avatar alone, at camera resolution
+    return args
+
+
+class Preview:
+    """OpenCV window drawn from the sink thread only (HighGUI wants a single thread)."""
+
+    def __init__(self, quit_event: threading.Event):
+        import cv2
+
+        self.cv2 = cv2
+        self.quit_event = quit_event
+        self.times: deque[float] = deque(maxlen=30)
+
+    def show(self, out: FrameOutput) -> None:
+        cv2 = self.cv2
+        now = time.perf_counter()
+        self.times.append(now)
+        fps = (len(self.times) - 1) / (self.times[-1] - self.times[0]) if len(self.times) > 1 else 0.0
+        image = cv2.cvtColor(out.image, cv2.COLOR_RGB2BGR)
+        label = f"{fps:5.1f} FPS  latency {out.latency * 1e3:5.1f} ms" + ("" if out.face else "  no face")
+        cv2.putText(image, label, (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
+        cv2.imshow(WINDOW, image)
+        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+            self.quit_event.set()
+
+    def close(self) -> None:
+        try:
+            self.cv2.destroyWindow(WINDOW)
+        except Exception:  # noqa: BLE001 - the window may never have opened
+            pass
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    say = lambda text: print(text, flush=True)  # noqa: E731
+    cam = int(args.cam) if args.cam.isdigit() else args.cam
+    size = None
+    if args.size:
+        try:
+            size = tuple(int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            raise CliError(f"--size {args.size}: expected WxH, e.g. 1280x720") from None
+    display = not args.no_display
+    if display and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        print("warning: no display found; running without a preview window (--no-display)", file=sys.stderr)
+        display = False
+    model = build_model_side(args, say)
+    source = open_camera(cam, size=size, fps=args.fps)
+    frame_size = (source.height, source.width)
+    session = RetargetSession(model.deca, model.avatar, frame_size, layout=args.layout, pose_mode=args.pose,
+                              smooth=not args.no_smooth, hold_seconds=args.hold,
+                              encode_flame=model.encode_flame, decode_detail=model.decode_detail)
+    out_h, out_w = session.output_size
+    writer = None
+    if args.record:
+        writer = VideoWriter(Path(args.record), out_w, out_h, fps=source.fps or 30, time_base=source.time_base,
+                             origin=None)
+    say(f"live from {source.name} ({source.format_name}, {source.width}x{source.height}); "
+        f"backend {model.backend_name}; layout {args.layout}" + (f"; recording to {args.record}" if writer else ""))
+
+    quit_event = threading.Event()
+    preview = Preview(quit_event) if display else None
+    last_pts = [None]
+
+    def sink(out: FrameOutput) -> None:
+        if writer is not None:
+            pts = round(out.frame.time / writer.time_base)
+            if last_pts[0] is None or pts > last_pts[0]:  # a camera can repeat a timestamp; keep it monotonic
+                writer.write(out.image, pts)
+                last_pts[0] = pts
+        if preview is not None:
+            preview.show(out)
+
+    def finalize() -> None:
+        if writer is not None:
+            writer.close()
+        if preview is not None:
+            preview.close()
+
+    timer = None
+    if args.max_seconds:
+        timer = threading.Timer(args.max_seconds, quit_event.set)
+        timer.daemon = True
+        timer.start()
+    pipeline = Pipeline(source, stages=[("crop", session.crop), ("infer", session.infer)], sink=sink,
+                        policy="live", depth=1, finalize=finalize, quit_event=quit_event)
+    try:
+        stats = pipeline.run()
+    finally:
+        if timer is not None:
+            timer.cancel()
+        session.close()
+        source.close()
+    c = session.counters
+    ended = "interrupted" if stats.interrupted else (source.ended_reason or stats.reason)
+    say(f"stopped ({ended}): {stats.frames_out} frames shown, {stats.dropped} dropped, {stats.fps:.1f} FPS; "
+        f"frames without a face: {c.without_face}" + (f"; recorded {writer.frames_written} frames" if writer else ""))
+    say("per stage (median / p95 ms): " + ", ".join(
+        f"{name} {s.median_ms:.1f}/{s.p95_ms:.1f}" for name, s in stats.stages.items() if s.count))
+    if source.disconnected:
+        print(f"error: {source.ended_reason}", file=sys.stderr)
+        return 1
+    return 130 if stats.interrupted else 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,149 @@
+"""`python -m capture.video IN -o OUT [--target IMG]`: retarget every frame of a video onto an avatar.
+
+Every input frame gives exactly one output frame with the input's timestamp; the audio is copied. Stages
+(decode, crop, network + render, encode) run in their own threads with lossless back-pressure. Ctrl-C stops
+reading and finalises a playable file holding every frame processed so far.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .cli_common import CliError, add_model_arguments, build_model_side, run_cli
+from .meshio import write_obj
+from .session import FrameOutput, RetargetSession
+from .stream.pipeline import Pipeline
+from .stream.reader import VideoError, VideoReader
+from .stream.writer import VideoWriter
+
+
+class CodeRecorder:
+    """Per-frame merged codes with timestamps, saved as one .npz (NaN rows where a frame passed through)."""
+
+    def __init__(self):
+        self.rows: list[Optional[dict]] = []
+        self.pts, self.times, self.face, self.held = [], [], [], []
+
+    def add(self, out: FrameOutput) -> None:
+        self.rows.append(out.codes)
+        self.pts.append(out.frame.pts)
+        self.times.append(out.frame.time)
+        self.face.append(out.face)
+        self.held.append(out.held)
+
+    def save(self, path: Path, time_base) -> None:
+        template = next((r for r in self.rows if r is not None), None)
+        arrays = {"pts": np.asarray(self.pts, np.int64), "time": np.asarray(self.times, np.float64),
+                  "time_base": np.asarray([time_base.numerator, time_base.denominator], np.int64),
+                  "face_found": np.asarray(self.face), "held": np.asarray(self.held)}
+        if template is not None:
+            for key, value in template.items():
+                blank = np.full_like(value, np.nan, dtype=np.float32)
+                arrays[key] = np.stack([blank if r is None else r[key].astype(np.float32) for r in self.rows])
+        np.savez(path, **arrays)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m capture.video", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", help="input video (anything FFmpeg reads)")
+    parser.add_argument("-o", "--output", required=True, help="output video (.mp4, .mkv, .mov)")
+    add_model_arguments(parser)
+    parser.add_argument("--smooth", action="store_true", help="One-Euro filter the codes over time")
+    parser.add_argument("--codes", default=None, metavar="NPZ", help="save per-frame codes with timestamps")
+    parser.add_argument("--meshes", default=None, metavar="DIR", help="write one OBJ of the avatar per frame")
+    parser.add_argument("--start", type=float, default=None, metavar="S", help="start time in seconds")
+    parser.add_argument("--duration", type=float, default=None, metavar="S", help="seconds to process")
+    parser.add_argument("--codec", default="libx264", help="video encoder (default libx264)")
+    parser.add_argument("--crf", type=int, default=18, help="encoder quality (lower = better, default 18)")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    say = lambda text: print(text, flush=True)  # noqa: E731
+    out_path = Path(args.output)
+    if out_path.resolve() == Path(args.input).resolve():
+        raise CliError(f"{args.output}: the output would overwrite the input")
+    if args.meshes:
+        try:
+            Path(args.meshes).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CliError(f"--meshes {args.meshes}: cannot create the folder ({exc.strerror})") from None
+    try:
+        reader = VideoReader(args.input, start=args.start, duration=args.duration)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    model = build_model_side(args, say)
+    frame_size = (reader.height, reader.width)
+    session = RetargetSession(model.deca, model.avatar, frame_size, layout=args.layout, pose_mode=args.pose,
+                              smooth=args.smooth, hold_seconds=args.hold, encode_flame=model.encode_flame,
+                              decode_detail=model.decode_detail, keep_vertices=bool(args.meshes))
+    out_h, out_w = session.output_size
+    writer = VideoWriter(out_path, out_w, out_h, fps=reader.fps or 30, time_base=reader.time_base,
+                         codec=args.codec, crf=args.crf, audio_from=args.input if reader.has_audio else None,
+                         origin=0.0 if args.start is None else None)
+    say(f"{args.input}: {reader.width}x{reader.height}, ~{reader.frame_count} frames at {reader.fps:.2f} fps"
+        f"{', audio' if reader.has_audio else ''}; target {args.target}"
+        f"{' (cached avatar)' if model.avatar_cached else ''}; backend {model.backend_name}; layout {args.layout}")
+
+    recorder = CodeRecorder() if args.codes else None
+    progress = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=reader.frame_count or None, unit="frame", file=sys.stderr, dynamic_ncols=True)
+    latencies = []
+
+    def sink(out: FrameOutput) -> None:
+        writer.write(out.image, out.frame.pts, out.frame.time_base)
+        latencies.append(out.latency)
+        if recorder is not None:
+            recorder.add(out)
+        if args.meshes and out.vertices is not None:
+            write_obj(Path(args.meshes) / f"frame_{out.frame.index:06d}.obj", out.vertices, model.deca.pack.uv.faces,
+                      model.deca.pack.uv.uvcoords, model.deca.pack.uv.uvfaces)
+        if progress is not None:
+            progress.update(1)
+
+    started = time.perf_counter()
+    pipeline = Pipeline(reader, stages=[("crop", session.crop), ("infer", session.infer)], sink=sink,
+                        policy="offline", depth=2, finalize=writer.close)
+    try:
+        try:
+            stats = pipeline.run()
+        except VideoError:
+            if not reader.truncated:
+                raise
+            stats = pipeline.snapshot()  # frames read before the damage are written; the file is final
+    finally:
+        if progress is not None:
+            progress.close()
+        session.close()
+        reader.close()
+    elapsed = time.perf_counter() - started
+    if recorder is not None:
+        recorder.save(Path(args.codes), reader.time_base)
+
+    c = session.counters
+    say(f"{'interrupted: ' if stats.interrupted else ''}wrote {writer.frames_written} frames to {out_path} "
+        f"in {elapsed:.1f} s ({writer.frames_written / max(elapsed, 1e-9):.1f} FPS); "
+        f"frames without a face: {c.without_face} (held {c.held}, passed through {c.passed_through}); "
+        f"audio: {writer.audio_mode or 'none'}; backend: {model.backend_name}")
+    say("per stage (median / p95 ms): " + ", ".join(
+        f"{name} {s.median_ms:.1f}/{s.p95_ms:.1f}" for name, s in stats.stages.items() if s.count))
+    if reader.truncated:
+        print(f"error: {args.input}: the input ended early (truncated or corrupt); the output holds the "
+              f"{writer.frames_written} frames that decoded", file=sys.stderr)
+        return 1
+    return 130 if stats.interrupted else 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
