@@ -20,7 +20,7 @@ from .cli_common import CliError, add_model_arguments, build_model_side, run_cli
 from .session import FrameOutput, RetargetSession
 from .stream.camera import open_camera
 from .stream.pipeline import Pipeline
-from .stream.writer import VideoWriter
+from .stream.writer import VideoWriter, check_writable
 
 WINDOW = "capture live (q to quit)"
 
@@ -85,8 +85,14 @@ def main(argv=None) -> int:
     if display and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         print("warning: no display found; running without a preview window (--no-display)", file=sys.stderr)
         display = False
-    model = build_model_side(args, say)
-    source = open_camera(cam, size=size, fps=args.fps)
+    if args.record:
+        check_writable(args.record)
+    source = open_camera(cam, size=size, fps=args.fps)  # a missing camera fails before the model loads
+    try:
+        model = build_model_side(args, say)
+    except BaseException:
+        source.close()
+        raise
     frame_size = (source.height, source.width)
     session = RetargetSession(model.deca, model.avatar, frame_size, layout=args.layout, pose_mode=args.pose,
                               smooth=not args.no_smooth, hold_seconds=args.hold,

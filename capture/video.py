@@ -19,7 +19,7 @@ from .meshio import write_obj
 from .session import FrameOutput, RetargetSession
 from .stream.pipeline import Pipeline
 from .stream.reader import VideoError, VideoReader
-from .stream.writer import VideoWriter
+from .stream.writer import VideoWriter, check_writable
 
 
 class CodeRecorder:
@@ -76,6 +76,9 @@ def main(argv=None) -> int:
             Path(args.meshes).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise CliError(f"--meshes {args.meshes}: cannot create the folder ({exc.strerror})") from None
+    check_writable(str(out_path))  # before any expensive work
+    if args.codes:
+        check_writable(args.codes)
     try:
         reader = VideoReader(args.input, start=args.start, duration=args.duration)
     except ValueError as exc:

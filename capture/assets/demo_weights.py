@@ -46,7 +46,8 @@ JAW_MEAN = (0.08, 0.0, 0.0)
 def code_targets() -> tuple[Tensor, Tensor]:
     """Per-entry mean and spread of the demo E_flame code: ([236] float32, [236] float32).
 
-    Global pose +-0.05 rad; jaw opened ~0.08 rad about x; cam s = 9 (a 0.2 m head fills ~90 % of the crop);
+    Global pose +-0.05 rad; jaw opened ~0.08 rad about x; cam = (10, 0, 0.024): the demo head's 68-landmark box
+    (0.143 m, centred 0.024 m below the origin) then spans 1/1.375 of the crop, centred, as DECA's crop rule implies;
     light = soft white light, SH band 0 = 3.5 (c0 * 3.5 ~ 1) with a mild frontal (+z) and overhead (+y) term.
     """
     lay = CODE_LAYOUT
@@ -60,8 +61,8 @@ def code_targets() -> tuple[Tensor, Tensor]:
     std[pose0 : pose0 + 3] = 0.05
     mean[pose0 + 3 : pose0 + 6] = torch.tensor(JAW_MEAN)
     std[pose0 + 3 : pose0 + 6] = torch.tensor(JAW_STD)
-    mean[s["cam"]] = torch.tensor([9.0, 0.0, 0.0])
-    std[s["cam"]] = torch.tensor([0.3, 0.02, 0.02])
+    mean[s["cam"]] = torch.tensor([10.0, 0.0, 0.024])
+    std[s["cam"]] = torch.tensor([0.3, 0.005, 0.005])
     light_mean = torch.zeros(9, 3)
     light_std = torch.full((9, 3), 0.02)
     light_mean[0], light_std[0] = 3.5, 0.15  # ambient

@@ -22,10 +22,11 @@ import numpy as np
 
 from .reader import Frame, VideoError, open_input
 
-__all__ = ["VideoWriter"]
+__all__ = ["VideoWriter", "check_writable"]
 
 
-def _check_writable(path: str) -> None:
+def check_writable(path: str) -> None:
+    """Raise VideoError before any work when `path` cannot be written (folder missing, read-only, a dir)."""
     parent = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise VideoError(f"{path}: output path is a directory; give a file name such as out.mp4")
@@ -79,7 +80,7 @@ class VideoWriter:
         self.path = os.fspath(path)
         if width <= 0 or height <= 0:
             raise ValueError(f"{self.path}: width and height must be positive, got {width}x{height}")
-        _check_writable(self.path)
+        check_writable(self.path)
         try:
             av.codec.Codec(codec, "w")
         except Exception:
