@@ -14,38 +14,10 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from PIL import Image
 
-from capture.stream.clips import make_test_clip
+from face_clips import make_face_clip
 
 ROOT = Path(__file__).resolve().parents[1]
-SIZE = (320, 240)
-
-
-def _astronaut_frame(shift: int, size=SIZE) -> np.ndarray:
-    from skimage import data
-
-    photo = np.asarray(Image.fromarray(data.astronaut()).resize((360, 360)))
-    w, h = size
-    canvas = np.full((h, w, 3), 90, np.uint8)
-    x0 = 20 + shift
-    crop = photo[0:h, 40 : 40 + w - x0]
-    canvas[:, x0 : x0 + crop.shape[1]] = crop
-    return canvas
-
-
-def _blank(size=SIZE) -> np.ndarray:
-    w, h = size
-    return np.full((h, w, 3), 90, np.uint8)
-
-
-def make_face_clip(path: Path, frames: int, *, audio: bool = True, missing=(), fps=25, pts=None):
-    def draw(i, size):
-        return _blank(size) if i in missing else _astronaut_frame(2 * (i % 10), size)
-
-    return make_test_clip(path, frames=frames, size=SIZE, fps=fps, audio=audio, draw=draw, pts=pts)
-
-
 def probe(path: Path):
     with av.open(str(path)) as c:
         vs = c.streams.video[0]
