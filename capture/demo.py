@@ -1,5 +1,6 @@
 """`python -m capture.demo`: the whole pipeline on the built-in demo pack, no downloads.
 
+0. Reconstructs skimage's astronaut photo (DECA's single-image demo) into `demo_reconstruct/`.
 1. Renders a short performer clip from the demo pack: the demo head wearing the astronaut photo's texture
    (skimage's public-domain photo), with known jaw, expression and head-yaw sequences, plus a sine audio
    track (`demo_source.mp4`).
@@ -24,7 +25,9 @@ from .avatar import load_avatar
 from .cli_common import run_cli
 from .crop import FaceDetector
 from .deca import DECA, Codes
+from .reconstruct import reconstruct_one
 from .retarget import AvatarRenderer
+from .stills import astronaut
 from .stream.clips import make_test_clip
 
 
@@ -76,6 +79,8 @@ def main(argv=None) -> int:
     parser.add_argument("--size", default="640x360", help="performer clip size WxH")
     parser.add_argument("--fps", type=float, default=25.0)
     parser.add_argument("--backend", default="auto")
+    parser.add_argument("--reconstruct-dir", default="demo_reconstruct", help="where the astronaut's "
+                        "reconstruction goes ('' to skip)")
     args = parser.parse_args(argv)
     w, h = (int(v) for v in args.size.lower().split("x"))
 
@@ -83,6 +88,12 @@ def main(argv=None) -> int:
     pack = load_pack(pack_dir)
     print(pack.label, flush=True)
     deca = DECA.from_pack(pack)
+    if args.reconstruct_dir:
+        out_dir = Path(args.reconstruct_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with FaceDetector() as detector:
+            written = reconstruct_one(deca, detector, astronaut(), "astronaut", out_dir)
+        print(f"reconstructed the astronaut photo: {len(written)} files in {out_dir}/", flush=True)
     print(f"rendering a {args.frames}-frame performer clip ({w}x{h}, {args.fps:g} fps, with audio) "
           f"-> {args.source}", flush=True)
     render_performer_clip(deca, Path(args.source), args.frames, (w, h), args.fps)
