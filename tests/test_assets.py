@@ -79,6 +79,15 @@ def test_flame_pickle_with_chumpy_objects_loads_without_chumpy(tmp_path, protoco
     assert model.shapedirs.dtype == np.float32 and model.faces.dtype == np.int64
 
 
+def test_legacy_checkpoint_format_loads(small_pack_dir, tmp_path):
+    """deca_model.tar may be in torch's pre-1.6 (non-zip) format; weights_only loading reads it too."""
+    pack = _damaged_copy(small_pack_dir, tmp_path / "legacy")
+    ckpt = torch.load(pack / "deca_model.tar", weights_only=True)
+    torch.save(ckpt, pack / "deca_model.tar", _use_new_zipfile_serialization=False)
+    loaded = load_pack(pack)
+    torch.testing.assert_close(loaded.checkpoint["D_detail"]["l1.0.weight"], ckpt["D_detail"]["l1.0.weight"])
+
+
 def test_landmark_embedding_with_torch_tensors(tmp_path):
     rng = np.random.default_rng(1)
     content = {

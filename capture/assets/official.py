@@ -167,6 +167,8 @@ def read_landmark_embedding(path: Path) -> LandmarkEmbedding:
     values = {}
     for key, shape in keys.items():
         values[key] = to_numpy(content[key])
+        if key.startswith("full_") and values[key].shape == shape[1:]:
+            values[key] = values[key][None]  # tolerate the embedding without its leading batch axis
         _expect_shape(name, key, values[key], shape)
     return LandmarkEmbedding(
         static_lmk_faces_idx=values["static_lmk_faces_idx"].astype(np.int64),
