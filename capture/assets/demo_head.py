@@ -198,7 +198,8 @@ def _make_design(rng: np.random.Generator) -> _Design:
         blobs=blobs,
         nose=(bridge, 0.0062, tip, 0.0098 * nose, 0.007),
         sockets=sockets,
-        eye_x=eye_x, opening_x=eye_x + 0.0009, eye_y=eye_y, eye_z=0.0575 * depth, eye_half_width=0.0112 * width, eye_half_height=0.0050,
+        eye_x=eye_x, opening_x=eye_x + 0.0009, eye_y=eye_y, eye_z=0.0575 * depth,
+        eye_half_width=0.0112 * width, eye_half_height=0.0050,
         mouth_y=mouth_y, mouth_half_width=0.0235 * width, lip_z=0.08 * depth,
         neck_axis=np.array([0.0, -0.018 * depth]), neck_radius=0.052 * width,
         neck_joint_y=-0.07 * height,
@@ -220,6 +221,20 @@ def _head_field(p: np.ndarray, d: _Design) -> np.ndarray:
     for sx in (1.0, -1.0):
         lid = np.linalg.norm(p - np.array([sx * d.eye_x, d.eye_y, d.eye_z]), axis=-1) - _EYE_RADIUS - _LID_GAP
         f = _smin(f, lid, 0.004)
+    return f
+
+
+_FACE_PARTS = ("face", "jaw", "chin", "cheek_l", "cheek_r", "upper_lip", "lower_lip")
+_FACE_MARGIN = 0.002
+
+
+def _face_field(p: np.ndarray, d: _Design) -> np.ndarray:
+    """Signed field of the lower face alone (no cranium, ears or neck): tells the jaw from the neck."""
+    f = None
+    for name, centre, radii, fillet in d.blobs:
+        if name in _FACE_PARTS:
+            g = _sd_ellipsoid(p, centre, radii)
+            f = g if f is None else _smin(f, g, fillet)
     return f
 
 
@@ -291,9 +306,12 @@ def _make_grid(n_el: int, n_az: int, design: _Design) -> _Grid:
     # Row density: more rows on the face, most at the eye and mouth levels.
     fine = np.linspace(np.pi / 2, el_bottom, 4000)
     deg = np.rad2deg(fine)
-    w = 1.0 + 2.2 * _smoothstep((deg + 66) / 8) * _smoothstep((52 - deg) / 8)
+    w = 1.0 + 2.2 * _smoothstep((deg + 80) / 8) * _smoothstep((52 - deg) / 8)
     w += 3.0 * np.exp(-0.5 * ((fine - el_eye) / np.deg2rad(4.5)) ** 2)
     w += 2.0 * np.exp(-0.5 * ((fine - el_mouth) / np.deg2rad(5.0)) ** 2)
+    # Steep rays meet the neck's near-vertical wall at growing spacing (~1/cos^2): compensate.
+    neck = fine < np.deg2rad(-52.0)
+    w[neck] *= (np.cos(np.deg2rad(-52.0)) / np.cos(fine[neck])) ** 1.5
     cum = np.concatenate([[0.0], np.cumsum(0.5 * (w[1:] + w[:-1]))])
     cum /= cum[-1]
     el = np.interp(np.linspace(0, 1, n_el), cum, fine)
@@ -341,8 +359,6 @@ class _Mesh:
     faces: np.ndarray
     uvcoords: np.ndarray
     uvfaces: np.ndarray
-    grid_vid: np.ndarray  # [n_el, n_az + 1] vertex id of grid nodes (upper-side copy on the slit), -1 if unused
-    grid_vid_lower: np.ndarray  # same, with the lower-lip copies on the slit row
     cell_faces: np.ndarray  # [n_el - 1, n_az, 2] face ids per grid cell (-1: removed / none)
     cell_main_diag: np.ndarray  # [n_el - 1, n_az] bool: cell split along (i, j)-(i+1, j+1)
     cell_removed: np.ndarray  # [n_el - 1, n_az] bool (eye openings)
@@ -353,7 +369,6 @@ class _Mesh:
     eye_centres: dict  # joint -> [3]
     is_head: np.ndarray  # [V] bool
     row: np.ndarray  # [V] grid row of grid vertices (-1 elsewhere)
-    col: np.ndarray  # [V] grid column of grid vertices (-1 elsewhere)
     cavity_upper: np.ndarray  # vertex ids of the mouth pouch: upper half, lower half, the two corner columns
     cavity_lower: np.ndarray
     cavity_corners: np.ndarray
@@ -411,13 +426,15 @@ def _eyeball(centre, rings, segments):
 _CAVITY_UV = (0.2, 0.8, 0.012, 0.128)  # u0, u1, v0, v1 of the mouth cavity's patch (bottom strip, centre)
 
 
-def _mouth_cavity(P, row: int, cols, upper_ids, lower_ids, n_inner: int, first_vid: int, first_uvid: int):
+def _mouth_cavity(P, row: int, cols, upper_ids, lower_ids, n_inner: int, head_verts, first_uvid: int):
     """A pouch behind the lips, so that an open mouth shows a mouth and not the inside of the head.
 
     cols: grid columns from one mouth corner to the other; upper_ids / lower_ids: the slit's vertex ids on the
-    upper and lower lip (equal at the two corners). Returns vertices, faces, uvcoords, uvfaces (ids numbered
-    from first_vid / first_uvid) and the new vertex ids of the upper half, the lower half and the corners.
+    upper and lower lip (equal at the two corners); head_verts: the vertices so far, the pouch's are numbered
+    after them. Returns vertices, faces, uvcoords, uvfaces (uv ids from first_uvid) and the new vertex ids of
+    the upper half, the lower half and the corners.
     """
+    first_vid = len(head_verts)
     n_c = len(cols)
     slit = P[row, cols]
     x_corner = max(abs(slit[0, 0]), abs(slit[-1, 0]), 1e-6)
@@ -453,15 +470,7 @@ def _mouth_cavity(P, row: int, cols, upper_ids, lower_ids, n_inner: int, first_v
     faces = np.array(faces, np.int64)
     uvfaces = np.array(uvfaces, np.int64)
     # Orient every face toward the inside of the pouch (the air of the mouth).
-    pos = lambda ids: np.where((ids >= first_vid)[..., None], verts[np.clip(ids - first_vid, 0, None)],  # noqa
-                               0.0)
-    pts = pos(faces)
-    slit_pos = {int(k): P[row, cols[c]] for c, k in enumerate(upper_ids)}
-    slit_pos.update({int(k): P[row, cols[c]] for c, k in enumerate(lower_ids)})
-    for f_i, tri in enumerate(faces):
-        for k in range(3):
-            if tri[k] < first_vid:
-                pts[f_i, k] = slit_pos[int(tri[k])]
+    pts = np.concatenate([head_verts, verts])[faces]
     normal = np.cross(pts[:, 1] - pts[:, 0], pts[:, 2] - pts[:, 0])
     centre = pts.mean(1)
     axis = slit.mean(0) + np.array([0.0, 0.0, -0.008])
@@ -485,7 +494,6 @@ def _build_mesh(P, grid: _Grid, design: _Design, removed, rings: int, segments: 
     vid[:, n_az] = vid[:, 0]
     n_grid = 1 + (n_el - 1) * n_az
     m = grid.mouth_row
-    col_x = np.sin(grid.az)
     corner = np.abs(P[m, :, 0]) >= design.mouth_half_width
     centre_col = n_az // 2
     j_right = centre_col - np.argmax(corner[centre_col::-1])  # first corner column toward -x
@@ -496,7 +504,6 @@ def _build_mesh(P, grid: _Grid, design: _Design, removed, rings: int, segments: 
     lower_ids = n_grid + np.arange(len(slit_cols))
     vid_lower = vid.copy()
     vid_lower[m, slit_cols] = lower_ids
-    del col_x
 
     # UV ids: one pole uv per column, then rows 1.. x columns 0..n_az (the seam column is duplicated).
     uvid = np.zeros((n_el, n_az + 1), np.int64)
@@ -541,14 +548,13 @@ def _build_mesh(P, grid: _Grid, design: _Design, removed, rings: int, segments: 
     uvs = [uv_pole, uv_grid]
     n_uv = n_az + (n_el - 1) * (n_az + 1)
     row = np.concatenate([[0], np.repeat(np.arange(1, n_el), n_az), np.full(len(slit_cols), m)])
-    col = np.concatenate([[n_az // 2], np.tile(np.arange(n_az), n_el - 1), slit_cols])
 
     # The mouth pouch, attached to both lips of the slit.
     n_v = len(verts)
     cols = np.arange(j_right, j_left + 1)
     n_inner = 3 if n_az >= 48 else 2
     cav_v, cf, cuv, cuvf, cav_up, cav_low, cav_corner = _mouth_cavity(
-        P, m, cols, vid[m, cols], vid_lower[m, cols], n_inner, n_v, n_uv)
+        P, m, cols, vid[m, cols], vid_lower[m, cols], n_inner, verts, n_uv)
     faces.append(cf)
     uvfaces.append(cuvf)
     uvs.append(cuv)
@@ -556,7 +562,6 @@ def _build_mesh(P, grid: _Grid, design: _Design, removed, rings: int, segments: 
     n_v += len(cav_v)
     n_uv += len(cuv)
     row = np.concatenate([row, -np.ones(len(cav_v), np.int64)])
-    col = np.concatenate([col, -np.ones(len(cav_v), np.int64)])
 
     eyeball_ids = {}
     for joint in (LEFT_EYE, RIGHT_EYE):
@@ -575,7 +580,6 @@ def _build_mesh(P, grid: _Grid, design: _Design, removed, rings: int, segments: 
     uvfaces = np.concatenate(uvfaces).astype(np.int64)
     uvcoords = np.concatenate(uvs)
     row = np.concatenate([row, -np.ones(n_v - len(row), np.int64)])
-    col = np.concatenate([col, -np.ones(n_v - len(col), np.int64)])
 
     # Drop what the eye openings left unused, renumbering vertices and uv-vertices.
     used = np.zeros(len(verts), bool)
@@ -591,11 +595,10 @@ def _build_mesh(P, grid: _Grid, design: _Design, removed, rings: int, segments: 
     is_head[: n_grid + len(slit_cols) + len(cav_v)] = True
     return _Mesh(
         vertices=verts[used], faces=remap[faces], uvcoords=uvcoords[used_uv], uvfaces=remap_uv[uvfaces],
-        grid_vid=np.where(vid >= 0, remap[vid], -1), grid_vid_lower=remap[vid_lower],
         cell_faces=cell_faces, cell_main_diag=main, cell_removed=removed, slit_cols=slit_cols,
         lower_slit=remap[lower_ids], upper_slit=remap[vid[m, slit_cols]],
         eyeballs={k: remap[v] for k, v in eyeball_ids.items()}, eye_centres=eye_centres,
-        is_head=is_head[used], row=row[used], col=col[used],
+        is_head=is_head[used], row=row[used],
         cavity_upper=remap[cav_up], cavity_lower=remap[cav_low], cavity_corners=remap[cav_corner],
     )
 
@@ -618,7 +621,6 @@ def _locate(mesh: _Mesh, cell_i, a, j):
     jc = np.mod(jc, n_az)
     main = mesh.cell_main_diag[cell_i, jc]
     faces = mesh.cell_faces[cell_i, jc]
-    w = np.zeros(a.shape + (3,))
     second = np.where(main, b > a, a + b > 1.0) & (cell_i > 0)
     # main diagonal: T1 = (p00, p10, p11) for a >= b, T2 = (p00, p11, p01)
     w_main1 = np.stack([1 - a, a - b, b], -1)
@@ -667,7 +669,9 @@ def _scan_to_open_cell(mesh: _Mesh, i, j, di, dj):
     cj = int(np.floor(j))
     if not mesh.cell_removed[ci, cj % mesh.cell_removed.shape[1]]:
         return int(ci), float(a), float(j)
-    while mesh.cell_removed[ci, cj % mesh.cell_removed.shape[1]]:
+    for _ in range(sum(mesh.cell_removed.shape)):  # an opening is a few cells wide: this always ends early
+        if not mesh.cell_removed[ci, cj % mesh.cell_removed.shape[1]]:
+            break
         ci += di
         cj += dj
     if di:
@@ -754,6 +758,13 @@ def _static_landmarks(mesh: _Mesh, P, grid: _Grid, design: _Design):
     return _locate(mesh, ci, a, j)
 
 
+# A contour point sits where the surface is about to turn away (n . view below a threshold). On the sides of
+# the face that is the silhouette (threshold 0); under the chin the surface runs nearly parallel to the view,
+# n . view = 0 is ill-defined there, and the visible edge of the jaw is where the surface starts to turn under:
+# the threshold grows for the points that search downward.
+_SILHOUETTE_UNDER_CHIN = 0.3
+
+
 def _contour_landmarks(mesh: _Mesh, P, grid: _Grid, design: _Design):
     """Jaw-contour points 0..16 for every yaw row: faces [79, 17] and barycentrics [79, 17, 3].
 
@@ -761,7 +772,8 @@ def _contour_landmarks(mesh: _Mesh, P, grid: _Grid, design: _Design):
     head's rotation R: atan2(-R[2,0], ...), i.e. R = R_y(yaw) turns the face toward +x. In head
     coordinates the camera then looks along v = (-sin yaw, 0, cos yaw), and each contour point is the first
     point, walking outward from below the nose along its own direction on the (azimuth, elevation) chart,
-    where the surface turns away from the camera (n . v = 0): the visible silhouette of the lower face.
+    where the surface turns away from the camera (n . v = 0, or a little before it under the chin): the
+    visible outline of the lower face.
     Points are kept in front of the ears (|azimuth| <= 80 degrees).
     """
     # Normals of a smoothed copy of the surface: the silhouette of the face, not of lip creases or nostrils.
@@ -786,19 +798,26 @@ def _contour_landmarks(mesh: _Mesh, P, grid: _Grid, design: _Design):
     valid = (np.abs(az) <= az_limit) & (el >= el_limit)
     i, j = grid.frac_index(np.clip(az, -az_limit, az_limit), np.maximum(el, el_limit))
     n = _bilinear(normals, i, j)  # [17, S, 3]
+    # The points that search downward stop where the face ends and the neck begins (the neck is about as wide
+    # as the jaw, so without this they would slide down the neck's silhouette).
+    on_face = _face_field(_bilinear(P, i, j), design) < _FACE_MARGIN
+    downward = np.sin(phi)[:, None] < -0.3
+    valid &= on_face | ~downward
 
     yaws = np.concatenate([np.arange(40), -np.arange(1, 40)]).astype(np.float64)
     y = np.deg2rad(yaws)
     view = np.stack([-np.sin(y), np.zeros_like(y), np.cos(y)], -1)  # [79, 3]
     facing = np.einsum("psk,rk->rps", n, view)  # [79, 17, S]
-    away = (facing <= 0.0) | ~valid[None]
+    threshold = (_SILHOUETTE_UNDER_CHIN * np.clip(-np.sin(phi), 0.0, 1.0) ** 2)[None, :, None]  # [1, 17, 1]
+    away = (facing <= threshold) | ~valid[None]
     first = np.where(away.any(-1), np.argmax(away, -1), rho.size - 1)
     # Sub-sample position of the zero crossing.
     prev = np.maximum(first - 1, 0)
     f0 = np.take_along_axis(facing, prev[..., None], -1)[..., 0]
     f1 = np.take_along_axis(facing, first[..., None], -1)[..., 0]
     hit_valid = np.take_along_axis(np.broadcast_to(valid, facing.shape), first[..., None], -1)[..., 0]
-    t = np.where(hit_valid & (f0 > f1), np.clip(f0 / np.maximum(f0 - f1, 1e-12), 0, 1), 0.0)
+    thr = threshold[..., 0]
+    t = np.where(hit_valid & (f0 > f1), np.clip((f0 - thr) / np.maximum(f0 - f1, 1e-12), 0, 1), 0.0)
     rho_hit = rho[prev] + t * (rho[first] - rho[prev])
     az_hit = np.clip(np.cos(phi)[None] * rho_hit, -az_limit, az_limit)
     el_hit = np.maximum(el_c + np.sin(phi)[None] * rho_hit, el_limit)
@@ -816,6 +835,26 @@ def _embed(vertices, faces, face_idx, bary):
 # Skinning
 
 
+def _diffuse(mesh: _Mesh, values, radius: float):
+    """Values [V] blurred over the mesh's edges by roughly `radius` metres (heat diffusion).
+
+    Edge weights fade with edge length and the number of steps grows with mesh density, so coarse and fine
+    meshes get about the same blur in metres.
+    """
+    v, f = mesh.vertices, mesh.faces
+    rows = np.concatenate([f[:, 0], f[:, 1], f[:, 2], f[:, 1], f[:, 2], f[:, 0]])
+    cols = np.concatenate([f[:, 1], f[:, 2], f[:, 0], f[:, 0], f[:, 1], f[:, 2]])
+    length = np.linalg.norm(v[rows] - v[cols], axis=1)
+    weight = np.exp(-(length / radius) ** 2)
+    adj = scipy.sparse.csr_matrix((weight, (rows, cols)), shape=(len(v), len(v)))  # duplicates add up
+    deg = np.asarray(adj.sum(1)).ravel()
+    n_iter = int(np.clip(round(2.0 * (radius / np.median(length)) ** 2), 1, 60))
+    out = np.asarray(values, np.float64).copy()
+    for _ in range(n_iter):
+        out = out + 0.5 * (adj @ out - deg * out) / (deg + 1.0)
+    return out
+
+
 def _skinning(mesh: _Mesh, design: _Design):
     """weights [V, 5] and J_regressor [5, V]."""
     v = mesh.vertices
@@ -825,7 +864,7 @@ def _skinning(mesh: _Mesh, design: _Design):
     ax, az = design.neck_axis
     r_xz = np.hypot(x - ax, z - az)
     # Root: the neck stub below the neck joint.
-    on_neck = _smoothstep((design.neck_radius + 0.012 - r_xz) / 0.012)
+    on_neck = _smoothstep((design.neck_radius + 0.006 - r_xz) / 0.010)
     y_bottom = y[head].min()
     w_root = on_neck * _smoothstep((design.neck_joint_y - y) / (design.neck_joint_y - y_bottom))
     # Jaw: below a line from the mouth back up to the hinge, in front of the hinge, above the neck.
@@ -833,47 +872,38 @@ def _skinning(mesh: _Mesh, design: _Design):
     hy, hz = design.hinge[1], design.hinge[2]
     along = np.clip((zl - z) / (zl - hz), 0.0, 1.0)
     y_line = my + along * (hy - my)
-    band = 0.004 + 0.016 * along
+    band = 0.012 + 0.016 * along
     below = _smoothstep((y_line - y) / band + 0.5)
     in_front = _smoothstep((z - hz + 0.012) / 0.02)
-    off_neck = _smoothstep((r_xz - design.neck_radius - 0.002) / 0.016)
+    off_neck = _smoothstep((r_xz - design.neck_radius + 0.002) / 0.012)
     # The lips: above the slit stays with the head, below goes with the jaw, however close they are.
     m = mesh.row
     lower_side = ((m > 0) & (m > np.max(m[mesh.lower_slit]))).astype(float)
     lower_side[mesh.lower_slit] = 1.0
     lower_side[mesh.upper_slit] = 0.0
-    lateral = _smoothstep((design.mouth_half_width + 0.004 - np.abs(x)) / 0.008)
-    near_lips = _smoothstep((0.014 - np.abs(y - my)) / 0.006) * (z > 0.05)
+    lateral = _smoothstep((design.mouth_half_width + 0.003 - np.abs(x)) / 0.005)
+    near_lips = _smoothstep((0.014 - np.abs(y - my)) / 0.006) * _smoothstep((z - 0.045) / 0.015)
     lip_mix = lateral * near_lips
     below = lip_mix * lower_side + (1 - lip_mix) * below
     w_jaw = below * in_front * off_neck * (1 - w_root)
     w_jaw = np.where(head, w_jaw, 0.0)
     w_root = np.where(head, w_root, 0.0)
 
-    # Smooth over the mesh (the slit is a cut, so the lips stay apart).
-    f = mesh.faces
-    rows = np.concatenate([f[:, 0], f[:, 1], f[:, 2], f[:, 1], f[:, 2], f[:, 0]])
-    cols = np.concatenate([f[:, 1], f[:, 2], f[:, 0], f[:, 0], f[:, 1], f[:, 2]])
-    adj = scipy.sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_v, n_v))
-    adj.data[:] = 1.0
-    deg = np.asarray(adj.sum(1)).ravel()
-    avg = scipy.sparse.diags(1.0 / np.maximum(deg, 1)) @ adj
-    w_jaw_s = w_jaw.copy()
-    for _ in range(6):
-        w_jaw_s = 0.5 * w_jaw_s + 0.5 * (avg @ w_jaw_s)
+    # Smooth over the mesh (the slit is a cut, so the lips stay apart), by about the same distance in metres
+    # whatever the resolution: edge weights fade with length, iterations grow with density.
+    w_jaw_s = _diffuse(mesh, w_jaw, radius=0.015)
     # The lower lip opens fully in the middle and half at the corners (a lens-shaped opening); the pouch
     # behind the lips follows its lip.
     x_corner = np.abs(v[mesh.cavity_corners, 0]).max() if len(mesh.cavity_corners) else design.mouth_half_width
     lip_profile = lambda ids: 0.5 + 0.5 * np.sqrt(np.clip(1 - (x[ids] / x_corner) ** 2, 0, 1))  # noqa: E731
-    near_slit = np.exp(-0.5 * ((y - my) / 0.005) ** 2) * lateral * (z > 0.05) * lower_side
+    near_slit = np.exp(-0.5 * ((y - my) / 0.005) ** 2) * lateral * _smoothstep((z - 0.045) / 0.015) * lower_side
     w_jaw_s = w_jaw_s * (1 - near_slit * (1 - lip_profile(np.arange(n_v))))
     w_jaw_s[mesh.lower_slit] = lip_profile(mesh.lower_slit)
     w_jaw_s[mesh.upper_slit] = 0.0
     w_jaw_s[mesh.cavity_lower] = lip_profile(mesh.cavity_lower)
     w_jaw_s[mesh.cavity_upper] = 0.0
     w_jaw_s[mesh.cavity_corners] = 0.5
-    for _ in range(2):
-        w_root = 0.5 * w_root + 0.5 * (avg @ w_root)
+    w_root = _diffuse(mesh, w_root, radius=0.008)
     w_jaw = np.where(head, w_jaw_s, 0.0)
     w_root = np.where(head, w_root, 0.0)
     weights = np.zeros((n_v, 5))
@@ -934,6 +964,8 @@ def _blendshapes(mesh: _Mesh, design: _Design, weights, joints, lmk, rng):
     normals = _vertex_normals(mesh.vertices, mesh.faces)
     shared = 0.5 * (normals[mesh.lower_slit] + normals[mesh.upper_slit])
     normals[mesh.lower_slit] = normals[mesh.upper_slit] = _normalize(shared)
+    for ids in mesh.eyeballs.values():
+        normals[ids] = (0.0, 0.0, 1.0)  # one normal per eyeball: normal-based fields move it rigidly too
     x, y, z = v.T
     side = np.clip((y - design.mouth_y) / 0.001, -1, 1)  # +1 upper lip side, -1 lower
     side[mesh.upper_slit] = 1.0
@@ -1044,7 +1076,8 @@ def _blendshapes(mesh: _Mesh, design: _Design, weights, joints, lmk, rng):
     # --- pose correctives. Features: 9 per joint (neck, jaw, left eye, right eye), R - I row-major.
     pose = np.zeros((len(v), 3, N_POSE_FEATURES))
     # Jaw opening (sin θ on entries (2,1) and -(1,2)): cheeks by the corners sink in, the lower lip rolls out.
-    opening = -(g(corner_l, 0.018) + g(corner_r, 0.018)) * normals * 6.0 * _MM
+    beside_mouth = _smoothstep((np.abs(x) - 0.018) / 0.012)[:, None]  # the cheeks, not the lips
+    opening = -(g(corner_l, 0.018) + g(corner_r, 0.018)) * beside_mouth * normals * 6.0 * _MM
     opening += lower[:, None] * g(lip_low, 0.012) * vec(0, 0, 3.0 * _MM)
     opening *= not_eye
     pose[:, :, 9 + 7] = 0.5 * opening
@@ -1105,7 +1138,7 @@ def _face_region(tx: _Texels, shrink: float = 1.0):
     az = np.rad2deg(tx.az)
     el = np.rad2deg(tx.el)
     el_c = -6.0
-    half_el = np.where(el > el_c, 44.0, 51.0) * shrink
+    half_el = np.where(el > el_c, 45.0, 53.0) * shrink
     rad = (np.abs(az / (62.0 * shrink)) ** 3 + np.abs((el - el_c) / half_el) ** 3) ** (1.0 / 3.0)
     return _smoothstep((1.06 - rad) / 0.14) * tx.head
 
@@ -1125,7 +1158,7 @@ def _masks(tx: _Texels, design: _Design):
     """uv_face_eye_mask and uv_face_mask as [256, 256, 4] uint8 RGBA."""
     eyeball = np.where(np.isnan(tx.eye_theta), 0.0, _smoothstep((1.2 - np.nan_to_num(tx.eye_theta)) / 0.4))
     face_eye = np.maximum(_face_region(tx), eyeball)
-    face = _face_region(tx, shrink=0.93) * (1.0 - _eye_openings(tx, design))
+    face = _face_region(tx, shrink=0.95) * (1.0 - _eye_openings(tx, design))
 
     def rgba(m):
         m8 = np.clip(np.round(m * 255.0), 0, 255).astype(np.uint8)
@@ -1169,9 +1202,10 @@ def _fixed_displacement(tx: _Texels, lmk, rng):
         d = (p[..., 1] - yy) / 0.0018
         feat -= (3e-4 + 1e-4 * k) * np.exp(-0.5 * d * d) * np.exp(-0.5 * (p[..., 0] / 0.03) ** 2) * (p[..., 2] > 0.05)
     feat += 1.3e-3 * _gauss(p, lmk[30], 0.004)  # nose tip
-    disp = np.where(tx.head, base + feat, 0.0)
+    fade = _smoothstep((tx.v - _V0) / 0.04)  # to zero at the neck's edge of the map
+    disp = np.where(tx.head, (base + feat) * fade, 0.0)
     eyes = ~np.isnan(tx.eye_theta)
-    disp[eyes] = 0.3 * base[eyes]
+    disp[eyes] = (0.3 * base * _smoothstep((_EYE_BACK_ANGLE - np.nan_to_num(tx.eye_theta)) / 1.0))[eyes]
     disp = np.clip(disp, -1.4e-3, 1.6e-3)
     disp[~on] = 0.0
     return disp
@@ -1204,15 +1238,18 @@ def _regions(tx: _Texels, design: _Design, lmk) -> _Regions:
     height = np.where(dy > 0, 0.0080, 0.0098) * across ** 0.6
     lips = _smoothstep((height - np.abs(dy)) / 0.0012 + 0.5) * (across > 0)
     lips *= head * _smoothstep((p[..., 2] - 0.05) / 0.01)
+    # Brows: bands along the brow landmarks (only texels near them are measured, for speed).
     brows = np.zeros_like(lips)
+    lo, hi = lmk[17:27].min(0) - 0.008, lmk[17:27].max(0) + 0.008
+    near = np.flatnonzero(np.all((p >= lo) & (p <= hi), axis=-1) & tx.head)
+    q = p.reshape(-1, 3)[near]
+    dist = np.full(len(near), np.inf)
     for ids in ((17, 18, 19, 20, 21), (22, 23, 24, 25, 26)):
         pts = lmk[list(ids)]
-        dist = np.full(p.shape[:2], np.inf)
         for a, b in zip(pts[:-1], pts[1:]):
-            t = np.clip(np.einsum("ijk,k->ij", p - a, b - a) / np.dot(b - a, b - a), 0, 1)
-            dist = np.minimum(dist, np.linalg.norm(p - (a + t[..., None] * (b - a)), axis=-1))
-        thickness = 0.0032
-        brows = np.maximum(brows, _smoothstep((thickness - dist) / 0.0018 + 0.5))
+            t = np.clip((q - a) @ (b - a) / np.dot(b - a, b - a), 0, 1)
+            dist = np.minimum(dist, np.linalg.norm(q - (a + t[:, None] * (b - a)), axis=-1))
+    brows.reshape(-1)[near] = _smoothstep((0.0032 - dist) / 0.0018 + 0.5)
     brows *= head * front
     el = np.rad2deg(tx.el)
     az = np.rad2deg(tx.az)
@@ -1311,13 +1348,13 @@ def _fit_rims(P, removed, design: _Design, centres: dict):
     touched[:, -1] = touched[:, 0]
     rim = (touched > 0) & (touched < 4)
     row_gap = np.abs(np.diff(P[..., 1], axis=0))
-    room = 0.6 * np.minimum(np.vstack([row_gap[:1], row_gap]), np.vstack([row_gap, row_gap[-1:]]))
+    room = 0.45 * np.minimum(np.vstack([row_gap[:1], row_gap]), np.vstack([row_gap, row_gap[-1:]]))
     P = P.copy()
     for c in centres.values():
         d = P - c
         sel = rim & (np.linalg.norm(d, axis=-1) < _EYE_RADIUS + 0.010)
         dx = (P[..., 0] - np.sign(c[0]) * design.opening_x) / design.eye_half_width
-        half_h = design.eye_half_height * np.clip(1.0 - dx ** 2, 0.0, 1.0)
+        half_h = design.eye_half_height * np.clip(1.0 - dx ** 2, 0.15, 1.0)  # the corners stay open a little
         target_y = c[1] + np.sign(d[..., 1]) * half_h
         move = np.clip(target_y - P[..., 1], -room, room)
         P[..., 1] = np.where(sel, P[..., 1] + move, P[..., 1])
