@@ -1,0 +1,87 @@
+"""Coarse stage: E_flame trained by analysis-by-synthesis (DECA section 4.1 losses).
+
+Per batch: E_flame -> codes -> FLAME, albedo, SH light -> render; losses: landmark re-projection, eye closure,
+masked photometric, identity (optional network), shape consistency (shape codes swapped between images of the
+same person, every other code kept, re-rendered and compared with the image again), and the regularisers.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..deca import Codes
+from . import losses as L
+from .dataset import Batch, FaceDataset, group_permutation
+from .loop import TrainableEncoder, load_base_pack, load_networks, resolve_checkpoint, run_stage
+from .renderer import TrainRenderer
+
+
+def coarse_terms(renderer: TrainRenderer, codes: Codes, batch: Batch,
+                 identity_net: Optional[nn.Module]) -> dict[str, torch.Tensor]:
+    """Unweighted coarse-stage loss terms for one batch (keys match the `w_<term>` config weights)."""
+    geo = renderer.geometry(codes)
+    albedo = renderer.albedo(codes.tex)
+    rend = renderer.render(geo, albedo, codes.light)
+    mask = batch.masks * rend.alpha
+    terms = {
+        "landmark": L.landmark_loss(geo.landmarks, batch.landmarks),
+        "eye": L.eye_closure_loss(geo.landmarks, batch.landmarks),
+        "photo": L.photometric_loss(rend.image, batch.images, mask),
+    }
+    if identity_net is not None:
+        terms["identity"] = L.identity_loss(identity_net, L.composite(rend.image, rend.alpha, batch.images),
+                                            batch.images)
+    perm = group_permutation(batch.identity)
+    swapped = codes.replace(shape=codes.shape[perm])
+    geo_s = renderer.geometry(swapped)
+    rend_s = renderer.render(geo_s, albedo, codes.light)
+    terms["shape_consistency"] = (L.landmark_loss(geo_s.landmarks, batch.landmarks)
+                                  + L.photometric_loss(rend_s.image, batch.images, batch.masks * rend_s.alpha))
+    terms["reg_shape"] = L.shape_regulariser(codes.shape)
+    terms["reg_exp"] = L.shape_regulariser(codes.exp)
+    terms["reg_tex"] = L.shape_regulariser(codes.tex)
+    terms["reg_light"] = L.light_regulariser(codes.light)
+    return terms
+
+
+def weighted_total(terms: dict[str, torch.Tensor], stage_cfg: dict) -> torch.Tensor:
+    missing = [k for k in terms if f"w_{k}" not in stage_cfg]
+    if missing:
+        raise KeyError(f"no weight w_{missing[0]} in the config for loss term {missing[0]!r}")
+    return sum(stage_cfg[f"w_{k}"] * v for k, v in terms.items())
+
+
+def train_coarse(data_dir: str | Path, out: str | Path, cfg: dict, *, assets: Optional[str] = None,
+                 init: Optional[str | Path] = None, resume: Optional[str | Path] = None,
+                 identity_net: Optional[nn.Module] = None, show_progress: bool = True) -> list[dict]:
+    """Run the coarse stage; writes RUN/pack/deca_model.tar, RUN/coarse_log.csv, RUN/coarse_train_state.pt.
+
+    init: checkpoint to start from (default: the model pack's own); resume: an earlier run folder of this stage
+    (its weights, optimiser state and step). identity_net: see `features.IdentityNetwork` (None = term skipped).
+    Returns the logged rows (step, total, every term).
+    """
+    out = Path(out)
+    pack_dir, pack = load_base_pack(assets)
+    start_from = resume if resume is not None else (init if init is not None else pack_dir)
+    networks = load_networks(resolve_checkpoint(start_from))
+    dcfg, stage_cfg = cfg["data"], cfg["coarse"]
+    data = FaceDataset(data_dir, k=dcfg["k_per_identity"], render_size=dcfg["render_size"],
+                       scale_min=dcfg["scale_min"], scale_max=dcfg["scale_max"],
+                       crops_per_image=dcfg["crops_per_image"], seed=dcfg["seed"])
+    renderer = TrainRenderer(pack, dcfg["render_size"])
+    e_flame = TrainableEncoder(networks["E_flame"], stage_cfg["train_backbone"])
+    for name in ("E_detail", "D_detail"):
+        networks[name].requires_grad_(False)
+
+    def step(batch: Batch):
+        codes = Codes.from_network_outputs(e_flame(batch), batch.images.new_zeros(batch.size, 128))
+        terms = coarse_terms(renderer, codes, batch, identity_net)
+        return terms, weighted_total(terms, stage_cfg)
+
+    return run_stage("coarse", data=data, pack_dir=pack_dir, out=out, networks=networks,
+                     params=e_flame.param_groups(stage_cfg["lr"], stage_cfg["lr_backbone"]), step_fn=step, cfg=cfg, resume=resume,
+                     show_progress=show_progress, modules_for_train=e_flame.train,
+                     fresh_crops=stage_cfg["train_backbone"])

@@ -1,0 +1,206 @@
+"""What both stages share: encoders in the two training modes, the run folder, checkpoints, the CSV log."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..assets import load_pack
+from ..assets.official import PACK_FILES
+from ..nets import INPUT_SIZE, NETWORK_NAMES, ResNet50Encoder, build_networks
+from .dataset import Batch, FaceDataset
+
+CHECKPOINT = "deca_model.tar"
+STATE = "train_state.pt"
+
+
+def encoder_input(images: torch.Tensor) -> torch.Tensor:
+    """Crops at the render size -> [B, 3, 224, 224], the only size the encoders take."""
+    if images.shape[-1] == INPUT_SIZE:
+        return images
+    return F.interpolate(images, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """BatchNorm layers keep their running statistics: batches of a few images give too noisy statistics."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+class TrainableEncoder:
+    """E_flame or E_detail, trained whole (`train_backbone`) or as its MLP head on cached backbone features.
+
+    Fine-tuning mode computes each fixed crop's 2048-d backbone feature once (`FaceDataset.crop_scales`), so a
+    step costs an MLP instead of a ResNet-50; the checkpoint still holds the whole encoder.
+    """
+
+    def __init__(self, encoder: ResNet50Encoder, train_backbone: bool):
+        self.encoder, self.train_backbone = encoder, bool(train_backbone)
+        self._features: dict[tuple[int, int], torch.Tensor] = {}
+        encoder.requires_grad_(False)
+        (encoder if train_backbone else encoder.layers).requires_grad_(True)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.encoder.parameters() if p.requires_grad]
+
+    def param_groups(self, lr: float, lr_backbone: float) -> list[dict]:
+        """The MLP head at `lr`; the backbone (when trained) at `lr_backbone`."""
+        groups = [{"params": list(self.encoder.layers.parameters()), "lr": lr}]
+        if self.train_backbone:
+            groups.append({"params": list(self.encoder.encoder.parameters()), "lr": lr_backbone})
+        return groups
+
+    def train(self) -> None:
+        self.encoder.train()
+        freeze_batchnorm(self.encoder)
+
+    def features(self, batch: Batch) -> torch.Tensor:
+        keys = list(zip(batch.index.tolist(), batch.crop.tolist()))
+        todo = [j for j, k in enumerate(keys) if k not in self._features]
+        if todo:
+            if any(keys[j][1] < 0 for j in todo):
+                raise ValueError("fine-tuning mode needs cached crops: sample batches with fresh=False")
+            self.encoder.encoder.eval()
+            with torch.no_grad():
+                feats = self.encoder.encoder(encoder_input(batch.images[todo]))
+            for j, f in zip(todo, feats):
+                self._features[keys[j]] = f
+        return torch.stack([self._features[k] for k in keys])
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        if self.train_backbone:
+            return self.encoder(encoder_input(batch.images))
+        return self.encoder.layers(self.features(batch))
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder, a pack folder or a deca_model.tar -> the checkpoint file."""
+    path = Path(path)
+    for candidate in (path, path / "pack" / CHECKPOINT, path / CHECKPOINT):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{path}: no {CHECKPOINT} there (give a run folder, a pack folder or the file itself)")
+
+
+def load_networks(path: str | Path) -> dict[str, nn.Module]:
+    """Trainable copies of the three networks from a checkpoint (strictly validated)."""
+    ckpt = torch.load(resolve_checkpoint(path), map_location="cpu", weights_only=True)
+    nets = build_networks(ckpt)
+    return {"E_flame": nets.e_flame, "E_detail": nets.e_detail, "D_detail": nets.d_detail}
+
+
+def write_run_pack(out: Path, base_pack_dir: Path, networks: dict[str, nn.Module], note: str) -> Path:
+    """RUN/pack/: a complete model pack (the base pack's files linked, the trained deca_model.tar written).
+
+    `--assets RUN/pack` then works with every command; `load_pack(RUN/pack)` validates it like any pack.
+    """
+    pack = out / "pack"
+    pack.mkdir(parents=True, exist_ok=True)
+    for f in PACK_FILES:
+        src = base_pack_dir / f.name
+        dst = pack / f.name
+        if f.name == CHECKPOINT or not src.is_file() or dst.exists():
+            continue
+        try:
+            os.symlink(src.resolve(), dst)
+        except OSError:  # no symlinks on this file system: copy
+            dst.write_bytes(src.read_bytes())
+    meta_path = base_pack_dir / "pack.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta.pop("weights_sha256", None)
+    meta["trained"] = note
+    (pack / "pack.json").write_text(json.dumps(meta, indent=2) + "\n")
+    ckpt = {name: {k: v.detach().cpu().clone() for k, v in networks[name].state_dict().items()}
+            for name in NETWORK_NAMES}
+    tmp = pack / (CHECKPOINT + ".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(pack / CHECKPOINT)
+    return pack
+
+
+class CsvLog:
+    """RUN/<stage>_log.csv: one row per logged step; columns fixed by the first row."""
+
+    def __init__(self, path: Path, append: bool):
+        self.path, self.columns = path, None
+        if append and path.is_file():
+            with open(path, newline="") as fh:
+                header = next(csv.reader(fh), None)
+            self.columns = header
+        elif path.exists():
+            path.unlink()
+
+    def write(self, row: dict) -> None:
+        if self.columns is None:
+            self.columns = list(row)
+            with open(self.path, "w", newline="") as fh:
+                csv.writer(fh).writerow(self.columns)
+        with open(self.path, "a", newline="") as fh:
+            csv.writer(fh).writerow([f"{row[c]:.6g}" if isinstance(row.get(c), float) else row.get(c, "")
+                                     for c in self.columns])
+
+
+def progress(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, leave=True)
+
+
+def run_stage(stage: str, *, data: FaceDataset, pack_dir: Path, out: Path, networks: dict[str, nn.Module],
+              params: Iterable[nn.Parameter], step_fn, cfg: dict, resume: Optional[Path], show_progress: bool,
+              modules_for_train, fresh_crops: bool) -> list[dict]:
+    """The loop both stages run: sample, losses, step, log, checkpoint. Returns the logged rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    stage_cfg = cfg[stage]
+    optimizer = torch.optim.Adam(list(params), lr=stage_cfg["lr"])  # params: tensors or param groups
+    start = 0
+    state_path = out / f"{stage}_{STATE}"
+    if resume is not None:
+        rs = Path(resume) / f"{stage}_{STATE}" if Path(resume).is_dir() else None
+        if rs is not None and rs.is_file():
+            state = torch.load(rs, map_location="cpu", weights_only=True)
+            optimizer.load_state_dict(state["optimizer"])
+            start = int(state["step"])
+    import numpy as np
+
+    rng = np.random.default_rng(cfg["data"]["seed"] + start)
+    log = CsvLog(out / f"{stage}_log.csv", append=start > 0)
+    rows, t0 = [], time.perf_counter()
+    steps = int(stage_cfg["steps"])
+    bar = progress(steps, start, stage, show_progress)
+    for step in range(start, steps):
+        modules_for_train()
+        batch = data.sample(cfg["data"]["identities_per_batch"], rng, fresh=fresh_crops)
+        terms, total = step_fn(batch)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        row = {"step": step + 1, "total": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()},
+               "seconds": time.perf_counter() - t0}
+        rows.append(row)
+        if (step + 1) % stage_cfg["log_every"] == 0:
+            log.write(row)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k not in ("step", "seconds")}, refresh=False)
+        bar.update(1)
+        if (step + 1) % stage_cfg["checkpoint_every"] == 0 or step + 1 == steps:
+            write_run_pack(out, pack_dir, networks, f"{stage} stage, step {step + 1}")
+            torch.save({"step": step + 1, "optimizer": optimizer.state_dict(), "config": json.dumps(cfg)}, state_path)
+    bar.close()
+    if start >= steps:
+        write_run_pack(out, pack_dir, networks, f"{stage} stage, step {start}")
+    return rows
+
+
+def load_base_pack(assets: Optional[str]):
+    from ..assets import resolve_pack_dir
+
+    pack_dir = resolve_pack_dir(assets or "demo")
+    return pack_dir, load_pack(pack_dir)
