@@ -13,17 +13,20 @@ from capture.train import losses as L
 from capture.train.config import ConfigError, load_config
 from capture.train.dataset import DatasetError, FaceDataset, group_permutation, training_crop, validate_dataset
 
-FAST = ["data.render_size=64", "data.identities_per_batch=1", "data.crops_per_image=2",
-        "coarse.train_backbone=false", "coarse.lr=1e-3", "coarse.checkpoint_every=1000",
-        "detail.train_backbone=false", "detail.lr=1e-3", "detail.checkpoint_every=1000"]
+# Both identities in every batch and one cached crop per image: each step sees the same four crops, so the
+# logged totals differ only by what the optimiser changed and a handful of steps shows the trend.
+FAST = ["data.render_size=64", "data.identities_per_batch=2", "data.crops_per_image=1",
+        "coarse.train_backbone=false", "coarse.warmup_steps=10", "coarse.checkpoint_every=1000",
+        "detail.train_backbone=false", "detail.warmup_steps=5", "detail.checkpoint_every=1000"]
+COARSE_STEPS, DETAIL_STEPS = 15, 8
 
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory, demo_pack_dir):
     from capture.train.make_dataset import make_dataset
 
-    return make_dataset(tmp_path_factory.mktemp("tiny-ds"), assets=str(demo_pack_dir), identities=3,
-                        per_identity=4, size=128, seed=0)
+    return make_dataset(tmp_path_factory.mktemp("tiny-ds"), assets=str(demo_pack_dir), identities=2,
+                        per_identity=2, size=96, seed=0)
 
 
 # ------------------------------------------------------------------------------------------------ config / data
@@ -47,7 +50,7 @@ def test_training_crop_matches_hand_computation():
 
 def test_dataset_loader_groups_and_crops(tiny_dataset):
     ds = FaceDataset(tiny_dataset, k=2, render_size=64)
-    assert len(ds) == 12 and len(ds.groups) == 3
+    assert len(ds) == 4 and len(ds.groups) == 2
     batch = ds.sample(2, np.random.default_rng(0))
     assert batch.images.shape == (4, 3, 64, 64) and batch.masks.shape == (4, 1, 64, 64)
     assert batch.identity[0] == batch.identity[1] and batch.identity[2] == batch.identity[3]
@@ -57,6 +60,13 @@ def test_dataset_loader_groups_and_crops(tiny_dataset):
     # the skin mask lies on the face: the nose tip (landmark 30) is skin
     px = ((batch.landmarks[:, 30] + 1) * 32 - 0.5).round().long()
     assert all(batch.masks[i, 0, px[i, 1], px[i, 0]] > 0.5 for i in range(4))
+
+
+def test_warmup_ramps_linearly_to_one():
+    from capture.train.loop import warmup_factor
+
+    assert [warmup_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_factor(0, 0) == 1.0
 
 
 def test_group_permutation_pairs_within_identity():
@@ -228,7 +238,7 @@ def coarse_run(tmp_path_factory, tiny_dataset, demo_pack_dir):
     from capture.train.coarse import train_coarse
 
     out = tmp_path_factory.mktemp("coarse-run")
-    cfg = load_config(overrides=FAST + ["coarse.steps=150"])
+    cfg = load_config(overrides=FAST + [f"coarse.steps={COARSE_STEPS}"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rows = train_coarse(tiny_dataset, out, cfg, assets=str(demo_pack_dir), show_progress=False)
@@ -241,15 +251,17 @@ def test_coarse_stage_decreases_and_round_trips(coarse_run, demo_pack_dir, tmp_p
     from capture.nets import build_networks
 
     out, rows = coarse_run
-    assert len(rows) == 150
+    assert len(rows) == COARSE_STEPS
     _finite_rows(rows)
     assert set(rows[0]) >= {"landmark", "eye", "photo", "shape_consistency", "reg_shape", "reg_exp", "reg_tex",
                             "reg_light"}
-    first = np.mean([r["total"] for r in rows[:20]])
-    last = np.mean([r["total"] for r in rows[-20:]])
-    assert last < 0.9 * first, (first, last)
+    # measured: 0.71 -> 0.44 (first / last three steps); without the warm-up Adam's first step alone raised it to 2.8
+    first = np.mean([r["total"] for r in rows[:3]])
+    last = np.mean([r["total"] for r in rows[-3:]])
+    assert last < 0.8 * first, (first, last)
+    assert max(r["total"] for r in rows) < 1.5 * rows[0]["total"]
     log = (out / "coarse_log.csv").read_text().splitlines()
-    assert log[0].startswith("step,total,landmark") and len(log) == 151
+    assert log[0].startswith("step,total,landmark") and len(log) == COARSE_STEPS + 1
     pack = load_pack(out / "pack")
     assert pack.synthetic and "coarse stage" in pack.meta["trained"]
     base = load_pack(demo_pack_dir)
@@ -264,8 +276,12 @@ def test_coarse_stage_decreases_and_round_trips(coarse_run, demo_pack_dir, tmp_p
     assert errors[1] < 1e-4
 
 
-@pytest.mark.xfail(reason="head-only fine-tuning on 12 renders does not yet generalise to held-out renders "
-                          "(correlations printed); needs more data/steps or backbone training", strict=False)
+@pytest.mark.skip(reason="NOT DONE: the demo pack's E_flame backbone is a seeded (BatchNorm-calibrated) ResNet-50 "
+                         "whose pooled features barely encode the expression: even a supervised ridge readout of the "
+                         "frozen features fitted on 96 renders (600-vertex demo pack) reaches held-out correlations "
+                         "of only jaw 0.25, exp0..2 -0.13/-0.18/-0.05, so head-only training cannot reach 0.5 "
+                         "(measured after head-only coarse training: mean -0.04 with 150 steps on 12 renders, -0.09 "
+                         "with 300 steps on 48; untrained -0.02). Needs backbone training (a GPU) or real weights.")
 def test_closed_loop_codes_track_held_out_renders(coarse_run, demo_pack_dir, tmp_path):
     """Jaw opening and the first expression components recovered from held-out renders."""
     from capture.train.loop import encoder_input, load_networks
@@ -286,13 +302,13 @@ def test_closed_loop_codes_track_held_out_renders(coarse_run, demo_pack_dir, tmp
 
     before, after = correlations(demo_pack_dir), correlations(out)
     print(f"correlation jaw, exp0..2: untrained {np.round(before, 3)}, trained {np.round(after, 3)}")
-    assert after.mean() > before.mean() + 0.2
+    assert after.mean() >= 0.5 and after.mean() > before.mean() + 0.3
 
 
 def test_full_backbone_mode_runs(tiny_dataset, demo_pack_dir, tmp_path):
     from capture.train.coarse import train_coarse
 
-    cfg = load_config(overrides=FAST + ["coarse.train_backbone=true", "coarse.steps=2"])
+    cfg = load_config(overrides=FAST + ["data.identities_per_batch=1", "coarse.train_backbone=true", "coarse.steps=1"])
     rows = train_coarse(tiny_dataset, tmp_path, cfg, assets=str(demo_pack_dir), identity_net=TinyIdentity(),
                         show_progress=False)
     _finite_rows(rows)
@@ -308,22 +324,25 @@ def test_detail_stage_runs_resumes_and_round_trips(coarse_run, tiny_dataset, dem
     from capture.assets import load_pack
     from capture.train.detail import train_detail
 
-    cfg = load_config(overrides=FAST + ["detail.steps=40"])
+    cfg = load_config(overrides=FAST + [f"detail.steps={DETAIL_STEPS}"])
     rows = train_detail(tiny_dataset, tmp_path, cfg, assets=str(demo_pack_dir), init=coarse_run[0], vgg=TinyVGG(),
                         show_progress=False)
     _finite_rows(rows)
     assert set(rows[0]) >= {"photo", "mrf", "sym", "reg_z", "reg_diff", "detail_consistency"}
-    first = np.mean([r["total"] for r in rows[:10]])
-    last = np.mean([r["total"] for r in rows[-10:]])
-    print(f"detail total loss, mean of first / last 10 steps: {first:.4g} / {last:.4g}")  # not yet decreasing reliably
+    # measured: total 0.2290 -> 0.2248 and photo 0.0752 -> 0.0744 over 8 steps, falling at every step (the coarse
+    # misfit that D_detail cannot change dominates the level; without the warm-up the first steps raised reg_z 4x)
+    first = {k: np.mean([r[k] for r in rows[:3]]) for k in ("total", "photo")}
+    last = {k: np.mean([r[k] for r in rows[-3:]]) for k in ("total", "photo")}
+    assert last["total"] < 0.995 * first["total"], (first, last)
+    assert last["photo"] < first["photo"], (first, last)
     pack = load_pack(tmp_path / "pack")
     coarse = load_pack(coarse_run[0] / "pack")
     assert torch.equal(pack.checkpoint["E_flame"]["layers.2.weight"], coarse.checkpoint["E_flame"]["layers.2.weight"])
-    cfg2 = load_config(overrides=FAST + ["detail.steps=42"])
+    cfg2 = load_config(overrides=FAST + [f"detail.steps={DETAIL_STEPS + 1}"])
     more = train_detail(tiny_dataset, tmp_path, cfg2, assets=str(demo_pack_dir), resume=tmp_path, vgg=TinyVGG(),
                         show_progress=False)
-    assert [r["step"] for r in more] == [41, 42]
-    assert len((tmp_path / "detail_log.csv").read_text().splitlines()) == 43
+    assert [r["step"] for r in more] == [DETAIL_STEPS + 1]
+    assert len((tmp_path / "detail_log.csv").read_text().splitlines()) == DETAIL_STEPS + 2
 
 
 def test_cli_reports_bad_dataset(tmp_path, capsys):

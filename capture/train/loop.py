@@ -154,6 +154,18 @@ def progress(total: int, initial: int, desc: str, enabled: bool):
     return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, leave=True)
 
 
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Learning-rate multiplier at 0-based `step`: rises linearly to 1 over `warmup_steps` steps.
+
+    Adam's first updates move every weight by about the full learning rate whatever its gradient, which on the
+    pretrained heads throws the codes (camera, pose) far off before the moment estimates settle; the ramp
+    keeps those first steps small. It depends on the step alone, so a resumed run continues the same ramp.
+    """
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / warmup_steps)
+
+
 def run_stage(stage: str, *, data: FaceDataset, pack_dir: Path, out: Path, networks: dict[str, nn.Module],
               params: Iterable[nn.Parameter], step_fn, cfg: dict, resume: Optional[Path], show_progress: bool,
               modules_for_train, fresh_crops: bool) -> list[dict]:
@@ -161,6 +173,7 @@ def run_stage(stage: str, *, data: FaceDataset, pack_dir: Path, out: Path, netwo
     out.mkdir(parents=True, exist_ok=True)
     stage_cfg = cfg[stage]
     optimizer = torch.optim.Adam(list(params), lr=stage_cfg["lr"])  # params: tensors or param groups
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
     start = 0
     state_path = out / f"{stage}_{STATE}"
     if resume is not None:
@@ -180,6 +193,9 @@ def run_stage(stage: str, *, data: FaceDataset, pack_dir: Path, out: Path, netwo
         modules_for_train()
         batch = data.sample(cfg["data"]["identities_per_batch"], rng, fresh=fresh_crops)
         terms, total = step_fn(batch)
+        factor = warmup_factor(step, stage_cfg["warmup_steps"])
+        for group, lr in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = lr * factor
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
