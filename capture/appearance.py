@@ -7,7 +7,8 @@ and a weighted sum instead of a rasterisation.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -71,6 +72,35 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     return F.normalize(normals, dim=-1, eps=1e-6)
 
 
+def _sparse_csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """A CSR matrix from COO triplets (duplicates summed). CSR @ dense is one pass over the non-zeros."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta": we only use mm
+        coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, shape).coalesce()
+        return coo.to_sparse_csr()
+
+
+def face_incidence(faces: torch.Tensor, n_vertices: int) -> torch.Tensor:
+    """[V, F] sparse CSR matrix with a 1 where vertex v is a corner of face f (for `vertex_normals_fast`)."""
+    n_faces = faces.shape[0]
+    rows = faces.t().reshape(-1).to(torch.int64)
+    cols = torch.arange(n_faces, device=faces.device).repeat(3)
+    ones = torch.ones(3 * n_faces, dtype=torch.float32, device=faces.device)
+    return _sparse_csr(rows, cols, ones, (n_vertices, n_faces))
+
+
+def vertex_normals_fast(vertices: torch.Tensor, faces: torch.Tensor, incidence: torch.Tensor) -> torch.Tensor:
+    """`vertex_normals` with the scatter done as one sparse product: incidence = face_incidence(faces, V).
+
+    vertices [B, V, 3], faces [F, 3] int64 -> [B, V, 3] unit (eps 1e-6). Same sums in another order (~1e-6).
+    """
+    b, v, _ = vertices.shape
+    v0, v1, v2 = (vertices.index_select(1, faces[:, i]) for i in range(3))
+    face_n = torch.linalg.cross(v1 - v0, v2 - v0, dim=-1)  # [B, F, 3]
+    summed = incidence.to(vertices.dtype) @ face_n.permute(1, 0, 2).reshape(faces.shape[0], b * 3)
+    return F.normalize(summed.view(v, b, 3).permute(1, 0, 2), dim=-1, eps=1e-6)
+
+
 def albedo_from_model(model: AlbedoModel, tex: torch.Tensor, size: int = UV_SIZE) -> torch.Tensor:
     """Linear albedo: tex [B, K<=50] -> [B, 3, size, size] RGB (file is BGR, nearest-resized like DECA)."""
     mean = torch.as_tensor(model.mean, device=tex.device, dtype=tex.dtype)
@@ -101,6 +131,7 @@ class UVSampler:
     vertex_ids: torch.Tensor  # [S*S, 3] int64 (0 where uncovered)
     weights: torch.Tensor  # [S*S, 3] float32 (0 where uncovered)
     size: int
+    _matrices: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def build(cls, rasterizer, uvcoords: np.ndarray, uvfaces: np.ndarray, faces: np.ndarray,
@@ -128,6 +159,21 @@ class UVSampler:
         gathered = attributes[:, self.vertex_ids]  # [B, S*S, 3, C]
         texels = (gathered * self.weights[None, :, :, None]).sum(2)
         return texels.permute(0, 2, 1).reshape(attributes.shape[0], -1, self.size, self.size)
+
+    def matrix(self, n_vertices: int) -> torch.Tensor:
+        """[S*S, V] sparse CSR interpolation matrix (3 weights per covered texel), built once per V."""
+        if n_vertices not in self._matrices:
+            texels = torch.arange(self.size * self.size, device=self.weights.device).repeat_interleave(3)
+            self._matrices[n_vertices] = _sparse_csr(texels, self.vertex_ids.reshape(-1), self.weights.reshape(-1),
+                                                     (self.size * self.size, n_vertices))
+        return self._matrices[n_vertices]
+
+    def sample(self, attributes: torch.Tensor) -> torch.Tensor:
+        """Same as calling the sampler ([B, V, C] -> [B, C, S, S]), as one sparse product (~8x faster on CPU)."""
+        b, v, c = attributes.shape
+        flat = attributes.permute(1, 0, 2).reshape(v, b * c)
+        texels = self.matrix(v).to(attributes.dtype) @ flat  # [S*S, B*C]
+        return texels.t().reshape(b, c, self.size, self.size)
 
 
 def grid_triangles(size: int, margin_x: int = 2, margin_y: int = 5) -> torch.Tensor:
@@ -175,6 +221,55 @@ def displacement_to_normals(uv_z: torch.Tensor, vertices: torch.Tensor, normals:
         uv_coarse_normals=uv_normals,
         uv_positions=detailed,
     )
+
+
+def grid_normals(positions: torch.Tensor, margin_x: int = 2, margin_y: int = 5) -> torch.Tensor:
+    """Area-weighted vertex normals of the texel grid of `grid_triangles(S, margin_x, margin_y)`, by slicing.
+
+    positions [B, 3, S, S] -> [B, 3, S, S] unit normals (zero where no grid triangle touches a texel).
+    Equals `vertex_normals(positions as [B, S*S, 3], grid_triangles(S))` up to summation order (~1e-6):
+    every cell (y, x) holds the triangles (here, down, right) and (right, down, diag), whose cross products
+    are formed from the grid's row and column differences and added to their corners with shifted slices.
+    """
+    size = positions.shape[-1]
+    y0, y1, x0, x1 = margin_y, size - 1 - margin_y, margin_x, size - 1 - margin_x
+    window = positions[..., y0:y1 + 1, x0:x1 + 1]
+    dx = window[..., :, 1:] - window[..., :, :-1]  # right - here
+    dy = window[..., 1:, :] - window[..., :-1, :]  # down - here
+    down, right = dy[..., :, :-1], dx[..., :-1, :]
+    first = _cross_channels(down, right)  # (here, down, right)
+    second = _cross_channels(down - right, dy[..., :, 1:])  # (right, down, diag), edges taken from `right`
+    h, w = y1 - y0, x1 - x0
+    acc = positions.new_zeros(positions.shape[0], 3, h + 1, w + 1)
+    both = first + second
+    acc[..., :h, :w] += first
+    acc[..., 1:, :w] += both
+    acc[..., :h, 1:] += both
+    acc[..., 1:, 1:] += second
+    out = torch.zeros_like(positions)
+    # x / max(|x|, 1e-6), as F.normalize(eps=1e-6)
+    out[..., y0:y1 + 1, x0:x1 + 1] = acc * torch.rsqrt((acc * acc).sum(1, keepdim=True).clamp_min(1e-12))
+    return out
+
+
+def _cross_channels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cross product over dim 1 of [B, 3, H, W] tensors (strided views welcome)."""
+    ax, ay, az = a.unbind(1)
+    bx, by, bz = b.unbind(1)
+    return torch.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx], 1)
+
+
+def detail_normals(uv_z: torch.Tensor, uv_positions: torch.Tensor, uv_normals: torch.Tensor,
+                   face_eye_mask: torch.Tensor, fixed_displacement: torch.Tensor) -> torch.Tensor:
+    """The detail normal map of `displacement_to_normals` (its `uv_detail_normals`), computed fast.
+
+    uv_z [B, 1, S, S]; uv_positions / uv_normals [B, 3, S, S] (the coarse mesh in UV, e.g. from
+    `UVSampler.sample`); face_eye_mask, fixed_displacement [S, S]. Returns [B, 3, S, S] world-space normals.
+    """
+    mask = face_eye_mask.to(uv_z)[None, None]
+    offset = uv_z * mask + fixed_displacement.to(uv_z)[None, None]
+    dense = grid_normals(uv_positions + offset * uv_normals)
+    return dense * mask + uv_normals * (1 - mask)
 
 
 def extract_texture(image: torch.Tensor, screen: torch.Tensor, sampler: UVSampler, face_eye_mask: torch.Tensor,

@@ -59,6 +59,10 @@ def build_model_side(args, say: Callable[[str], None]) -> ModelSide:
         raise CliError(str(exc)) from None
     say(pack.label)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        # The stages run in their own threads; one torch thread each keeps them from oversubscribing the
+        # cores (benchmarks/fps.py measures its pipelined runs with the same setting).
+        torch.set_num_threads(1)
     if device == "cuda" and not torch.cuda.is_available():
         raise CliError("--device cuda: no CUDA GPU is available here (use --device cpu)")
     deca = DECA.from_pack(pack, device=device)

@@ -437,3 +437,126 @@ def ensure_onnx(pack, name: str, *, engines_dir: Optional[Union[str, Path]] = No
                                 names=[name])
     check_parity(result.onnx_path, spec.module(networks), spec, parity_batches("dynamic"))
     return result.onnx_path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# INT8 (static quantisation with ONNX Runtime's tools; CPU inference)
+
+INT8_FORMAT = "capture.onnx-int8/1"
+
+
+def calibration_sha256(calibration: np.ndarray) -> str:
+    data = np.ascontiguousarray(calibration, dtype=np.float32)
+    return hashlib.sha256(repr(data.shape).encode() + data.tobytes()).hexdigest()
+
+
+def quantize_int8(src: Union[str, Path], dst: Union[str, Path], calibration: np.ndarray, spec: GraphSpec, *,
+                  reduce_range: bool = False) -> dict:
+    """Static INT8 quantisation of a float32 graph: QDQ format, int8 per-channel weights, uint8 activations
+    with MinMax ranges over `calibration` [N, *spec.input_shape] (e.g. face crops for E_flame).
+
+    On CPUs with AVX-512 VNNI / AMX ONNX Runtime runs the result about 3x faster than float32 (E_flame).
+    reduce_range: 7-bit weights, for x86 CPUs without VNNI, whose u8 x s8 instructions can saturate.
+    Writes `dst` and its sidecar; returns the sidecar. The accuracy cost is measured by `int8_error`.
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src, dst = Path(src), Path(dst)
+    calibration = np.ascontiguousarray(calibration, dtype=np.float32)
+    if calibration.ndim != 1 + len(spec.input_shape) or tuple(calibration.shape[1:]) != spec.input_shape:
+        raise ExportError(f"{spec.name}: calibration must be [N, {', '.join(map(str, spec.input_shape))}], "
+                          f"got {tuple(calibration.shape)}")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._items = iter(calibration[i:i + 1] for i in range(len(calibration)))
+
+        def get_next(self):
+            item = next(self._items, None)
+            return None if item is None else {spec.input_name: item}
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    pre = dst.with_name(f".{dst.name}.{os.getpid()}.pre.onnx")
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    logger = logging.getLogger()
+    level = logger.level
+    try:
+        logger.setLevel(logging.ERROR)  # the quantiser logs a line per skipped tensor
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        os.replace(tmp, dst)
+    except Exception as exc:  # noqa: BLE001 - the quantiser raises many types; re-raised with context
+        raise ExportError(f"{spec.name}: INT8 quantisation of {src} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        logger.setLevel(level)
+        for leftover in (pre, tmp, pre.with_name(pre.name + ".data")):
+            if leftover.exists():
+                leftover.unlink()
+    sidecar = {
+        "format": INT8_FORMAT,
+        "network": spec.name,
+        "file": dst.name,
+        "precision": "int8",
+        "method": {"format": "QDQ", "weights": "int8 per-channel", "activations": "uint8 per-tensor",
+                   "calibration": "MinMax", "reduce_range": bool(reduce_range)},
+        "source_onnx_sha256": file_sha256(src),
+        "calibration": {"count": int(len(calibration)), "sha256": calibration_sha256(calibration)},
+        "onnx_sha256": file_sha256(dst),
+        "onnxruntime": _ort_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_json_atomic(sidecar_path(dst), sidecar)
+    return sidecar
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def ensure_int8_onnx(pack, name: str, calibration: np.ndarray, *, engines_dir: Optional[Union[str, Path]] = None,
+                     reduce_range: bool = False) -> Path:
+    """An INT8 `<name>.int8-<key>.onnx` next to the float32 graph of `ensure_onnx`, keyed by that graph's and
+    the calibration's hashes; quantised on first use, reused while both are unchanged."""
+    spec = graph_spec(name)
+    fp32 = ensure_onnx(pack, name, engines_dir=engines_dir)
+    fp32_sha = file_sha256(fp32)
+    key = hashlib.sha256(f"{fp32_sha}/{calibration_sha256(calibration)}/{reduce_range}".encode()).hexdigest()[:12]
+    dst = fp32.parent / f"{name}.int8-{key}.onnx"
+    side = sidecar_path(dst)
+    if dst.is_file() and side.is_file():
+        with contextlib.suppress(ExportError):
+            sidecar = read_sidecar(side)
+            if sidecar.get("source_onnx_sha256") == fp32_sha and sidecar.get("onnx_sha256") == file_sha256(dst):
+                return dst
+    quantize_int8(fp32, dst, calibration, spec, reduce_range=reduce_range)
+    return dst
+
+
+def int8_error(fp32_path: Union[str, Path], int8_path: Union[str, Path], inputs: np.ndarray,
+               spec: GraphSpec) -> dict:
+    """Output error of the INT8 graph against its float32 source on `inputs` [N, ...] (one at a time).
+
+    Returns {"max_abs", "rms", "reference_rms", "rel_max"} over all outputs, plus per-slice figures for E_flame's
+    code ({"slices": {name: {"max_abs", "rms", "reference_rms"}}}).
+    """
+    a, b = cpu_session(fp32_path), cpu_session(int8_path)
+    ref, got = [], []
+    for i in range(len(inputs)):
+        x = np.ascontiguousarray(inputs[i:i + 1], dtype=np.float32)
+        ref.append(a.run([spec.output_name], {spec.input_name: x})[0])
+        got.append(b.run([spec.output_name], {spec.input_name: x})[0])
+    ref, got = np.concatenate(ref).astype(np.float64), np.concatenate(got).astype(np.float64)
+
+    def figures(r: np.ndarray, g: np.ndarray) -> dict:
+        return {"max_abs": float(np.abs(g - r).max()), "rms": float(np.sqrt(((g - r) ** 2).mean())),
+                "reference_rms": float(np.sqrt((r ** 2).mean()))}
+
+    out = figures(ref, got)
+    out["rel_max"] = relative_error(got, ref)
+    if spec.name == "E_flame":
+        out["slices"] = {k: figures(ref[:, s], got[:, s]) for k, s in CODE_LAYOUT.slices.items()}
+    return out

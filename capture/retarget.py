@@ -3,6 +3,13 @@
 From the performer: expression and jaw pose (and, with pose mode 'source', global head rotation and camera).
 From the target: shape, albedo/texture, light and detail code, so D_detail regenerates the target's wrinkles
 for the performer's expression on every frame.
+
+Two implementations of the same picture. The default one does per frame only what changes: the albedo is
+the target's (computed once), UV sampling and vertex normals are sparse products, the detail normals come
+from shifted slices of the UV position map, and shading and compositing touch the head's pixels only.
+`reference=True` is the straightforward DECA-style path (full-frame float images, the triangle-list
+normals), kept as the eager baseline of `benchmarks/fps.py` and as the oracle the fast path is tested
+against; both agree to float rounding.
 """
 from __future__ import annotations
 
@@ -12,10 +19,13 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .appearance import displacement_to_normals
+from .appearance import detail_normals, displacement_to_normals, face_incidence, vertex_normals_fast
 from .avatar import Avatar
+from .camera import crop_to_image_ndc, orthographic
 from .deca import CROP_SIZE, DECA, Codes
-from .views import composite, render_views
+from .nets import detail_input
+from .stream.pipeline import no_times
+from .views import LitPixels, composite, lit_pixels, render_views
 
 LAYOUTS = ("avatar", "side-by-side", "overlay")
 POSE_MODES = ("source", "target")
@@ -57,55 +67,156 @@ class FrameResult:
     codes: Optional[Codes]  # merged codes that were rendered (None when the frame passed through)
 
 
+@dataclass
+class Prepared:
+    """The geometry half of a frame (`AvatarRenderer.prepare`), handed to the drawing half (`finish`)."""
+
+    codes: Codes  # merged codes, batch 1
+    vertices: torch.Tensor  # [B, V, 3] world (FLAME metres)
+    normals: torch.Tensor  # [B, V, 3] world vertex normals
+    screen: torch.Tensor  # [B, V, 3] NDC of the output frame
+    screen_normals: Optional[torch.Tensor] = None  # [B, V, 3] crop-NDC normals (reference path only)
+
+
 class AvatarRenderer:
-    """Draws the avatar for one frame in the chosen layout. Not thread-safe (one per render thread)."""
+    """Draws the avatar for one frame in the chosen layout. Not thread-safe per call, but `prepare` (merge, LBS)
+    and `finish` (D_detail, shading, rasterising, compositing) may run in two threads, one frame apart. (With
+    E_flame before `prepare`, this split gives the two halves similar costs on a 2-core CPU.)
+
+    decode_detail: latent [B, 181] -> uv_z; None = the torch D_detail. reference: the DECA-style path (see the
+    module doc). times: a `capture.stream.pipeline.StepTimes` to record "LBS", "D_detail", "shading",
+    "rasterize" and "composite" in.
+    """
 
     def __init__(self, deca: DECA, avatar: Avatar, layout: str, frame_size: tuple[int, int],
-                 pose_mode: str = "source", decode_detail=None):
+                 pose_mode: str = "source", decode_detail=None, *, reference: bool = False, times=None):
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         self.deca, self.avatar, self.layout, self.pose_mode = deca, avatar.to(deca.device), layout, pose_mode
         self.frame_size = frame_size
         self.out_size = output_size(layout, frame_size)
-        self.decode_detail = decode_detail  # latent [B,181] -> uv_z; None = torch D_detail
+        self.decode_detail = decode_detail
+        self.reference = bool(reference)
+        self._times = times if times is not None else no_times
         self._view_T = torch.as_tensor(view_transform(frame_size), dtype=torch.float32, device=deca.device)
-        self._background = None
+        self._template: Optional[np.ndarray] = None  # the fast path's background picture, made on first use
+        if not self.reference:
+            # Constant per avatar: the merge always takes tex (hence the albedo) from the target.
+            with torch.inference_mode():
+                self._albedo = (self.avatar.albedo_uv if self.avatar.albedo_uv is not None
+                                else deca.albedo(self.avatar.codes))
+                self._uv_face = deca.uv_ndc[deca.uvfaces].contiguous()  # [F, 3, 2]
+                self._incidence = face_incidence(deca.faces, deca.flame.v_template.shape[0])
+                self._background = _to_uint8(torch.full((1, 3, 1, 1), BACKGROUND))[0, 0]  # as the reference rounds
 
     def codes_for(self, source: Codes) -> Codes:
         return merge_codes(source.to(self.deca.device), self.avatar.codes, self.pose_mode)
 
+    # ------------------------------------------------------------------------------------ the two halves
     @torch.inference_mode()
-    def draw(self, codes: Codes, image_to_crop: Optional[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Merged codes -> (colour [1, 3, H, W], alpha [1, 1, H, W]) in frame coordinates."""
-        deca = self.deca
-        geo = deca.geometry(codes)
-        if self.decode_detail is None:
-            uv_z = deca.displacement(codes)
-        else:
-            from .nets import detail_input
+    def prepare(self, source: Codes, image_to_crop: Optional[np.ndarray]) -> Prepared:
+        """Performer codes (batch 1) -> merged codes and the posed mesh (world and frame NDC)."""
+        return self._prepare_merged(self.codes_for(source), image_to_crop)
 
-            uv_z = self.decode_detail(detail_input(codes.pose[:, 3:6], codes.exp, codes.detail))
-        maps = displacement_to_normals(uv_z, geo.vertices, geo.normals, deca.uv_sampler, deca.face_eye_mask,
-                                       deca.fixed_displacement, deca.grid_faces)
+    def _prepare_merged(self, codes: Codes, image_to_crop: Optional[np.ndarray]) -> Prepared:
+        deca = self.deca
         if self.layout == "overlay" and image_to_crop is not None:
             T = torch.as_tensor(image_to_crop, dtype=torch.float32, device=deca.device)
         else:
             T = self._view_T
-        from .camera import crop_to_image_ndc
+        with self._times("LBS"):
+            if self.reference:
+                geo = deca.geometry(codes)
+                vertices, normals, screen, screen_normals = geo.vertices, geo.normals, geo.screen, geo.screen_normals
+            else:
+                vertices = deca.flame(codes.shape, codes.exp, codes.pose).vertices
+                normals = vertex_normals_fast(vertices, deca.faces, self._incidence)
+                screen, screen_normals = orthographic(vertices, codes.cam), None
+            screen = crop_to_image_ndc(screen, T, CROP_SIZE, self.frame_size)
+        return Prepared(codes=codes, vertices=vertices, normals=normals, screen=screen, screen_normals=screen_normals)
 
-        screen = crop_to_image_ndc(geo.screen, T, CROP_SIZE, self.frame_size)
-        albedo = self.avatar.albedo_uv if self.avatar.albedo_uv is not None else deca.albedo(codes)
-        views = render_views(deca.rasterizer, screen, deca.faces, deca.uv_ndc, deca.uvfaces, geo.normals,
-                             geo.screen_normals, self.frame_size, albedo_uv=albedo, light=codes.light,
-                             detail_normals_uv=maps.uv_detail_normals, want_shape=False)
-        return views.lit.clamp(0, 1), views.alpha
+    def _displacement(self, codes: Codes) -> torch.Tensor:
+        """D_detail on (jaw, exp, target detail code) -> uv_z [B, 1, S, S]."""
+        with self._times("D_detail"):
+            latent = detail_input(codes.pose[:, 3:6], codes.exp, codes.detail)
+            return self.deca.nets.d_detail(latent) if self.decode_detail is None else self.decode_detail(latent)
 
+    @torch.inference_mode()
+    def finish(self, frame: np.ndarray, prepared: Prepared) -> FrameResult:
+        """The picture of a prepared frame in the layout: frame [H, W, 3] uint8 -> FrameResult."""
+        if self.reference:
+            colour, alpha = self._draw_reference(prepared)
+            with self._times("composite"):
+                image = self._composite_reference(frame, colour, alpha)
+        else:
+            pixels = self._lit_pixels(prepared)
+            with self._times("composite"):
+                image = self._composite(frame, pixels)
+        return FrameResult(image, prepared.codes)
+
+    # ------------------------------------------------------------------------------------ whole frames
     def render(self, frame: np.ndarray, source: Optional[Codes], image_to_crop: Optional[np.ndarray]) -> FrameResult:
         """frame [H, W, 3] uint8; source codes (batch 1) or None to pass the frame through."""
         if source is None:
             return FrameResult(self._pass_through(frame), None)
-        codes = self.codes_for(source)
-        colour, alpha = self.draw(codes, image_to_crop)
+        return self.finish(frame, self.prepare(source, image_to_crop))
+
+    @torch.inference_mode()
+    def draw(self, codes: Codes, image_to_crop: Optional[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Merged codes -> (colour [1, 3, H, W] in 0..1, alpha [1, 1, H, W]) in frame coordinates."""
+        prepared = self._prepare_merged(codes, image_to_crop)
+        if self.reference:
+            return self._draw_reference(prepared)
+        lit, alpha = self._lit_pixels(prepared).images()
+        return lit.clamp(0, 1), alpha
+
+    # ------------------------------------------------------------------------------------ fast path
+    def _lit_pixels(self, prepared: Prepared) -> LitPixels:
+        deca = self.deca
+        uv_z = self._displacement(prepared.codes)
+        with self._times("rasterize"):
+            fragments = deca.rasterizer.rasterize(prepared.screen, deca.faces, self.frame_size)
+        with self._times("shading"):
+            uv = deca.uv_sampler.sample(torch.cat([prepared.vertices, prepared.normals], -1))
+            normals_uv = detail_normals(uv_z, uv[:, 0:3], uv[:, 3:6], deca.face_eye_mask,
+                                        deca.fixed_displacement)
+            return lit_pixels(fragments, self._uv_face, self._albedo, normals_uv, prepared.codes.light)
+
+    def _composite(self, frame: np.ndarray, pixels: LitPixels) -> np.ndarray:
+        """uint8 compositing of the covered pixels over the frame or the grey background (batch 1)."""
+        h, w = self.frame_size
+        colour = (pixels.colour.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+        index = pixels.index
+        if self.layout == "overlay":
+            out = np.array(frame, dtype=np.uint8, order="C")  # a fresh copy: the writer may still hold the last
+        else:
+            if self._template is None:  # the grey background (and room for the input on the left)
+                self._template = np.empty((*self.out_size, 3), np.uint8)
+                self._template[:] = self._background
+            out = self._template.copy()
+            if self.layout == "side-by-side":
+                out[:, :w] = frame
+                index = torch.div(index, w, rounding_mode="floor") * (2 * w) + w + index % w
+        out.reshape(-1, 3)[index.cpu().numpy()] = colour
+        return out
+
+    # ------------------------------------------------------------------------------------ reference path
+    def _draw_reference(self, prepared: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
+        deca, codes = self.deca, prepared.codes
+        uv_z = self._displacement(codes)
+        with self._times("rasterize"):
+            fragments = deca.rasterizer.rasterize(prepared.screen, deca.faces, self.frame_size)
+        with self._times("shading"):
+            maps = displacement_to_normals(uv_z, prepared.vertices, prepared.normals, deca.uv_sampler,
+                                           deca.face_eye_mask, deca.fixed_displacement, deca.grid_faces)
+            albedo = self.avatar.albedo_uv if self.avatar.albedo_uv is not None else deca.albedo(codes)
+            views = render_views(deca.rasterizer, prepared.screen, deca.faces, deca.uv_ndc, deca.uvfaces,
+                                 prepared.normals, prepared.screen_normals, self.frame_size, albedo_uv=albedo,
+                                 light=codes.light, detail_normals_uv=maps.uv_detail_normals, want_shape=False,
+                                 fragments=fragments)
+        return views.lit.clamp(0, 1), views.alpha
+
+    def _composite_reference(self, frame: np.ndarray, colour: torch.Tensor, alpha: torch.Tensor) -> np.ndarray:
         frame_t = torch.from_numpy(frame).to(self.deca.device).permute(2, 0, 1)[None].float() / 255.0
         if self.layout == "overlay":
             picture = composite(colour, alpha, frame_t)
@@ -113,7 +224,7 @@ class AvatarRenderer:
             picture = composite(colour, alpha, torch.full_like(frame_t, BACKGROUND))
             if self.layout == "side-by-side":
                 picture = torch.cat([frame_t, picture], dim=3)
-        return FrameResult(_to_uint8(picture), codes)
+        return _to_uint8(picture)
 
     def _pass_through(self, frame: np.ndarray) -> np.ndarray:
         if self.layout == "side-by-side":

@@ -2,6 +2,8 @@
 
 `RetargetSession` owns the stateful parts (face tracker, code filter, the hold-on-miss logic, the avatar
 renderer); `capture.video` and `capture.live` only wire it between a reader and a writer / preview.
+`infer` is also available as two halves, `infer_codes` (E_flame, merge, LBS) and `render_codes` (D_detail,
+shading, rasterising, compositing), so that two pipeline stages can keep two cores busy.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from .avatar import Avatar
 from .crop import FaceTracker, crop_to_tensor, crop_transform
 from .deca import DECA, Codes
 from .nets import CODE_LAYOUT
-from .retarget import AvatarRenderer
+from .retarget import AvatarRenderer, Prepared
+from .stream.pipeline import no_times
 from .stream.filters import CodeFilter
 from .stream.reader import Frame
 
@@ -43,6 +46,16 @@ class FrameOutput:
 
 
 @dataclass
+class CodesResult:
+    """What `infer_codes` hands to `render_codes`."""
+
+    item: CropResult
+    prepared: Optional[Prepared]  # None: pass the frame through
+    face: bool
+    held: bool
+
+
+@dataclass
 class SessionCounters:
     frames: int = 0
     without_face: int = 0
@@ -58,9 +71,13 @@ class RetargetSession:
                  tracker: Optional[FaceTracker] = None,
                  encode_flame: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
                  decode_detail: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                 keep_vertices: bool = False):
+                 keep_vertices: bool = False, reference: bool = False, times=None):
+        """reference: the DECA-style renderer (see `capture.retarget`); times: a `StepTimes` that receives
+        "E_flame" here and the renderer's steps."""
         self.deca = deca
-        self.renderer = AvatarRenderer(deca, avatar, layout, frame_size, pose_mode, decode_detail=decode_detail)
+        self._times = times if times is not None else no_times
+        self.renderer = AvatarRenderer(deca, avatar, layout, frame_size, pose_mode, decode_detail=decode_detail,
+                                       reference=reference, times=times)
         self.tracker = tracker if tracker is not None else FaceTracker()
         self.filter = CodeFilter() if smooth else None
         self.hold_seconds = hold_seconds
@@ -86,12 +103,19 @@ class RetargetSession:
     def encode(self, crop: torch.Tensor) -> Codes:
         images = crop[None].to(self.deca.device)
         if self._encode_flame is None:
-            return self.deca.encode(images, with_detail=False)
-        code = self._encode_flame(images)
+            with self._times("E_flame"):
+                return self.deca.encode(images, with_detail=False)
+        with self._times("E_flame"):
+            code = self._encode_flame(images)
         parts = CODE_LAYOUT.split(torch.as_tensor(code, device=self.deca.device))
         return Codes(**parts, detail=torch.zeros(1, CODE_LAYOUT.n_detail, device=self.deca.device))
 
     def infer(self, item: CropResult) -> FrameOutput:
+        """Both halves in one call: crop result -> output picture."""
+        return self.render_codes(self.infer_codes(item))
+
+    def infer_codes(self, item: CropResult) -> CodesResult:
+        """First half: E_flame (or the held codes), the code filter, merge, LBS."""
         frame = item.frame
         self.counters.frames += 1
         held = False
@@ -112,15 +136,23 @@ class RetargetSession:
                 codes, T = None, None
                 if self.filter is not None:
                     self.filter.reset()  # the next face starts fresh, without gliding from the old one
-        rendered = self.renderer.render(frame.image, codes, T)
-        if rendered.codes is None:
+        prepared = None if codes is None else self.renderer.prepare(codes, T)
+        return CodesResult(item=item, prepared=prepared, face=item.crop is not None, held=held)
+
+    def render_codes(self, result: CodesResult) -> FrameOutput:
+        """Second half: D_detail and the picture of `infer_codes`' result (or the frame passed through)."""
+        item, frame = result.item, result.item.frame
+        if result.prepared is None:
+            rendered = self.renderer.render(frame.image, None, None)
             self.counters.passed_through += 1
+        else:
+            rendered = self.renderer.finish(frame.image, result.prepared)
         vertices = None
-        if self.keep_vertices and rendered.codes is not None:
-            vertices = self.deca.geometry(rendered.codes).vertices[0].cpu().numpy()
+        if self.keep_vertices and result.prepared is not None:
+            vertices = result.prepared.vertices[0].detach().cpu().numpy()
         merged = None if rendered.codes is None else {k: v[0].detach().cpu().numpy()
                                                       for k, v in vars(rendered.codes).items()}
-        return FrameOutput(frame=frame, image=rendered.image, codes=merged, face=item.crop is not None, held=held,
+        return FrameOutput(frame=frame, image=rendered.image, codes=merged, face=result.face, held=result.held,
                            vertices=vertices, latency=time.perf_counter() - item.started)
 
     def close(self) -> None:

@@ -116,7 +116,8 @@ def main(argv=None) -> int:
             progress.update(1)
 
     started = time.perf_counter()
-    pipeline = Pipeline(reader, stages=[("crop", session.crop), ("infer", session.infer)], sink=sink,
+    pipeline = Pipeline(reader, stages=[("crop", session.crop), ("codes", session.infer_codes),
+                                         ("render", session.render_codes)], sink=sink,
                         policy="offline", depth=2, finalize=writer.close)
     try:
         try:

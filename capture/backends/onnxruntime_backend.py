@@ -43,11 +43,19 @@ def _ort():
     return onnxruntime
 
 
-def session_options(threads: Optional[int] = None):
-    """Tuned options: intra-op threads = physical cores, all graph optimisations, sequential, memory pattern."""
+def session_options(threads: Optional[int] = None, spinning: bool = False):
+    """Tuned options: intra-op threads = physical cores, all graph optimisations, sequential, memory pattern.
+
+    spinning: let idle intra-op workers spin between runs (ONNX Runtime's own default). Off here: in the stage
+    pipeline the other stages need those cores, and a spinning worker burns them. Measured with
+    benchmarks/fps.py on 2 cores: 2 spinning threads per session halved the pipeline's FPS (9.6 -> 5.5),
+    2 sleeping threads matched or beat 1 thread.
+    """
     ort = _ort()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or physical_cores()
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.inter_op_num_threads = 1  # sequential execution: no parallel branches to feed
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -59,7 +67,9 @@ def session_options(threads: Optional[int] = None):
 class OnnxRuntimeBackend(Backend):
     """ONNX Runtime session over one network's ONNX graph.
 
-    onnx_path: use this file as is (no freshness check); default: `ensure_onnx(pack, network, engines_dir)`.
+    onnx_path: use this file as is (no freshness check; e.g. an INT8 graph from `capture.export.ensure_int8_onnx`);
+    default: `ensure_onnx(pack, network, engines_dir)`. threads: intra-op threads (default: physical cores);
+    spinning: see `session_options`.
     CPU: numpy in, numpy out (zero-copy into torch). CUDA: io_binding straight onto torch CUDA tensors.
     """
 
@@ -68,7 +78,7 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, network: str, pack, device: Union[str, torch.device] = "cpu", *,
                  onnx_path: Optional[Union[str, Path]] = None, engines_dir: Optional[Union[str, Path]] = None,
-                 threads: Optional[int] = None):
+                 threads: Optional[int] = None, spinning: bool = False):
         super().__init__(network, device)
         ok, why = self.available(self.device.type)
         if not ok:
@@ -85,7 +95,8 @@ class OnnxRuntimeBackend(Backend):
             providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(self.onnx_path), session_options(threads), providers=providers)
+        self.session = ort.InferenceSession(str(self.onnx_path), session_options(threads, spinning),
+                                            providers=providers)
         active = self.session.get_providers()
         if self.device.type == "cuda" and active[0] != "CUDAExecutionProvider":
             # Never fall back to CPU silently behind a backend that claims CUDA.

@@ -14,19 +14,26 @@ class TorchBackend(Backend):
     """`build_networks(pack.checkpoint)` in eval mode on `device` ("cpu" or "cuda[:i]").
 
     cuda_graphs: capture/replay on CUDA (default True). The CPU path never calls into CUDA.
+    half: run the network in float16 on CUDA (inputs and outputs stay float32 at the interface); refused on
+    the CPU, where float16 convolutions are slower than float32, rather than silently ignored.
     """
 
     name = "torch"
     devices = ("cuda", "cpu")
 
     def __init__(self, network: str, pack, device: Union[str, torch.device] = "cpu", *,
-                 module: Optional[nn.Module] = None, cuda_graphs: bool = True):
+                 module: Optional[nn.Module] = None, cuda_graphs: bool = True, half: bool = False):
         super().__init__(network, device)
+        if half and self.device.type != "cuda":
+            raise ValueError(f"{network}: half=True needs a CUDA device (got {self.device}); use float32 on the CPU")
+        self.half = bool(half)
         if module is None:
             from capture.nets import build_networks
 
             module = self.spec.module(build_networks(pack.checkpoint))
         self.module = module.eval().to(self.device)
+        if self.half:
+            self.module = self.module.half()
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
         self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 
@@ -43,8 +50,13 @@ class TorchBackend(Backend):
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         if not self.cuda_graphs:
             with torch.inference_mode():
-                return self.module(x)
+                return self._forward(x)
         return self._replay(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.half:
+            return self.module(x.half()).float()
+        return self.module(x)
 
     def _replay(self, x: torch.Tensor) -> torch.Tensor:
         key = tuple(x.shape)
@@ -62,9 +74,9 @@ class TorchBackend(Backend):
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.inference_mode(), torch.cuda.stream(side):
             for _ in range(3):  # warm-up outside the graph: cuDNN picks its algorithms here
-                self.module(static_in)
+                self._forward(static_in)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.inference_mode(), torch.cuda.graph(graph):
-            static_out = self.module(static_in)
+            static_out = self._forward(static_in)
         return graph, static_in, static_out

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["Pipeline", "PipelineStats", "StageStats"]
+__all__ = ["Pipeline", "PipelineStats", "StageStats", "StepTimes"]
 
 _END = object()
 _POLL_S = 0.05
@@ -93,6 +94,57 @@ class _Timer:
         if s.size == 0:
             return StageStats(self.name, self.count, 0.0, 0.0, 0.0)
         return StageStats(self.name, self.count, float(np.median(s)), float(np.percentile(s, 95)), float(s.mean()))
+
+
+class StepTimes:
+    """Wall time of named steps inside stages (e.g. "E_flame", "rasterize"), recorded from any thread.
+
+        times = StepTimes()
+        with times("rasterize"):
+            ...
+        times.stats()["rasterize"].median_ms
+
+    sync: called before each clock reading (e.g. `torch.cuda.synchronize`) so that asynchronous device work
+    is charged to the step that queued it; leave None on the CPU. Steps recorded by different threads may
+    overlap in time: their sum is work, not wall time.
+    """
+
+    def __init__(self, sync: Callable[[], Any] | None = None):
+        self._sync = sync
+        self._timers: dict[str, _Timer] = {}
+        self._lock = threading.Lock()
+
+    def add(self, name: str, seconds: float) -> None:
+        timer = self._timers.get(name)
+        if timer is None:
+            with self._lock:
+                timer = self._timers.setdefault(name, _Timer(name))
+        timer.add(seconds)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        if self._sync is not None:
+            self._sync()
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self._sync is not None:
+                self._sync()
+            self.add(name, time.perf_counter() - t)
+
+    def stats(self) -> dict[str, StageStats]:
+        with self._lock:
+            timers = list(self._timers.values())
+        return {t.name: t.stats() for t in timers}
+
+
+def no_times(name: str):
+    """The do-nothing stand-in for a `StepTimes` (a shared null context: no cost per step)."""
+    return _NULL
+
+
+_NULL = contextlib.nullcontext()
 
 
 class Pipeline:

@@ -1,0 +1,239 @@
+"""benchmarks/fps.py and the fast paths it measures.
+
+The fast functions are checked against the straightforward implementations they replace (and those against
+analytic cases); fps.py is smoke-tested on a handful of frames: it runs, its JSON has every stage, the eager
+reference and the ratios. No timing is asserted anywhere.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from capture.appearance import (
+    UVSampler,
+    detail_normals,
+    displacement_to_normals,
+    face_incidence,
+    grid_normals,
+    grid_triangles,
+    vertex_normals,
+    vertex_normals_fast,
+)
+from capture.render import get_rasterizer
+from capture.stream.pipeline import StepTimes, no_times
+from capture.views import lit_pixels, render_views
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_fps():
+    spec = importlib.util.spec_from_file_location("fps_bench", ROOT / "benchmarks" / "fps.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fps_bench"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _hemisphere(n: int = 24):
+    xs = np.linspace(-0.9, 0.9, n)
+    X, Y = np.meshgrid(xs, xs[::-1])
+    Z = np.sqrt(np.clip(1.2 - X**2 - Y**2, 0.05, None))
+    verts = np.stack([X, Y, Z], -1).reshape(-1, 3).astype(np.float32)
+    ids = np.arange(n * n).reshape(n, n)
+    a, b, c, d = ids[:-1, :-1], ids[:-1, 1:], ids[1:, :-1], ids[1:, 1:]
+    faces = np.concatenate([np.stack([a, c, b], -1).reshape(-1, 3), np.stack([b, c, d], -1).reshape(-1, 3)])
+    uv = np.stack([(X + 1) / 2, (Y + 1) / 2], -1).reshape(-1, 2).astype(np.float32)
+    return verts, faces.astype(np.int64), uv
+
+
+# ------------------------------------------------------------------------------------------------ fast paths
+def test_grid_normals_of_a_plane_are_its_normal():
+    # z = 0.3 x - 0.2 y over a grid with spacing h: every interior normal is (-0.3, 0.2, 1) / norm, up to the
+    # winding's sign (grid rows grow downwards, so the grid's own orientation decides it).
+    size, h = 32, 0.1
+    ys, xs = torch.meshgrid(torch.arange(size) * h, torch.arange(size) * h, indexing="ij")
+    positions = torch.stack([xs, ys, 0.3 * xs - 0.2 * ys])[None].float()
+    n = grid_normals(positions)
+    expect = torch.tensor([-0.3, 0.2, 1.0]) / torch.tensor([-0.3, 0.2, 1.0]).norm()
+    inner = n[0, :, 5:size - 6, 2:size - 3].reshape(3, -1).t()
+    cos = (inner @ expect).abs()
+    assert torch.allclose(cos, torch.ones_like(cos), atol=1e-5)
+    assert (n[0, :, :5] == 0).all() and (n[0, :, :, :2] == 0).all()  # DECA's margins are untouched
+
+
+def test_grid_normals_match_the_triangle_list_normals():
+    gen = torch.Generator().manual_seed(0)
+    size = 40
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    positions = torch.stack([xs, ys, 0.3 * torch.sin(3 * xs) * ys])[None] + 0.01 * torch.randn(1, 3, size, size,
+                                                                                                generator=gen)
+    reference = vertex_normals(positions.reshape(1, 3, -1).permute(0, 2, 1), grid_triangles(size))
+    fast = grid_normals(positions).reshape(1, 3, -1).permute(0, 2, 1)
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=0)
+
+
+def test_vertex_normals_fast_and_uv_sample_match_the_plain_ones():
+    verts, faces, uv = _hemisphere()
+    v = torch.as_tensor(verts)[None].repeat(2, 1, 1)
+    v[1] *= torch.tensor([1.0, 0.5, 2.0])  # two different meshes in one batch
+    f = torch.as_tensor(faces)
+    fast = vertex_normals_fast(v, f, face_incidence(f, v.shape[1]))
+    torch.testing.assert_close(fast, vertex_normals(v, f), atol=1e-5, rtol=0)
+    sampler = UVSampler.build(get_rasterizer("cpu"), uv, faces, faces, size=32)
+    attrs = torch.cat([v, fast], -1)
+    torch.testing.assert_close(sampler.sample(attrs), sampler(attrs), atol=1e-6, rtol=0)
+
+
+def test_detail_normals_match_displacement_to_normals():
+    verts, faces, uv = _hemisphere()
+    v = torch.as_tensor(verts)[None]
+    f = torch.as_tensor(faces)
+    normals = vertex_normals(v, f)
+    sampler = UVSampler.build(get_rasterizer("cpu"), uv, faces, faces, size=64)
+    gen = torch.Generator().manual_seed(1)
+    uv_z = 0.01 * torch.randn(1, 1, 64, 64, generator=gen)
+    mask = (torch.rand(64, 64, generator=gen) > 0.3).float()
+    fixed = torch.full((64, 64), 1e-3)
+    reference = displacement_to_normals(uv_z, v, normals, sampler, mask, fixed, grid_triangles(64))
+    fast = detail_normals(uv_z, sampler.sample(v), sampler.sample(normals), mask, fixed)
+    torch.testing.assert_close(fast, reference.uv_detail_normals, atol=1e-5, rtol=0)
+
+
+def test_lit_pixels_match_render_views():
+    verts, faces, uv = _hemisphere()
+    v = torch.as_tensor(verts)[None] * torch.tensor([0.7, 0.7, 0.1]) + torch.tensor([0.0, 0.0, 0.5])
+    f = torch.as_tensor(faces)
+    rast = get_rasterizer("cpu")
+    uv_ndc = torch.as_tensor(uv * 2 - 1)
+    gen = torch.Generator().manual_seed(2)
+    albedo = torch.rand(1, 3, 32, 32, generator=gen)
+    normals_uv = torch.nn.functional.normalize(torch.randn(1, 3, 32, 32, generator=gen), dim=1)
+    light = torch.randn(1, 9, 3, generator=gen)
+    wn = vertex_normals(v, f)
+    views = render_views(rast, v, f, uv_ndc, f, wn, wn, (48, 64), albedo_uv=albedo, light=light,
+                         detail_normals_uv=normals_uv, want_shape=False)
+    pixels = lit_pixels(rast.rasterize(v, f, (48, 64)), uv_ndc[f], albedo, normals_uv, light)
+    lit, alpha = pixels.images()
+    assert pixels.index.numel() == int(views.alpha.sum()) > 500
+    torch.testing.assert_close(alpha, views.alpha)
+    torch.testing.assert_close(lit, views.lit, atol=1e-5, rtol=1e-5)
+
+
+def test_fast_renderer_matches_the_reference_renderer(demo_pack):
+    from capture.avatar import demo_identity
+    from capture.crop import crop_transform
+    from capture.deca import DECA
+    from capture.retarget import AvatarRenderer
+
+    deca = DECA.from_pack(demo_pack)
+    avatar = demo_identity(deca)
+    gen = torch.Generator().manual_seed(3)
+    source = avatar.codes.replace(exp=0.8 * torch.randn(1, 50, generator=gen),
+                                  pose=torch.tensor([[0.05, 0.2, 0.0, 0.15, 0.0, 0.0]]))
+    frame = np.random.default_rng(0).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    T = crop_transform((60, 10, 150, 100))
+    for layout in ("side-by-side", "overlay"):
+        times = StepTimes()
+        ref = AvatarRenderer(deca, avatar, layout, (120, 200), reference=True).render(frame, source, T).image
+        fast = AvatarRenderer(deca, avatar, layout, (120, 200), times=times).render(frame, source, T).image
+        assert ref.shape == fast.shape
+        diff = np.abs(ref.astype(int) - fast.astype(int)).max(-1)
+        assert (diff > 0).mean() < 1e-3 and diff.max() <= 255  # rounding at the odd pixel / edge
+        assert (diff > 1).sum() <= 3
+        assert {"LBS", "D_detail", "shading", "rasterize", "composite"} <= set(times.stats())
+
+
+def test_step_times_record_and_no_times_is_free():
+    times = StepTimes()
+    for _ in range(3):
+        with times("a"):
+            pass
+    times.add("b", 0.5)
+    stats = times.stats()
+    assert stats["a"].count == 3 and stats["b"].median_ms == pytest.approx(500.0)
+    with no_times("anything"):
+        pass
+
+
+def test_int8_quantisation_of_a_small_graph(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from capture.export import GraphSpec, int8_error, quantize_int8, read_sidecar, sidecar_path
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32)
+    g = rng.normal(0, 0.5, (8, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+         helper.make_node("Flatten", ["p"], ["f"]),
+         helper.make_node("Gemm", ["f", "g"], ["code"], transB=1)],
+        "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("code", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel()),
+         helper.make_tensor("g", TensorProto.FLOAT, g.shape, g.ravel())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    src = tmp_path / "tiny.onnx"
+    onnx.save(model, src)
+    spec = GraphSpec("Tiny", "image", (3, 16, 16), "code", (8,), "e_flame")
+    calibration = rng.random((8, 3, 16, 16)).astype(np.float32)
+    side = quantize_int8(src, tmp_path / "tiny.int8.onnx", calibration, spec)
+    assert side["precision"] == "int8" and read_sidecar(sidecar_path(tmp_path / "tiny.int8.onnx")) == side
+    ops = {n.op_type for n in onnx.load(tmp_path / "tiny.int8.onnx").graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    # a smooth little network: 8-bit ranges keep the output within ~2% of its size
+    err = int8_error(src, tmp_path / "tiny.int8.onnx", rng.random((6, 3, 16, 16)).astype(np.float32), spec)
+    assert err["rms"] < 0.03 * err["reference_rms"]
+    with pytest.raises(Exception, match="calibration must be"):
+        quantize_int8(src, tmp_path / "bad.onnx", calibration[:, :2], spec)
+
+
+# ------------------------------------------------------------------------------------------------ fps.py
+def test_compare_counts_pixel_and_code_differences():
+    fps = _load_fps()
+    a = fps.RunResult("a", "", 2, 1.0, 2.0, {}, {}, 0.0, None, {})
+    b = fps.RunResult("eager", "", 2, 1.0, 1.0, {}, {}, 0.0, None, {})
+    img = np.zeros((2, 2, 3), np.uint8)
+    other = img.copy()
+    other[0, 0] = (20, 0, 0)  # one pixel of four off by 20 in one channel
+    a.pictures, b.pictures = {0: other}, {0: img}
+    a.codes = [{"exp": np.full(50, 0.5), "pose": np.array([0, 0, 0, 0.1, 0, 0])}, None]
+    b.codes = [{"exp": np.full(50, 0.25), "pose": np.zeros(6)}, None]
+    out = fps.compare(a, b)
+    assert out["pixel_mean_abs"] == pytest.approx(20 / 12, abs=1e-4)  # rounded to 4 places
+    assert out["pixel_max_abs"] == 20 and out["pixels_off_by_more_than_8_pct"] == pytest.approx(25.0)
+    assert out["exp_max_abs"] == pytest.approx(0.25) and out["jaw_max_abs_rad"] == pytest.approx(0.1)
+    assert out["frames_with_codes"] == 1
+
+
+def test_fps_runs_and_writes_every_stage_with_ratios(tmp_path, demo_pack_dir, capsys):
+    fps = _load_fps()
+    out = tmp_path / "fps.json"
+    code = fps.main(["--frames", "4", "--backends", "torch", "--size", "256x192", "--warmup", "1",
+                     "--json", str(out), "--quiet"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    for key in ("date", "command", "machine", "libraries", "input", "eager", "backends", "load_average"):
+        assert key in report
+    assert report["machine"]["nproc"] >= 1 and report["libraries"]["torch"]
+    runs = [report["eager"], report["backends"]["torch"]]
+    for run in runs:
+        assert run["frames"] == 4 and run["fps"] > 0 and run["peak_rss_mb"] > 0
+        for stage in fps.STAGES:
+            assert run["stages"][stage]["count"] >= 1, stage
+            assert run["stages"][stage]["p95_ms"] >= run["stages"][stage]["median_ms"] >= 0
+        assert run["latency_ms"]["p95"] >= run["latency_ms"]["median"] > 0
+    torch_run = report["backends"]["torch"]
+    assert torch_run["ratio_to_eager"] == pytest.approx(torch_run["fps"] / report["eager"]["fps"], rel=1e-2)
+    assert torch_run["vs_eager"]["frames_compared"] >= 1
+    printed = capsys.readouterr().out
+    assert "eager" in printed and "x eager" in printed and printed.rstrip().splitlines()[-1].strip()
