@@ -17,6 +17,7 @@ from .appearance import (
     displacement_to_normals,
     grid_triangles,
     mean_texture_albedo,
+    sh_shading,
     uv_layout_ndc,
     vertex_normals,
 )
@@ -164,8 +165,6 @@ class DECA:
         maps = displacement_to_normals(uv_z, geo.vertices, geo.normals, self.uv_sampler, self.face_eye_mask,
                                        self.fixed_displacement, self.grid_faces)
         albedo = albedo_uv if albedo_uv is not None else self.albedo(codes)
-        from .appearance import sh_shading
-
         uv_texture = albedo * sh_shading(maps.uv_detail_normals, codes.light)
         if image_size is None:
             screen, size = geo.screen, (CROP_SIZE, CROP_SIZE)

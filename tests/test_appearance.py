@@ -18,6 +18,7 @@ from capture.appearance import (
 from capture.assets.pack import AlbedoModel
 from capture.camera import crop_to_image_ndc, orthographic
 from capture.render import get_rasterizer
+from meshes import front_hemisphere
 
 # FORMATS.md 3.4, typed in from the document (independent of the module's own formulas)
 C = [0.282095, 1.023327, 1.023327, 1.023327, 0.858086, 0.858086, 0.858086, 0.429043, 0.247708]
@@ -54,21 +55,8 @@ def test_albedo_model_layout_bgr_and_nearest_resize():
     np.testing.assert_allclose(out[0, :, 1, 1].numpy(), (0.3, 0.2, 0.1))  # nearest: 2x2 blocks
 
 
-def _front_hemisphere(n=24):
-    """A smooth unit-radius cap facing +z with an orthographic UV layout (u with x, v with y)."""
-    xs = np.linspace(-0.8, 0.8, n)
-    X, Y = np.meshgrid(xs, xs[::-1])
-    Z = np.sqrt(np.clip(1.2 - X**2 - Y**2, 0.05, None))
-    verts = np.stack([X, Y, Z], -1).reshape(-1, 3).astype(np.float32)
-    ids = np.arange(n * n).reshape(n, n)
-    a, b, c, d = ids[:-1, :-1], ids[:-1, 1:], ids[1:, :-1], ids[1:, 1:]
-    faces = np.concatenate([np.stack([a, c, b], -1).reshape(-1, 3), np.stack([b, c, d], -1).reshape(-1, 3)])
-    uv = np.stack([(X + 1) / 2, (Y + 1) / 2], -1).reshape(-1, 2).astype(np.float32)
-    return verts, faces.astype(np.int64), uv
-
-
 def test_uv_sampler_reproduces_linear_attribute():
-    verts, faces, uv = _front_hemisphere()
+    verts, faces, uv = front_hemisphere()
     sampler = UVSampler.build(get_rasterizer("cpu"), uv, faces, faces, size=64)
     out = sampler(torch.as_tensor(verts)[None])  # [1, 3, 64, 64]
     cover = sampler.coverage
@@ -83,7 +71,7 @@ def test_uv_sampler_reproduces_linear_attribute():
 
 
 def test_zero_displacement_gives_coarse_normals_back():
-    verts, faces, uv = _front_hemisphere()
+    verts, faces, uv = front_hemisphere()
     v = torch.as_tensor(verts)[None]
     normals = vertex_normals(v, torch.as_tensor(faces))
     assert (normals[0, :, 2] > 0).all()  # outward for this winding

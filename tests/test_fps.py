@@ -28,6 +28,7 @@ from capture.appearance import (
 from capture.render import get_rasterizer
 from capture.stream.pipeline import StepTimes, no_times
 from capture.views import lit_pixels, render_views
+from meshes import front_hemisphere
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,18 +39,6 @@ def _load_fps():
     sys.modules["fps_bench"] = module
     spec.loader.exec_module(module)
     return module
-
-
-def _hemisphere(n: int = 24):
-    xs = np.linspace(-0.9, 0.9, n)
-    X, Y = np.meshgrid(xs, xs[::-1])
-    Z = np.sqrt(np.clip(1.2 - X**2 - Y**2, 0.05, None))
-    verts = np.stack([X, Y, Z], -1).reshape(-1, 3).astype(np.float32)
-    ids = np.arange(n * n).reshape(n, n)
-    a, b, c, d = ids[:-1, :-1], ids[:-1, 1:], ids[1:, :-1], ids[1:, 1:]
-    faces = np.concatenate([np.stack([a, c, b], -1).reshape(-1, 3), np.stack([b, c, d], -1).reshape(-1, 3)])
-    uv = np.stack([(X + 1) / 2, (Y + 1) / 2], -1).reshape(-1, 2).astype(np.float32)
-    return verts, faces.astype(np.int64), uv
 
 
 # ------------------------------------------------------------------------------------------------ fast paths
@@ -79,7 +68,7 @@ def test_grid_normals_match_the_triangle_list_normals():
 
 
 def test_vertex_normals_fast_and_uv_sample_match_the_plain_ones():
-    verts, faces, uv = _hemisphere()
+    verts, faces, uv = front_hemisphere(extent=0.9)
     v = torch.as_tensor(verts)[None].repeat(2, 1, 1)
     v[1] *= torch.tensor([1.0, 0.5, 2.0])  # two different meshes in one batch
     f = torch.as_tensor(faces)
@@ -91,7 +80,7 @@ def test_vertex_normals_fast_and_uv_sample_match_the_plain_ones():
 
 
 def test_detail_normals_match_displacement_to_normals():
-    verts, faces, uv = _hemisphere()
+    verts, faces, uv = front_hemisphere(extent=0.9)
     v = torch.as_tensor(verts)[None]
     f = torch.as_tensor(faces)
     normals = vertex_normals(v, f)
@@ -106,7 +95,7 @@ def test_detail_normals_match_displacement_to_normals():
 
 
 def test_lit_pixels_match_render_views():
-    verts, faces, uv = _hemisphere()
+    verts, faces, uv = front_hemisphere(extent=0.9)
     v = torch.as_tensor(verts)[None] * torch.tensor([0.7, 0.7, 0.1]) + torch.tensor([0.0, 0.0, 0.5])
     f = torch.as_tensor(faces)
     rast = get_rasterizer("cpu")
