@@ -98,6 +98,9 @@ class DECA:
         self.device = torch.device(device)
         self.nets = build_networks(pack.checkpoint).to(self.device)
         self.flame = FLAME(pack).to(self.device)
+        self.lbs_backend = "torch"
+        if self.device.type == "cuda":
+            self._use_cuda_lbs()
         self.rasterizer = get_rasterizer(rasterizer, device=self.device)
         self.faces = torch.as_tensor(pack.uv.faces, dtype=torch.int64, device=self.device)
         self.uvfaces = torch.as_tensor(pack.uv.uvfaces, dtype=torch.int64, device=self.device)
@@ -108,6 +111,17 @@ class DECA:
         self.face_eye_mask = torch.as_tensor(pack.face_eye_mask, device=self.device)
         self.fixed_displacement = torch.as_tensor(pack.fixed_displacement, device=self.device)
         self._mean_albedo = mean_texture_albedo(pack.mean_texture).to(self.device)
+
+    def _use_cuda_lbs(self) -> None:
+        """Swap in the fused CUDA LBS kernel when pycuda or CuPy can launch it; torch LBS stays otherwise."""
+        from .lbs_cuda import CudaLBS, cuda_lbs_available
+
+        ok, how = cuda_lbs_available()
+        if ok:
+            self.flame.lbs_impl = CudaLBS.from_flame(self.flame)
+            self.lbs_backend = f"cuda kernel ({how})"
+        else:
+            self.lbs_backend = f"torch ({how})"
 
     @classmethod
     def from_pack(cls, pack: ModelPack, device: str | torch.device = "cpu", rasterizer: str = "auto") -> "DECA":

@@ -94,7 +94,8 @@ def main(argv=None) -> int:
                          origin=0.0 if args.start is None else None)
     say(f"{args.input}: {reader.width}x{reader.height}, ~{reader.frame_count} frames at {reader.fps:.2f} fps"
         f"{', audio' if reader.has_audio else ''}; target {args.target}"
-        f"{' (cached avatar)' if model.avatar_cached else ''}; backend {model.backend_name}; layout {args.layout}")
+        f"{' (cached avatar)' if model.avatar_cached else ''}; backend {model.backend_name}; "
+        f"LBS {model.deca.lbs_backend}; layout {args.layout}")
 
     recorder = CodeRecorder() if args.codes else None
     progress = None
