@@ -14,8 +14,8 @@ from torch import nn
 
 from ..deca import Codes
 from . import losses as L
-from .dataset import Batch, FaceDataset, group_permutation
-from .loop import TrainableEncoder, load_base_pack, load_networks, resolve_checkpoint, run_stage
+from .dataset import Batch, group_permutation
+from .loop import TrainableEncoder, prepare_stage, run_stage
 from .renderer import TrainRenderer
 
 
@@ -64,14 +64,9 @@ def train_coarse(data_dir: str | Path, out: str | Path, cfg: dict, *, assets: Op
     Returns the logged rows (step, total, every term).
     """
     out = Path(out)
-    pack_dir, pack = load_base_pack(assets)
-    start_from = resume if resume is not None else (init if init is not None else pack_dir)
-    networks = load_networks(resolve_checkpoint(start_from))
-    dcfg, stage_cfg = cfg["data"], cfg["coarse"]
-    data = FaceDataset(data_dir, k=dcfg["k_per_identity"], render_size=dcfg["render_size"],
-                       scale_min=dcfg["scale_min"], scale_max=dcfg["scale_max"],
-                       crops_per_image=dcfg["crops_per_image"], seed=dcfg["seed"])
-    renderer = TrainRenderer(pack, dcfg["render_size"])
+    inputs = prepare_stage(data_dir, cfg, assets=assets, init=init, resume=resume)
+    networks, renderer = inputs.networks, inputs.renderer
+    stage_cfg = cfg["coarse"]
     e_flame = TrainableEncoder(networks["E_flame"], stage_cfg["train_backbone"])
     for name in ("E_detail", "D_detail"):
         networks[name].requires_grad_(False)
@@ -81,7 +76,7 @@ def train_coarse(data_dir: str | Path, out: str | Path, cfg: dict, *, assets: Op
         terms = coarse_terms(renderer, codes, batch, identity_net)
         return terms, weighted_total(terms, stage_cfg)
 
-    return run_stage("coarse", data=data, pack_dir=pack_dir, out=out, networks=networks,
+    return run_stage("coarse", data=inputs.data, pack_dir=inputs.pack_dir, out=out, networks=networks,
                      params=e_flame.param_groups(stage_cfg["lr"], stage_cfg["lr_backbone"]), step_fn=step, cfg=cfg, resume=resume,
                      show_progress=show_progress, modules_for_train=e_flame.train,
                      fresh_crops=stage_cfg["train_backbone"])

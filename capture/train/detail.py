@@ -17,9 +17,8 @@ from ..deca import Codes
 from ..nets import DetailGenerator, detail_input
 from . import losses as L
 from .coarse import weighted_total
-from .dataset import Batch, FaceDataset, group_permutation
-from .loop import (TrainableEncoder, encoder_input, freeze_batchnorm, load_base_pack, load_networks,
-                   resolve_checkpoint, run_stage)
+from .dataset import Batch, group_permutation
+from .loop import TrainableEncoder, encoder_input, freeze_batchnorm, prepare_stage, run_stage
 from .renderer import Rendered, TrainGeometry, TrainRenderer
 
 
@@ -80,14 +79,9 @@ def train_detail(data_dir: str | Path, out: str | Path, cfg: dict, *, assets: Op
                  vgg: Optional[nn.Module] = None, show_progress: bool = True) -> list[dict]:
     """Run the detail stage (E_flame frozen). init: usually the coarse run's folder. See `train_coarse`."""
     out = Path(out)
-    pack_dir, pack = load_base_pack(assets)
-    start_from = resume if resume is not None else (init if init is not None else pack_dir)
-    networks = load_networks(resolve_checkpoint(start_from))
-    dcfg, stage_cfg = cfg["data"], cfg["detail"]
-    data = FaceDataset(data_dir, k=dcfg["k_per_identity"], render_size=dcfg["render_size"],
-                       scale_min=dcfg["scale_min"], scale_max=dcfg["scale_max"],
-                       crops_per_image=dcfg["crops_per_image"], seed=dcfg["seed"])
-    renderer = TrainRenderer(pack, dcfg["render_size"])
+    inputs = prepare_stage(data_dir, cfg, assets=assets, init=init, resume=resume)
+    networks, renderer = inputs.networks, inputs.renderer
+    stage_cfg = cfg["detail"]
     e_flame = TrainableEncoder(networks["E_flame"], train_backbone=False)  # cached codes per crop when fine-tuning
     networks["E_flame"].requires_grad_(False)
     e_detail = TrainableEncoder(networks["E_detail"], stage_cfg["train_backbone"])
@@ -107,7 +101,7 @@ def train_detail(data_dir: str | Path, out: str | Path, cfg: dict, *, assets: Op
         return terms, weighted_total(terms, stage_cfg)
 
     params = e_detail.param_groups(stage_cfg["lr"], stage_cfg["lr_backbone"]) + [{"params": list(d_detail.parameters())}]
-    return run_stage("detail", data=data, pack_dir=pack_dir, out=out, networks=networks, params=params,
+    return run_stage("detail", data=inputs.data, pack_dir=inputs.pack_dir, out=out, networks=networks, params=params,
                      step_fn=step, cfg=cfg, resume=resume, show_progress=show_progress,
                      modules_for_train=train_mode, fresh_crops=fresh)
 

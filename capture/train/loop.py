@@ -1,6 +1,8 @@
 """What both stages share: encoders in the two training modes, the run folder, checkpoints, the CSV log."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import csv
 import json
 import os
@@ -220,3 +222,29 @@ def load_base_pack(assets: Optional[str]):
 
     pack_dir = resolve_pack_dir(assets or "demo")
     return pack_dir, load_pack(pack_dir)
+
+
+@dataclass
+class StageInputs:
+    """What both stages start from: the base pack, the networks to train, the data and the renderer."""
+
+    pack_dir: Path
+    pack: object
+    networks: dict[str, nn.Module]
+    data: FaceDataset
+    renderer: "TrainRenderer"
+
+
+def prepare_stage(data_dir, cfg: dict, *, assets: Optional[str], init, resume) -> StageInputs:
+    """Base pack, weights (resume > init > the pack's own), dataset with the config's crops, renderer."""
+    from .renderer import TrainRenderer  # imported here: the renderer module pulls in the whole render stack
+
+    pack_dir, pack = load_base_pack(assets)
+    start_from = resume if resume is not None else (init if init is not None else pack_dir)
+    networks = load_networks(resolve_checkpoint(start_from))
+    dcfg = cfg["data"]
+    data = FaceDataset(data_dir, k=dcfg["k_per_identity"], render_size=dcfg["render_size"],
+                       scale_min=dcfg["scale_min"], scale_max=dcfg["scale_max"],
+                       crops_per_image=dcfg["crops_per_image"], seed=dcfg["seed"])
+    return StageInputs(pack_dir, pack, networks, data, TrainRenderer(pack, dcfg["render_size"]))
+
