@@ -88,12 +88,17 @@ def build_model_side(args, say: Callable[[str], None]) -> ModelSide:
 
 
 def run_cli(main: Callable[[], int]) -> None:
-    """Exit with main()'s status; CliError / VideoError become one `error:` line, Ctrl-C exit 130."""
+    """Exit with main()'s status; user-facing errors (bad files, unusable paths) become one `error:` line,
+    Ctrl-C exits 130."""
     try:
         code = main()
-    except (CliError, VideoError) as exc:
+    except (CliError, VideoError, AssetError, ImageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = getattr(exc, "code", 2)
+    except OSError as exc:  # e.g. a full disk or a read-only folder while writing outputs
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        code = 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130

@@ -29,6 +29,7 @@ from .reconstruct import reconstruct_one
 from .retarget import AvatarRenderer
 from .stills import astronaut
 from .stream.clips import make_test_clip
+from .stream.writer import check_writable
 
 
 def performer_sequence(n_frames: int, fps: float) -> dict[str, np.ndarray]:
@@ -84,6 +85,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     w, h = (int(v) for v in args.size.lower().split("x"))
 
+    for path in (args.source, args.output):
+        check_writable(path)  # before minutes of work
     pack_dir = ensure_demo_pack()
     pack = load_pack(pack_dir)
     print(pack.label, flush=True)
