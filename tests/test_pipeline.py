@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import _thread
 import random
+import signal
 import threading
 import time
 
@@ -135,18 +136,24 @@ def test_keyboard_interrupt_from_source_leaves_exact_partial_file(clip, tmp_path
 
 
 def test_ctrl_c_in_calling_thread_drains_and_returns():
-    def endless():
-        i = 0
-        while True:
+    def endless():  # bounded, so a lost Ctrl-C fails the test instead of hanging it
+        for i in range(10_000):
             time.sleep(0.002)
             yield i
-            i += 1
 
     out = []
     threading.Timer(0.2, _thread.interrupt_main).start()
     stats = Pipeline(endless(), stages=[("s", _jitter(7))], sink=out.append).run()
     assert stats.interrupted and stats.reason == "interrupted"
     assert stats.frames_in == stats.frames_out == len(out) > 10 and out == list(range(len(out)))
+
+
+def test_sigint_handler_is_taken_during_run_and_restored():
+    before = signal.getsignal(signal.SIGINT)
+    during = []
+    Pipeline(iter(range(3)), sink=lambda x: during.append(signal.getsignal(signal.SIGINT))).run()
+    assert during and all(h is not before for h in during)
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_quit_event_stops_gracefully():

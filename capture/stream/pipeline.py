@@ -14,8 +14,8 @@ per stage and FIFO queues keep the order of items. Policies:
 
 Stopping:
 - end of input: everything in flight is processed, then the sink is finalised.
-- `stop()`, the `quit_event`, a first Ctrl-C (KeyboardInterrupt in the calling thread or raised by the
-  source) or a source error (e.g. a truncated file): reading stops and the frames already read are
+- `stop()`, the `quit_event`, a first Ctrl-C (SIGINT while `run()` runs in the main thread, a
+  KeyboardInterrupt in the calling thread, or one raised by the source) or a source error (e.g. a truncated file): reading stops and the frames already read are
   drained through every stage to the sink (at most depth x (stages + 1) frames), so the output holds
   exactly the frames read so far. A second Ctrl-C aborts and discards what is in flight.
 - an exception in a stage or the sink: all threads stop at once, in-flight items are discarded.
@@ -27,6 +27,7 @@ first error wins and is re-raised by `run()`; an interrupt is not an error: `run
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 import contextlib
 import time
@@ -341,11 +342,14 @@ class Pipeline:
         ]
         threads.append(threading.Thread(target=self._run_sink, name="sink", daemon=True))
         finalize_error: BaseException | None = None
+        took_sigint, previous_handler = self._take_sigint()
         try:
             for t in threads:
                 t.start()
             self._wait(threads)
         finally:
+            if took_sigint:
+                signal.signal(signal.SIGINT, previous_handler if previous_handler is not None else signal.SIG_DFL)
             self._t1 = time.perf_counter()
             if self._finalize is not None:
                 try:
@@ -361,6 +365,21 @@ class Pipeline:
         if not self._reason:
             self._reason = "end of input"
         return self.snapshot()
+
+    def _take_sigint(self) -> tuple[bool, Any]:
+        """In the main thread: Ctrl-C calls `_interrupt` instead of raising; returns (taken, handler to restore).
+
+        A KeyboardInterrupt raised by Python's default handler lands wherever the main thread happens to be,
+        and when that is a finaliser (`__del__`, a weakref callback, run by the garbage collector) it is
+        printed as "Exception ignored" and lost: the pipeline then never hears of the Ctrl-C. A handler that
+        only sets flags cannot be lost that way. Elsewhere (a worker thread) signals cannot be handled.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return False, None
+        try:
+            return True, signal.signal(signal.SIGINT, lambda signum, frame: self._interrupt(drain=not self._interrupted))
+        except (ValueError, OSError):  # e.g. an embedded interpreter without signal support
+            return False, None
 
     def _wait(self, threads: list[threading.Thread]) -> None:
         """Wait for the sink to finish (or an abort), then for every thread; Ctrl-C escalates."""
