@@ -1,4 +1,4 @@
-"""`python -m capture.train {make-dataset,check,coarse,detail}`: see capture/train/__init__.py."""
+"""`python -m capture.train {make-dataset,check,pretrain,coarse,detail}`: see capture/train/__init__.py."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +13,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--assets", default=None, help="model pack with FLAME etc. (default: the demo pack)")
     p.add_argument("--init", default=None, help="weights to start from: run folder, pack folder or deca_model.tar")
     p.add_argument("--resume", default=None, help="continue an earlier run folder of this stage")
-    p.add_argument("--config", default=None, help="TOML file overriding capture/train/default.toml")
+    p.add_argument("--config", default=None, help="TOML file overriding capture/train/default.toml, or a preset: quick")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one setting")
     p.add_argument("--steps", type=int, default=None, help="shorthand for --set <stage>.steps=N")
     p.add_argument("--no-progress", action="store_true")
@@ -45,6 +45,7 @@ def _main(argv=None) -> int:
     ck = sub.add_parser("check", help="validate a dataset folder")
     ck.add_argument("dir")
     ck.add_argument("--k", type=int, default=2)
+    _common(sub.add_parser("pretrain", help="the coarse stage on landmarks only (DECA's first step)"))
     for stage in ("coarse", "detail"):
         _common(sub.add_parser(stage, help=f"train the {stage} stage"))
     args = parser.parse_args(argv)
@@ -69,7 +70,11 @@ def _main(argv=None) -> int:
     overrides = list(args.set) + ([f"{args.command}.steps={args.steps}"] if args.steps is not None else [])
     cfg = load_config(args.config, overrides)
     common = dict(assets=args.assets, init=args.init, resume=args.resume, show_progress=not args.no_progress)
-    if args.command == "coarse":
+    if args.command == "pretrain":
+        from .coarse import train_coarse
+
+        rows = train_coarse(args.data, args.out, cfg, stage="pretrain", **common)
+    elif args.command == "coarse":
         from .coarse import train_coarse
 
         net = optional_network(cfg["networks"]["identity_weights"], load_identity_network, "identity")
@@ -87,4 +92,8 @@ def _main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    import warnings
+
+    # a skipped loss is worth one line, not the source line that issued the warning
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     run_cli(main)

@@ -53,11 +53,20 @@ def _parse_override(text: str) -> tuple[list[str], object]:
     return key.strip().split("."), value
 
 
+def preset_path(name: str | Path) -> Path:
+    """A config file path as given, or a preset shipped beside the defaults (`quick` -> capture/train/quick.toml)."""
+    path = Path(name)
+    preset = DEFAULT_CONFIG.with_name(f"{name}.toml")
+    if not path.exists() and path.suffix == "" and preset.is_file():
+        return preset
+    return path
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Iterable[str] = ()) -> dict:
-    """Defaults <- file at `path` <- overrides ("section.key=value", TOML values). Returns a fresh dict."""
+    """Defaults <- file at `path` (or a preset name) <- overrides ("section.key=value"). Returns a fresh dict."""
     config = tomllib.loads(DEFAULT_CONFIG.read_text())
     if path is not None:
-        path = Path(path)
+        path = preset_path(path)
         try:
             _merge(config, tomllib.loads(path.read_text()), str(path))
         except (OSError, tomllib.TOMLDecodeError) as exc:

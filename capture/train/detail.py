@@ -18,7 +18,7 @@ from ..nets import DetailGenerator, detail_input
 from . import losses as L
 from .coarse import weighted_total
 from .dataset import Batch, group_permutation
-from .loop import TrainableEncoder, encoder_input, freeze_batchnorm, prepare_stage, run_stage
+from .loop import TrainableEncoder, encoder_input, feature_cache_files, freeze_batchnorm, prepare_stage, run_stage
 from .renderer import Rendered, TrainGeometry, TrainRenderer
 
 
@@ -84,7 +84,12 @@ def train_detail(data_dir: str | Path, out: str | Path, cfg: dict, *, assets: Op
     stage_cfg = cfg["detail"]
     e_flame = TrainableEncoder(networks["E_flame"], train_backbone=False)  # cached codes per crop when fine-tuning
     networks["E_flame"].requires_grad_(False)
+    if not stage_cfg["train_backbone"]:  # E_flame's features of the same crops: from the coarse run when it kept them
+        e_flame.cache_all(inputs.data, *feature_cache_files("E_flame", out, init, resume))
     e_detail = TrainableEncoder(networks["E_detail"], stage_cfg["train_backbone"])
+    if not stage_cfg["train_backbone"]:
+        reuse, save = feature_cache_files("E_detail", out, init, resume)
+        e_detail.standardise_head(inputs.data, reuse, save)
     d_detail = networks["D_detail"].requires_grad_(True)
     fresh = stage_cfg["train_backbone"]
 
@@ -103,5 +108,5 @@ def train_detail(data_dir: str | Path, out: str | Path, cfg: dict, *, assets: Op
     params = e_detail.param_groups(stage_cfg["lr"], stage_cfg["lr_backbone"]) + [{"params": list(d_detail.parameters())}]
     return run_stage("detail", data=inputs.data, pack_dir=inputs.pack_dir, out=out, networks=networks, params=params,
                      step_fn=step, cfg=cfg, resume=resume, show_progress=show_progress,
-                     modules_for_train=train_mode, fresh_crops=fresh)
+                     modules_for_train=train_mode, fresh_crops=fresh, before_save=e_detail.sync)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import csv
+import hashlib
 import json
 import os
 import time
@@ -41,21 +42,29 @@ class TrainableEncoder:
     """E_flame or E_detail, trained whole (`train_backbone`) or as its MLP head on cached backbone features.
 
     Fine-tuning mode computes each fixed crop's 2048-d backbone feature once (`FaceDataset.crop_scales`), so a
-    step costs an MLP instead of a ResNet-50; the checkpoint still holds the whole encoder.
+    step costs an MLP instead of a ResNet-50; the checkpoint still holds the whole encoder. `standardise_head`
+    then trains the first head layer in standardised feature coordinates (see there).
     """
 
     def __init__(self, encoder: ResNet50Encoder, train_backbone: bool):
         self.encoder, self.train_backbone = encoder, bool(train_backbone)
         self._features: dict[tuple[int, int], torch.Tensor] = {}
+        self._standard: Optional[tuple[torch.Tensor, torch.Tensor, nn.Parameter, nn.Parameter]] = None
         encoder.requires_grad_(False)
         (encoder if train_backbone else encoder.layers).requires_grad_(True)
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        if self._standard is None:
+            return list(self.encoder.layers.parameters())
+        return [self._standard[2], self._standard[3], *self.encoder.layers[2].parameters()]
+
     def parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.encoder.parameters() if p.requires_grad]
+        return [p for p in self.encoder.parameters() if p.requires_grad] if self._standard is None \
+            else self.head_parameters()
 
     def param_groups(self, lr: float, lr_backbone: float) -> list[dict]:
         """The MLP head at `lr`; the backbone (when trained) at `lr_backbone`."""
-        groups = [{"params": list(self.encoder.layers.parameters()), "lr": lr}]
+        groups = [{"params": self.head_parameters(), "lr": lr}]
         if self.train_backbone:
             groups.append({"params": list(self.encoder.encoder.parameters()), "lr": lr_backbone})
         return groups
@@ -63,6 +72,75 @@ class TrainableEncoder:
     def train(self) -> None:
         self.encoder.train()
         freeze_batchnorm(self.encoder)
+
+    def cache_key(self, data: FaceDataset) -> str:
+        """What the cached features depend on: backbone weights, images (names, sizes, times), crops, size."""
+        h = hashlib.sha256()
+        for name, t in self.encoder.encoder.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        for e in data.entries:
+            st = (data.root / "images" / e.name).stat()
+            h.update(f"{e.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+        h.update(data.crop_scales.tobytes())
+        h.update(str(data.render_size).encode())
+        return h.hexdigest()
+
+    def cache_all(self, data: FaceDataset, reuse: Iterable[Path] = (), save: Optional[Path] = None,
+                  chunk: int = 16) -> torch.Tensor:
+        """Backbone features of every cached crop of `data` ([N * crops, 2048]), computed now in chunks.
+
+        reuse: feature files (`save` of an earlier run) to take them from when their key matches (a coarse run
+        started from a pretrain run on the same data skips the ResNet-50 passes); save: where to write them.
+        """
+        keys = [(i, c) for i in range(len(data)) for c in range(data.crop_scales.shape[1])]
+        key = self.cache_key(data)
+        for path in reuse:
+            if Path(path).is_file():
+                stored = torch.load(path, map_location="cpu", weights_only=True)
+                if stored.get("key") == key and stored["features"].shape[0] == len(keys):
+                    self._features.update(zip(keys, stored["features"]))
+                    break
+        for start in range(0, len(keys), chunk):
+            part = [k for k in keys[start:start + chunk] if k not in self._features]
+            if part:
+                self.features(data.batch([i for i, _ in part], crops=[c for _, c in part]))
+        feats = torch.stack([self._features[k] for k in keys])
+        if save is not None:
+            save.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"key": key, "features": feats}, save)
+        return feats
+
+    def standardise_head(self, data: FaceDataset, reuse: Iterable[Path] = (), save: Optional[Path] = None) -> None:
+        """Train the head's first Linear on standardised features: W' = W diag(sd), b' = b + W mean.
+
+        The same function (the checkpoint gets W = W' / sd, b = b' - W mean back, `sync`), but Adam's steps
+        act on centred, unit-spread inputs: on raw features, which share a large common part across faces,
+        an update mostly shifts every face's code alike, and the per-face differences (jaw, expression) are
+        learnt many times slower. Fine-tuning mode only (the features must be fixed).
+        """
+        if self.train_backbone:
+            raise ValueError("standardise_head needs fixed backbone features (train_backbone = false)")
+        feats = self.cache_all(data, reuse, save)
+        mean = feats.mean(0)
+        sd = feats.std(0)
+        sd = sd.clamp_min(1e-3 * float(sd.mean().clamp_min(1e-12)))  # features constant on this data: no blow-up
+        lin = self.encoder.layers[0]
+        with torch.no_grad():
+            w = nn.Parameter(lin.weight * sd)
+            b = nn.Parameter(lin.bias + lin.weight @ mean)
+        lin.requires_grad_(False)
+        self._standard = (mean, sd, w, b)
+
+    def sync(self) -> None:
+        """Fold the standardised head back into the encoder's own Linear (before saving)."""
+        if self._standard is None:
+            return
+        mean, sd, w, b = self._standard
+        lin = self.encoder.layers[0]
+        with torch.no_grad():
+            lin.weight.copy_(w / sd)
+            lin.bias.copy_(b - lin.weight @ mean)
 
     def features(self, batch: Batch) -> torch.Tensor:
         keys = list(zip(batch.index.tolist(), batch.crop.tolist()))
@@ -80,7 +158,12 @@ class TrainableEncoder:
     def __call__(self, batch: Batch) -> torch.Tensor:
         if self.train_backbone:
             return self.encoder(encoder_input(batch.images))
-        return self.encoder.layers(self.features(batch))
+        feats = self.features(batch)
+        if self._standard is None:
+            return self.encoder.layers(feats)
+        mean, sd, w, b = self._standard
+        hidden = torch.relu(F.linear((feats - mean) / sd, w, b))
+        return self.encoder.layers[2](hidden)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -170,8 +253,11 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
 
 def run_stage(stage: str, *, data: FaceDataset, pack_dir: Path, out: Path, networks: dict[str, nn.Module],
               params: Iterable[nn.Parameter], step_fn, cfg: dict, resume: Optional[Path], show_progress: bool,
-              modules_for_train, fresh_crops: bool) -> list[dict]:
-    """The loop both stages run: sample, losses, step, log, checkpoint. Returns the logged rows."""
+              modules_for_train, fresh_crops: bool, before_save=lambda: None) -> list[dict]:
+    """The loop both stages run: sample, losses, step, log, checkpoint. Returns the logged rows.
+
+    before_save: called before each checkpoint (folds reparametrised weights back into the networks).
+    """
     out.mkdir(parents=True, exist_ok=True)
     stage_cfg = cfg[stage]
     optimizer = torch.optim.Adam(list(params), lr=stage_cfg["lr"])  # params: tensors or param groups
@@ -209,12 +295,21 @@ def run_stage(stage: str, *, data: FaceDataset, pack_dir: Path, out: Path, netwo
         bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k not in ("step", "seconds")}, refresh=False)
         bar.update(1)
         if (step + 1) % stage_cfg["checkpoint_every"] == 0 or step + 1 == steps:
+            before_save()
             write_run_pack(out, pack_dir, networks, f"{stage} stage, step {step + 1}")
             torch.save({"step": step + 1, "optimizer": optimizer.state_dict(), "config": json.dumps(cfg)}, state_path)
     bar.close()
     if start >= steps:
+        before_save()
         write_run_pack(out, pack_dir, networks, f"{stage} stage, step {start}")
     return rows
+
+
+def feature_cache_files(name: str, out: Path, init, resume) -> tuple[list[Path], Path]:
+    """Where `name`'s cached backbone features may be found (resume, init, this run) and where they are saved."""
+    own = Path(out) / f"features_{name}.pt"
+    found = [Path(d) / f"features_{name}.pt" for d in (resume, init) if d is not None and Path(d).is_dir()]
+    return found + [own], own
 
 
 def load_base_pack(assets: Optional[str]):
