@@ -58,10 +58,6 @@ class TrainableEncoder:
             return list(self.encoder.layers.parameters())
         return [self._standard[2], self._standard[3], *self.encoder.layers[2].parameters()]
 
-    def parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.encoder.parameters() if p.requires_grad] if self._standard is None \
-            else self.head_parameters()
-
     def param_groups(self, lr: float, lr_backbone: float) -> list[dict]:
         """The MLP head at `lr`; the backbone (when trained) at `lr_backbone`."""
         groups = [{"params": self.head_parameters(), "lr": lr}]
