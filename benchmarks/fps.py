@@ -561,6 +561,15 @@ class Bench:
 
 
 # ------------------------------------------------------------------------------------------------ comparison
+def entry_with_ratios(result: RunResult, eager: Optional[RunResult]) -> dict:
+    """A run's JSON entry with its FPS ratios to the eager reference of the same run (when there is one)."""
+    entry = result.to_json()
+    if eager is not None:
+        entry["ratio_to_eager"] = round(result.fps / eager.fps, 3)
+        entry["ratio_to_eager_medians"] = round(result.fps / eager.fps_from_medians, 3)
+    return entry
+
+
 def compare(result: RunResult, eager: RunResult) -> dict:
     """How far a backend's output is from the eager reference's on the same frames."""
     diffs = [np.abs(result.pictures[i].astype(np.int16) - eager.pictures[i].astype(np.int16))
@@ -788,21 +797,14 @@ def main(argv=None) -> int:
             engines_by_name[name] = engines
             say(f"{name}: {engines.description}: {bench.n_frames} frames")
             result = bench.run_pipeline(engines, folder)
-            entry = result.to_json()
+            entry = entry_with_ratios(result, eager)
             if eager is not None:
-                entry["ratio_to_eager"] = round(result.fps / eager.fps, 3)
-                entry["ratio_to_eager_medians"] = round(result.fps / eager.fps_from_medians, 3)
                 entry["vs_eager"] = compare(result, eager)
             report["backends"][name] = entry
             say(f"  {result.fps:.2f} FPS")
             if args.serial:
                 say(f"{name}, one frame at a time: {bench.n_frames} frames")
-                serial = bench.run_serial(folder, engines)
-                entry = serial.to_json()
-                if eager is not None:
-                    entry["ratio_to_eager"] = round(serial.fps / eager.fps, 3)
-                    entry["ratio_to_eager_medians"] = round(serial.fps / eager.fps_from_medians, 3)
-                report["serial"][name] = entry
+                report["serial"][name] = entry_with_ratios(bench.run_serial(folder, engines), eager)
             if name == "onnxruntime-int8":
                 report["int8"] = int8_accuracy(bench, engines, eager.crops if eager else [])
         if args.long and backends:
