@@ -209,6 +209,16 @@ def test_truncated_file_yields_frames_then_raises(tmp_path, ext, options):
     assert reader.truncated
 
 
+def test_short_mkv_cut_inside_its_only_cluster_is_called_truncated(tmp_path):
+    path = tmp_path / "full.mkv"
+    make_test_clip(path, frames=12, fps=25)  # one cluster: the cut leaves the header and no whole frame
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(path.read_bytes()[: len(path.read_bytes()) * 3 // 10])
+    expected = r"cut\.mkv: truncated video: no frame decodes but the container declares 0\.480 s"
+    with pytest.raises(VideoError, match=expected):
+        VideoReader(cut)
+
+
 def test_mp4_cut_before_its_index_fails_at_open(tmp_path):
     path = tmp_path / "full.mp4"
     make_test_clip(path, frames=20)

@@ -144,6 +144,12 @@ class VideoReader:
             if self._first is None:
                 if self._error:
                     raise VideoError(f"{self.path}: no frame decodes ({self._error})")
+                if self._source_end is not None and self._source_end - self._start > 0.25:
+                    self.truncated = True
+                    raise VideoError(
+                        f"{self.path}: truncated video: no frame decodes but the container declares"
+                        f" {self._source_end - self._t0:.3f} s (file cut short? re-download or re-export it)"
+                    )
                 where = f" at or after start={start} s" if start else ""
                 raise VideoError(f"{self.path}: no video frames{where}")
         except BaseException:
