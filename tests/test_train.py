@@ -226,12 +226,19 @@ def test_detail_consistency_zero_for_same_code_positive_for_different(demo_pack)
     assert positive.item() > 1e-4
 
 
-def test_standardised_head_is_the_same_function_and_folds_back(tiny_dataset, demo_pack):
+def _own_e_flame(pack):
+    """E_flame on copies of the pack's tensors: `build_networks` shares storage (assign=True), and these tests
+    change weights in place, which must not reach the session-wide demo pack."""
     from capture.nets import build_networks
+
+    return build_networks({name: {k: v.clone() for k, v in sd.items()} for name, sd in pack.checkpoint.items()}).e_flame
+
+
+def test_standardised_head_is_the_same_function_and_folds_back(tiny_dataset, demo_pack):
     from capture.train.loop import TrainableEncoder
 
     data = FaceDataset(tiny_dataset, k=2, render_size=64, crops_per_image=1)
-    encoder = build_networks(demo_pack.checkpoint).e_flame.eval()
+    encoder = _own_e_flame(demo_pack).eval()
     trainable = TrainableEncoder(encoder, train_backbone=False)
     trainable.standardise_head(data)
     batch = data.batch(range(len(data)), crops=[0] * len(data))
@@ -247,11 +254,10 @@ def test_standardised_head_is_the_same_function_and_folds_back(tiny_dataset, dem
 
 
 def test_feature_cache_is_reused_only_for_the_same_crops_and_weights(tiny_dataset, demo_pack, tmp_path):
-    from capture.nets import build_networks
     from capture.train.loop import TrainableEncoder
 
     def encoder_and_calls():
-        trainable = TrainableEncoder(build_networks(demo_pack.checkpoint).e_flame.eval(), train_backbone=False)
+        trainable = TrainableEncoder(_own_e_flame(demo_pack).eval(), train_backbone=False)
         calls = []
         backbone = trainable.encoder.encoder
         backbone.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
@@ -271,6 +277,10 @@ def test_feature_cache_is_reused_only_for_the_same_crops_and_weights(tiny_datase
     with torch.no_grad():
         changed.encoder.encoder.conv1.weight.mul_(1.01)
     changed.cache_all(data, reuse=[tmp_path / "f.pt"])
+    assert sum(calls) == 2 * len(data)
+    (tmp_path / "f.pt").write_bytes(b"not a torch file")  # a damaged cache is recomputed, not an error
+    damaged, calls = encoder_and_calls()
+    assert torch.allclose(damaged.cache_all(data, reuse=[tmp_path / "f.pt"]), feats, atol=1e-5)
     assert sum(calls) == 2 * len(data)
 
 

@@ -92,11 +92,10 @@ class TrainableEncoder:
         keys = [(i, c) for i in range(len(data)) for c in range(data.crop_scales.shape[1])]
         key = self.cache_key(data)
         for path in reuse:
-            if Path(path).is_file():
-                stored = torch.load(path, map_location="cpu", weights_only=True)
-                if stored.get("key") == key and stored["features"].shape[0] == len(keys):
-                    self._features.update(zip(keys, stored["features"]))
-                    break
+            stored = _read_feature_file(Path(path))
+            if stored is not None and stored["key"] == key and stored["features"].shape[0] == len(keys):
+                self._features.update(zip(keys, stored["features"]))
+                break
         for start in range(0, len(keys), chunk):
             part = [k for k in keys[start:start + chunk] if k not in self._features]
             if part:
@@ -299,6 +298,20 @@ def run_stage(stage: str, *, data: FaceDataset, pack_dir: Path, out: Path, netwo
         before_save()
         write_run_pack(out, pack_dir, networks, f"{stage} stage, step {start}")
     return rows
+
+
+def _read_feature_file(path: Path) -> Optional[dict]:
+    """A saved feature cache {"key", "features"}, or None when absent or unreadable (it is only a cache)."""
+    if not path.is_file():
+        return None
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a damaged cache is recomputed, never fatal
+        return None
+    if not isinstance(stored, dict) or not isinstance(stored.get("key"), str) \
+            or not isinstance(stored.get("features"), torch.Tensor) or stored["features"].ndim != 2:
+        return None
+    return stored
 
 
 def feature_cache_files(name: str, out: Path, init, resume) -> tuple[list[Path], Path]:
