@@ -27,19 +27,20 @@ def coarse_terms(renderer: TrainRenderer, codes: Codes, batch: Batch, identity_n
     landmark-only run (`pretrain`) costs a FLAME pass per step instead of three renders.
     """
     on = lambda term: weights[f"w_{term}"] != 0  # noqa: E731
+    use_identity = on("identity") and identity_net is not None
     geo = renderer.geometry(codes)
     terms = {}
     if on("landmark"):
         terms["landmark"] = L.landmark_loss(geo.landmarks, batch.landmarks)
     if on("eye"):
         terms["eye"] = L.eye_closure_loss(geo.landmarks, batch.landmarks)
-    if on("photo") or (on("identity") and identity_net is not None) or on("shape_consistency"):
+    if on("photo") or use_identity or on("shape_consistency"):
         albedo = renderer.albedo(codes.tex)
-    if on("photo") or (on("identity") and identity_net is not None):
+    if on("photo") or use_identity:
         rend = renderer.render(geo, albedo, codes.light)
         if on("photo"):
             terms["photo"] = L.photometric_loss(rend.image, batch.images, batch.masks * rend.alpha)
-        if on("identity") and identity_net is not None:
+        if use_identity:
             terms["identity"] = L.identity_loss(identity_net, L.composite(rend.image, rend.alpha, batch.images),
                                                 batch.images)
     if on("shape_consistency"):
@@ -75,11 +76,11 @@ def train_coarse(data_dir: str | Path, out: str | Path, cfg: dict, *, assets: Op
     (its weights, optimiser state and step). identity_net: see `features.IdentityNetwork` (None = term skipped).
     Returns the logged rows (step, total, every term).
     """
+    if stage not in ("coarse", "pretrain"):
+        raise ValueError(f"train_coarse runs the 'coarse' or 'pretrain' section, not {stage!r}")
     out = Path(out)
     inputs = prepare_stage(data_dir, cfg, assets=assets, init=init, resume=resume)
     networks, renderer = inputs.networks, inputs.renderer
-    if stage not in ("coarse", "pretrain"):
-        raise ValueError(f"train_coarse runs the 'coarse' or 'pretrain' section, not {stage!r}")
     stage_cfg = cfg[stage]
     e_flame = TrainableEncoder(networks["E_flame"], stage_cfg["train_backbone"])
     if not stage_cfg["train_backbone"]:
