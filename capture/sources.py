@@ -1,0 +1,145 @@
+"""Where each frame's codes come from: E_flame, the landmark fit, or both.
+
+- `network`: E_flame on the 224 crop, as DECA publishes it.
+- `landmarks`: FLAME fitted to MediaPipe's face mesh (capture.fit); no network runs per frame.
+- `hybrid`: E_flame's codes refined by the fit: the network's expression, jaw, head pose and camera are the
+  starting point and the prior; the landmarks correct what DECA is known to miss (eyelids, lip contact,
+  muted expressions).
+- `auto`: `landmarks` on a synthetic pack (its seeded networks cannot see a real face), `network` on
+  official weights.
+
+Every source returns `Codes` (batch 1) of the performer; the retargeting rule (capture.retarget) then takes
+expression, jaw (and head pose, camera) from them. D_detail regenerates the target's wrinkles from the
+jaw and expression whatever the source.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from .crop import crop_pixels_to_ndc, image_points_to_crop
+from .deca import CROP_SIZE, Codes
+from .fit import FitState, LandmarkBases, LandmarkFitter
+from .landmarks import ibug68_from_mesh
+from .nets import CODE_LAYOUT
+
+CODE_SOURCES = ("auto", "network", "landmarks", "hybrid")
+N_SHAPE_PERFORMER = 10  # identity components estimated for a performer over the stream
+N_SHAPE_TARGET = 30  # ... for a target photo (one image, more components, a stronger prior per component)
+
+
+def choose_source(requested: str, synthetic_pack: bool) -> tuple[str, str]:
+    """(source, why) for `--codes-from`."""
+    if requested not in CODE_SOURCES:
+        raise ValueError(f"--codes-from must be one of {', '.join(CODE_SOURCES)}, got {requested!r}")
+    if requested != "auto":
+        return requested, "as requested"
+    if synthetic_pack:
+        return "landmarks", "auto: the pack is synthetic, its seeded networks cannot see a real face"
+    return "network", "auto: official weights, E_flame as DECA publishes it"
+
+
+def landmarks_to_crop_ndc(mesh_px: np.ndarray, image_to_crop: np.ndarray) -> np.ndarray:
+    """Face-mesh points in frame pixels [468+, 2] -> the 68 iBUG points in the crop's NDC [68, 2]."""
+    crop_px = image_points_to_crop(ibug68_from_mesh(mesh_px), np.asarray(image_to_crop, np.float64))
+    return crop_pixels_to_ndc(crop_px, CROP_SIZE)
+
+
+def codes_from_state(state: FitState, shape: np.ndarray, device, n_shape: int = 100,
+                     template: Optional[Codes] = None) -> Codes:
+    """A fitted state -> Codes (batch 1). tex, light and detail come from `template` (zeros without one)."""
+    t = lambda a: torch.as_tensor(np.asarray(a, np.float32)[None], device=device)  # noqa: E731
+    full_shape = np.zeros(n_shape)
+    full_shape[: len(shape)] = shape[:n_shape]
+    if template is None:
+        zeros = lambda n: torch.zeros(1, n, device=device)  # noqa: E731
+        tex, light, detail = zeros(CODE_LAYOUT.sizes["tex"]), torch.zeros(1, 9, 3, device=device), zeros(128)
+    else:
+        tex, light, detail = template.tex, template.light, template.detail
+    return Codes(shape=t(full_shape), tex=tex, exp=t(state.exp), pose=t(state.pose), cam=t(state.cam),
+                 light=light, detail=detail)
+
+
+def state_from_codes(codes: Codes) -> FitState:
+    pose = codes.pose[0].detach().cpu().double().numpy()
+    return FitState(rotation=pose[:3].copy(), jaw=pose[3:6].copy(),
+                    exp=codes.exp[0].detach().cpu().double().numpy().copy(),
+                    cam=codes.cam[0].detach().cpu().double().numpy().copy())
+
+
+class CodeSource:
+    """Per-frame codes of one performer. `needs_crop`: E_flame's 224 input is used; `needs_landmarks`:
+    the face mesh is used. `__call__(crop, landmarks_ndc) -> Codes`; `reset()` when the track is lost."""
+
+    name = "network"
+    needs_crop = True
+    needs_landmarks = False
+
+    def __call__(self, crop: Optional[torch.Tensor], landmarks_ndc: Optional[np.ndarray]) -> Codes:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        pass
+
+
+class NetworkSource(CodeSource):
+    def __init__(self, encode: Callable[[torch.Tensor], Codes]):
+        self.encode = encode
+
+    def __call__(self, crop, landmarks_ndc) -> Codes:
+        return self.encode(crop)
+
+
+class LandmarkSource(CodeSource):
+    name = "landmarks"
+    needs_crop = False
+    needs_landmarks = True
+
+    def __init__(self, bases: LandmarkBases, device, n_shape: int = N_SHAPE_PERFORMER, times=None):
+        self.fitter = LandmarkFitter(bases, n_shape=n_shape)
+        self.device = device
+        self._times = times
+
+    def _fit(self, landmarks_ndc, prior: Optional[FitState] = None) -> FitState:
+        if self._times is None:
+            return self.fitter.fit(landmarks_ndc, prior_state=prior)
+        with self._times("fit"):
+            return self.fitter.fit(landmarks_ndc, prior_state=prior)
+
+    def __call__(self, crop, landmarks_ndc) -> Codes:
+        state = self._fit(landmarks_ndc)
+        return codes_from_state(state, self.fitter.shape, self.device)
+
+    def reset(self) -> None:
+        self.fitter.reset()
+
+
+class HybridSource(LandmarkSource):
+    name = "hybrid"
+    needs_crop = True
+
+    def __init__(self, encode: Callable[[torch.Tensor], Codes], bases: LandmarkBases, device,
+                 n_shape: int = N_SHAPE_PERFORMER, times=None):
+        super().__init__(bases, device, n_shape=n_shape, times=times)
+        self.encode = encode
+
+    def __call__(self, crop, landmarks_ndc) -> Codes:
+        net = self.encode(crop)
+        if landmarks_ndc is None:
+            return net
+        state = self._fit(landmarks_ndc, prior=state_from_codes(net))
+        return codes_from_state(state, self.fitter.shape, self.device, template=net)
+
+
+def make_source(name: str, encode: Callable[[torch.Tensor], Codes], deca, times=None) -> CodeSource:
+    """The code source `name` ('network', 'landmarks', 'hybrid') for one performer on `deca`'s model."""
+    if name == "network":
+        return NetworkSource(encode)
+    if name in ("landmarks", "hybrid"):
+        bases = LandmarkBases.from_pack(deca.pack, deca.flame.n_shape, deca.flame.n_exp)
+        if name == "landmarks":
+            return LandmarkSource(bases, deca.device, times=times)
+        return HybridSource(encode, bases, deca.device, times=times)
+    raise ValueError(f"code source must be one of network, landmarks, hybrid (resolve 'auto' first), got {name!r}")
