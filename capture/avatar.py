@@ -20,9 +20,9 @@ from .appearance import extract_texture, sh_shading
 from .camera import crop_to_image_ndc
 from .crop import FaceDetector
 from .deca import CROP_SIZE, DECA, Codes
-from .stills import ImageError, astronaut, crop_largest_face, load_image
+from .stills import FaceCrop, ImageError, astronaut, crop_largest_face, load_image
 
-AVATAR_FORMAT = 1
+AVATAR_FORMAT = 2
 DELIGHT_FLOOR = 0.25  # shading below this is treated as shadow, not divided out (avoids blowing up noise)
 GREY_ALBEDO = 0.7  # DECA's constant outside the face when there is no albedo model
 
@@ -55,11 +55,47 @@ def avatar_key(image_bytes: bytes, weights_sha256: str, texture: str) -> str:
     return digest.hexdigest()[:32]
 
 
+def default_light(device) -> torch.Tensor:
+    """[1, 9, 3] SH light: a soft key light from the front and slightly above (no estimate from a photo)."""
+    light = torch.zeros(1, 9, 3)
+    light[0, 0] = 3.4
+    light[0, 3] = 0.6  # from the front (+z)
+    light[0, 2] = 0.3  # and slightly from above
+    return light.to(device)
+
+
+def fit_identity(deca: DECA, face: "FaceCrop", network: Codes, codes_from: str) -> Codes:
+    """The target's shape, head pose and camera fitted to its face-mesh landmarks (one image).
+
+    Detail code (and, in hybrid mode, albedo and light) still come from the networks; in landmarks mode the
+    albedo code is the model's mean and the light a default one, since a synthetic pack's networks cannot
+    estimate them.
+    """
+    from .fit import FitConfig, LandmarkBases, LandmarkFitter
+    from .sources import N_SHAPE_TARGET, codes_from_state, landmarks_to_crop_ndc, state_from_codes
+
+    bases = LandmarkBases.from_pack(deca.pack, deca.flame.n_shape, deca.flame.n_exp)
+    fitter = LandmarkFitter(bases, n_shape=N_SHAPE_TARGET, config=FitConfig(iterations_first=20))
+    target = landmarks_to_crop_ndc(face.face.landmarks, face.image_to_crop)
+    prior = state_from_codes(network) if codes_from == "hybrid" else None
+    state = fitter.fit(target, prior_state=prior)
+    for _ in range(3):  # alternate shape and the rest a few more times: one image, no hurry
+        fitter.update_shape(iterations=3)
+        state = fitter.fit(target, prior_state=prior)
+    template = network if codes_from == "hybrid" else network.replace(
+        tex=torch.zeros_like(network.tex), light=default_light(deca.device))
+    return codes_from_state(state, fitter.shape, deca.device, n_shape=network.shape.shape[1], template=template)
+
+
 def build_avatar(deca: DECA, image: np.ndarray, detector: FaceDetector, source: str, key: str,
-                 texture: str = "auto") -> Avatar:
-    """texture: 'photo' (extracted from the image), 'model' (albedo model), 'auto' (model if the pack has one)."""
+                 texture: str = "auto", codes_from: str = "network") -> Avatar:
+    """texture: 'photo' (extracted from the image), 'model' (albedo model), 'auto' (model if the pack has one).
+    codes_from: 'network' (E_flame's codes of the photo), 'landmarks' or 'hybrid' (shape, pose and camera
+    fitted to the face mesh, see `fit_identity`)."""
     face = crop_largest_face(image, detector, source=source)
     codes = deca.encode(face.crop[None])
+    if codes_from in ("landmarks", "hybrid") and face.face.landmarks is not None:
+        codes = fit_identity(deca, face, codes, codes_from)
     use_photo = texture == "photo" or (texture == "auto" and deca.pack.albedo is None)
     if not use_photo:
         return Avatar(codes=codes, albedo_uv=None, source=source, key=key)
@@ -86,10 +122,7 @@ def demo_identity(deca: DECA, seed: int = 1) -> Avatar:
     """
     g = torch.Generator().manual_seed(seed)
     n = lambda *shape, scale=1.0: (torch.randn(*shape, generator=g) * scale).to(deca.device)  # noqa: E731
-    light = torch.zeros(1, 9, 3)
-    light[0, 0] = 3.4
-    light[0, 3] = 0.6  # a soft key light from the front (+z)
-    light[0, 2] = 0.3  # and slightly from above
+    light = default_light("cpu")
     codes = Codes(shape=n(1, 100, scale=0.8), tex=n(1, 50, scale=0.8), exp=n(1, 50, scale=0.0),
                   pose=torch.zeros(1, 6, device=deca.device), cam=torch.tensor([[10.0, 0.0, 0.024]], device=deca.device),
                   light=light.to(deca.device), detail=n(1, 128))
@@ -97,12 +130,12 @@ def demo_identity(deca: DECA, seed: int = 1) -> Avatar:
 
 
 def load_avatar(deca: DECA, target: str, detector: FaceDetector, cache_dir: Optional[Path],
-                texture: str = "auto") -> tuple[Avatar, bool]:
+                texture: str = "auto", codes_from: str = "network") -> tuple[Avatar, bool]:
     """The avatar for `target` (a path or 'astronaut'), from the cache when possible. Returns (avatar, cached)."""
     if target == "demo":
         return demo_identity(deca), False
     image, raw = _image_bytes(target)
-    key = avatar_key(raw, str(deca.pack.meta.get("weights_sha256", "")), texture)
+    key = avatar_key(raw, str(deca.pack.meta.get("weights_sha256", "")), f"{texture}|{codes_from}")
     path = cache_dir / f"avatar-{key}.npz" if cache_dir is not None else None
     if path is not None and path.is_file():
         try:
@@ -113,7 +146,7 @@ def load_avatar(deca: DECA, target: str, detector: FaceDetector, cache_dir: Opti
             return Avatar(codes=codes, albedo_uv=albedo, source=target, key=key), True
         except (OSError, ValueError, KeyError):
             path.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, never trusted
-    avatar = build_avatar(deca, image, detector, target, key, texture)
+    avatar = build_avatar(deca, image, detector, target, key, texture, codes_from)
     if path is not None:
         arrays = avatar.codes.numpy()
         if avatar.albedo_uv is not None:

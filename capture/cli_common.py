@@ -14,6 +14,7 @@ from .avatar import Avatar, load_avatar
 from .crop import FaceDetector
 from .deca import DECA
 from .retarget import LAYOUTS, POSE_MODES
+from .sources import CODE_SOURCES, choose_source
 from .stills import ImageError
 from .stream.reader import VideoError
 
@@ -37,6 +38,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="head pose from the performer (source) or kept from the target photo")
     parser.add_argument("--texture", default="auto", choices=("auto", "photo", "model"),
                         help="avatar colour: photo texture or the pack's albedo model (auto: model if present)")
+    parser.add_argument("--codes-from", default="auto", choices=CODE_SOURCES,
+                        help="per-frame codes: E_flame (network), the face-mesh landmark fit (landmarks), E_flame "
+                             "refined by the fit (hybrid); auto = landmarks on a synthetic pack, network otherwise")
     parser.add_argument("--hold", type=float, default=0.5, metavar="S",
                         help="seconds to keep the last expression when the face is lost (default 0.5)")
 
@@ -49,6 +53,7 @@ class ModelSide:
     encode_flame: Optional[Callable]
     decode_detail: Optional[Callable]
     backend_name: str
+    codes_from: str = "network"  # resolved code source: network, landmarks or hybrid
 
 
 def build_model_side(args, say: Callable[[str], None]) -> ModelSide:
@@ -58,6 +63,8 @@ def build_model_side(args, say: Callable[[str], None]) -> ModelSide:
     except AssetError as exc:
         raise CliError(str(exc)) from None
     say(pack.label)
+    codes_from, why = choose_source(getattr(args, "codes_from", "auto"), pack.synthetic)
+    say(f"codes from {codes_from} ({why})")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":
         # The stages run in their own threads; one torch thread each keeps them from oversubscribing the
@@ -68,7 +75,8 @@ def build_model_side(args, say: Callable[[str], None]) -> ModelSide:
     deca = DECA.from_pack(pack, device=device)
     try:
         with FaceDetector() as detector:
-            avatar, cached = load_avatar(deca, args.target, detector, cache_dir() / "avatars", args.texture)
+            avatar, cached = load_avatar(deca, args.target, detector, cache_dir() / "avatars", args.texture,
+                                         codes_from)
     except ImageError as exc:
         raise CliError(f"--target {exc}") from None
     encode_flame = decode_detail = None
@@ -77,14 +85,17 @@ def build_model_side(args, say: Callable[[str], None]) -> ModelSide:
         from .backends import InferenceEngines
 
         engines = InferenceEngines(pack, args.backend, device=device)
+        # E_flame runs per frame only when the codes come from it
+        networks = ("D_detail",) if codes_from == "landmarks" else ("E_flame", "D_detail")
         try:
-            for network in ("E_flame", "D_detail"):  # made now, so a bad choice fails before any frame
+            for network in networks:  # made now, so a bad choice fails before any frame
                 engines.backend(network)
         except ValueError as exc:
             raise CliError(f"--backend {args.backend}: {exc}") from None
-        encode_flame, decode_detail = engines.encode_flame, engines.decode_detail
-        backend_name = ", ".join(f"{n} {engines.backend(n).reason.split(';')[0]}" for n in ("E_flame", "D_detail"))
-    return ModelSide(deca, avatar, cached, encode_flame, decode_detail, backend_name)
+        encode_flame = None if codes_from == "landmarks" else engines.encode_flame
+        decode_detail = engines.decode_detail
+        backend_name = ", ".join(f"{n} {engines.backend(n).reason.split(';')[0]}" for n in networks)
+    return ModelSide(deca, avatar, cached, encode_flame, decode_detail, backend_name, codes_from)
 
 
 def run_cli(main: Callable[[], int]) -> None:

@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     frame_size = (source.height, source.width)
     session = RetargetSession(model.deca, model.avatar, frame_size, layout=args.layout, pose_mode=args.pose,
                               smooth=not args.no_smooth, hold_seconds=args.hold,
-                              encode_flame=model.encode_flame, decode_detail=model.decode_detail)
+                              encode_flame=model.encode_flame, decode_detail=model.decode_detail, codes_from=model.codes_from)
     out_h, out_w = session.output_size
     writer = None
     if args.record:

@@ -19,6 +19,7 @@ from .crop import FaceTracker, crop_to_tensor, crop_transform
 from .deca import DECA, Codes
 from .nets import CODE_LAYOUT
 from .retarget import AvatarRenderer, Prepared
+from .sources import landmarks_to_crop_ndc, make_source
 from .stream.pipeline import no_times
 from .stream.filters import CodeFilter
 from .stream.reader import Frame
@@ -29,8 +30,9 @@ FILTERED_KEYS = ("exp", "pose", "cam")
 @dataclass
 class CropResult:
     frame: Frame
-    crop: Optional[torch.Tensor]  # [3, 224, 224] or None (no face)
-    image_to_crop: Optional[np.ndarray]
+    crop: Optional[torch.Tensor]  # [3, 224, 224] or None (no face, or the code source needs no crop)
+    image_to_crop: Optional[np.ndarray]  # None: no face
+    landmarks: Optional[np.ndarray] = None  # [68, 2] iBUG points in crop NDC, when the source uses them
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -59,6 +61,7 @@ class CodesResult:
 class SessionCounters:
     frames: int = 0
     without_face: int = 0
+    without_landmarks: int = 0  # a face was found but no face mesh (landmark sources hold the last codes)
     held: int = 0
     passed_through: int = 0
 
@@ -71,9 +74,11 @@ class RetargetSession:
                  tracker: Optional[FaceTracker] = None,
                  encode_flame: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
                  decode_detail: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                 keep_vertices: bool = False, reference: bool = False, times=None):
+                 keep_vertices: bool = False, reference: bool = False, times=None,
+                 codes_from: str = "network"):
         """reference: the DECA-style renderer (see `capture.retarget`); times: a `StepTimes` that receives
-        "E_flame" here and the renderer's steps."""
+        "E_flame" here and the renderer's steps; codes_from: 'network', 'landmarks' or 'hybrid'
+        (capture.sources; resolve 'auto' with `capture.sources.choose_source` first)."""
         self.deca = deca
         self._times = times if times is not None else no_times
         self.renderer = AvatarRenderer(deca, avatar, layout, frame_size, pose_mode, decode_detail=decode_detail,
@@ -83,6 +88,7 @@ class RetargetSession:
         self.hold_seconds = hold_seconds
         self.keep_vertices = keep_vertices
         self._encode_flame = encode_flame
+        self.source = make_source(codes_from, self.encode, deca, times)
         self._last: Optional[tuple[Codes, np.ndarray, float]] = None  # codes, T, time of the last face
         self.counters = SessionCounters()
 
@@ -95,9 +101,13 @@ class RetargetSession:
         started = time.perf_counter()
         result = self.tracker.update(frame.image)
         if result.face is None:
-            return CropResult(frame, None, None, started)
+            return CropResult(frame, None, None, started=started)
         T = crop_transform(result.face.box)
-        return CropResult(frame, crop_to_tensor(frame.image, T), T, started)
+        landmarks = None
+        if self.source.needs_landmarks and result.face.landmarks is not None:
+            landmarks = landmarks_to_crop_ndc(result.face.landmarks, T)
+        crop = crop_to_tensor(frame.image, T) if self.source.needs_crop else None
+        return CropResult(frame, crop, T, started=started, landmarks=landmarks)
 
     # ------------------------------------------------------------------------------------ stage: infer
     def encode(self, crop: torch.Tensor) -> Codes:
@@ -119,15 +129,19 @@ class RetargetSession:
         frame = item.frame
         self.counters.frames += 1
         held = False
-        if item.crop is not None:
-            codes = self.encode(item.crop)
+        face = item.image_to_crop is not None
+        usable = face and not (self.source.needs_landmarks and not self.source.needs_crop and item.landmarks is None)
+        if face and not usable:
+            self.counters.without_landmarks += 1
+        if usable:
+            codes = self.source(item.crop, item.landmarks)
             if self.filter is not None:
                 smoothed = self.filter({k: getattr(codes, k) for k in FILTERED_KEYS}, frame.time)
                 codes = codes.replace(**smoothed)
             T = item.image_to_crop
             self._last = (codes, T, frame.time)
         else:
-            self.counters.without_face += 1
+            self.counters.without_face += not face
             if self._last is not None and frame.time - self._last[2] <= self.hold_seconds:
                 codes, T, _ = self._last
                 held = True
@@ -136,8 +150,9 @@ class RetargetSession:
                 codes, T = None, None
                 if self.filter is not None:
                     self.filter.reset()  # the next face starts fresh, without gliding from the old one
+                self.source.reset()
         prepared = None if codes is None else self.renderer.prepare(codes, T)
-        return CodesResult(item=item, prepared=prepared, face=item.crop is not None, held=held)
+        return CodesResult(item=item, prepared=prepared, face=face, held=held)
 
     def render_codes(self, result: CodesResult) -> FrameOutput:
         """Second half: D_detail and the picture of `infer_codes`' result (or the frame passed through)."""

@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     frame_size = (reader.height, reader.width)
     session = RetargetSession(model.deca, model.avatar, frame_size, layout=args.layout, pose_mode=args.pose,
                               smooth=args.smooth, hold_seconds=args.hold, encode_flame=model.encode_flame,
-                              decode_detail=model.decode_detail, keep_vertices=bool(args.meshes))
+                              decode_detail=model.decode_detail, codes_from=model.codes_from, keep_vertices=bool(args.meshes))
     out_h, out_w = session.output_size
     writer = VideoWriter(out_path, out_w, out_h, fps=reader.fps or 30, time_base=reader.time_base,
                          codec=args.codec, crf=args.crf, audio_from=args.input if reader.has_audio else None,
