@@ -169,6 +169,19 @@ class LandmarkBases:
 
 
 @dataclass
+class _RowData:
+    w: np.ndarray  # [68] jaw weights
+    x: np.ndarray  # [68, 3] x - j0 at zero expression and jaw
+    y: np.ndarray  # [68, 3] y - w j2 at zero expression and jaw
+    xf: np.ndarray  # [68, 3, 9]
+    yf: np.ndarray  # [68, 3, 9]
+    j0: np.ndarray  # [3] root joint at zero expression
+    xb: np.ndarray  # [68, 3, n_exp + n_shape fitted]: d(x - j0) / d coefficients
+    yb: np.ndarray  # [68, 3, ...]: d(y - w j2) / d coefficients
+    j0b: np.ndarray  # [3, ...]
+
+
+@dataclass
 class FitState:
     """One frame's solution."""
 
@@ -232,6 +245,7 @@ class LandmarkFitter:
         prior = np.full(ne, self.cfg.exp_prior)
         prior[self.cfg.n_exp_free:] = self.cfg.exp_prior_tail
         self._exp_prior = prior
+        self._rows: dict[int, _RowData] = {}
         self._state: Optional[FitState] = None
         self._frames = 0
         self._reservoir: list[tuple[np.ndarray, FitState]] = []
@@ -246,65 +260,90 @@ class LandmarkFitter:
         return self._state
 
     # ------------------------------------------------------------------------------------------- model
-    def _coefficients(self, exp: np.ndarray, shape: Optional[np.ndarray] = None) -> np.ndarray:
-        shape = self.shape if shape is None else shape
-        return np.concatenate([shape, exp])
+    def set_identity(self, shape: Optional[np.ndarray] = None, offsets: Optional[np.ndarray] = None) -> None:
+        """Fix the performer's shape ([<= n_shape of the bases]) and/or landmark offsets ([68, 3] metres)."""
+        if shape is not None:
+            self.shape[:] = 0.0
+            self.shape[: len(shape)] = shape
+        if offsets is not None:
+            self.offsets[:] = offsets
+        self._identity_changed()
 
-    def _evaluate(self, ids: np.ndarray, coeffs: np.ndarray, R: np.ndarray, Rj: np.ndarray):
-        """Landmarks before projection and what the Jacobians need."""
-        b = self.b
-        f = (Rj - np.eye(3)).reshape(9)
-        w = b.w[ids]
-        x = b.x0[ids] + b.xb[ids] @ coeffs + b.xf[ids] @ f + self.offsets
-        y = b.y0[ids] + b.yb[ids] @ coeffs + b.yf[ids] @ f + w[:, None] * self.offsets
-        j0 = b.j0 + b.j0b @ coeffs
-        j2 = b.j2 + b.j2b @ coeffs
-        arm = y - w[:, None] * j2  # [L, 3]
-        local = x - j0 + arm @ (Rj - np.eye(3)).T
+    def _identity_changed(self) -> None:
+        self._rows.clear()
+
+    def _row(self, row: int) -> "_RowData":
+        """Everything of one contour row that does not change within a frame (cached until the shape or
+        the offsets change): the 68 points' rest positions with the identity applied, and their bases."""
+        data = self._rows.get(row)
+        if data is None:
+            b, ne = self.b, self.b.n_exp
+            ids = b.rows(row)
+            w = b.w[ids]
+            coeffs = np.concatenate([self.shape, np.zeros(ne)])
+            j0 = b.j0 + b.j0b @ coeffs
+            j2 = b.j2 + b.j2b @ coeffs
+            cols = np.r_[b.n_shape:b.n_shape + ne, 0:self.n_shape]  # expression, then the fitted shape part
+            j0b, j2b = b.j0b[:, cols], b.j2b[:, cols]
+            data = _RowData(
+                w=w,
+                x=b.x0[ids] + b.xb[ids] @ coeffs + self.offsets - j0,  # minus the root joint: "local" at rest
+                y=b.y0[ids] + b.yb[ids] @ coeffs + w[:, None] * self.offsets - w[:, None] * j2,  # the arm
+                xf=b.xf[ids], yf=b.yf[ids], j0=j0,
+                xb=b.xb[ids][:, :, cols] - j0b[None], yb=b.yb[ids][:, :, cols] - w[:, None, None] * j2b[None],
+                j0b=j0b,
+            )
+            self._rows[row] = data
+        return data
+
+    def _evaluate(self, row: int, exp: np.ndarray, R: np.ndarray, Rj: np.ndarray):
+        """Landmarks before projection [L, 3] and what the Jacobians need."""
+        d = self._row(row)
+        ne = self.b.n_exp
+        A = Rj - np.eye(3)
+        f = A.reshape(9)
+        local0 = d.x + d.xb[:, :, :ne] @ exp + d.xf @ f  # x - j0
+        arm = d.y + d.yb[:, :, :ne] @ exp + d.yf @ f  # y - w j2
+        j0 = d.j0 + d.j0b[:, :ne] @ exp
+        local = local0 + arm @ A.T
         p = local @ R.T + j0
-        return p, local, arm, w
+        return p, local, arm, d
 
-    def project(self, state: FitState, shape: Optional[np.ndarray] = None) -> np.ndarray:
+    def project(self, state: FitState) -> np.ndarray:
         """The model's 68 landmarks for a state, crop NDC [68, 2] (DECA's landmarks2d, x and y)."""
         R, Rj = rotation_matrix(state.rotation), rotation_matrix(state.jaw)
-        ids = self.b.rows(contour_row(yaw_degrees(R)))
-        p, *_ = self._evaluate(ids, self._coefficients(state.exp, shape), R, Rj)
+        p, *_ = self._evaluate(contour_row(yaw_degrees(R)), state.exp, R, Rj)
         s, t = state.cam[0], state.cam[1:]
         return np.stack([s * (p[:, 0] + t[0]), -s * (p[:, 1] + t[1])], 1)
 
-    def _jacobian(self, ids, coeffs, state: FitState, with_shape: bool):
-        """Residual-free part: predicted ndc [L, 2] and d ndc / d params [L, 2, N].
+    def _jacobian(self, state: FitState, with_shape: bool):
+        """Predicted ndc [L, 2] and d ndc / d params [L, 2, N] at a state.
 
         params = rotation (3) | jaw (3) | exp (n_exp) | s, tx, ty (3) [| shape (n_shape) | offsets x, y (68 x 2)].
         """
-        b = self.b
         R, Rj = rotation_matrix(state.rotation), rotation_matrix(state.jaw)
-        p, local, arm, w = self._evaluate(ids, coeffs, R, Rj)
+        p, local, arm, d = self._evaluate(contour_row(yaw_degrees(R)), state.exp, R, Rj)
+        w = d.w
         s, t = state.cam[0], state.cam[1:]
-        L = len(ids)
-        ne, ns = b.n_exp, b.n_shape
+        L = len(w)
+        ne = self.b.n_exp
         n = 9 + ne + (self.n_shape + 2 * L if with_shape else 0)
         dp = np.zeros((L, 3, n))
-        # global rotation: R exp([J_r d]x) -> dp = -R [local]x J_r d
+        # global rotation: R exp([J_r d]x) -> dp = -R [local]x J_r d = (R [J_r e_m]x) local for each m
         Jr = right_jacobian(state.rotation)
-        lx = np.zeros((L, 3, 3))
-        lx[:, 0, 1], lx[:, 0, 2], lx[:, 1, 2] = -local[:, 2], local[:, 1], -local[:, 0]
-        lx[:, 1, 0], lx[:, 2, 0], lx[:, 2, 1] = local[:, 2], -local[:, 1], local[:, 0]
-        dp[:, :, 0:3] = -np.einsum("ij,ljk,km->lim", R, lx, Jr)
+        for m in range(3):
+            dp[:, :, m] = local @ (R @ _skew(Jr[:, m])).T
         # jaw: Rj exp([J_r d]x); dRj = Rj [g]x with g = J_r e_m; f = vec(Rj - I) changes by vec(dRj)
+        A = Rj - np.eye(3)
         Jrj = right_jacobian(state.jaw)
         for m in range(3):
             dRj = Rj @ _skew(Jrj[:, m])
             df = dRj.reshape(9)
-            dlocal = b.xf[ids] @ df + arm @ dRj.T + (b.yf[ids] @ df) @ (Rj - np.eye(3)).T
+            dlocal = d.xf @ df + arm @ dRj.T + (d.yf @ df) @ A.T
             dp[:, :, 3 + m] = dlocal @ R.T
         # linear coefficients (exp, then shape): d local = xb - j0b + (Rj - I)(yb - w j2b); dp = R dlocal + j0b
-        A = Rj - np.eye(3)
-        cols = list(range(ns, ns + ne)) + (list(range(self.n_shape)) if with_shape else [])
-        xb, yb = b.xb[ids][:, :, cols], b.yb[ids][:, :, cols]
-        j0b, j2b = b.j0b[:, cols], b.j2b[:, cols]
-        dlocal = xb - j0b[None] + np.einsum("ij,ljk->lik", A, yb - w[:, None, None] * j2b[None])
-        dcoef = np.einsum("ij,ljk->lik", R, dlocal) + j0b[None]
+        k = ne + (self.n_shape if with_shape else 0)
+        dcoef = np.matmul(R, d.xb[:, :, :k] + np.matmul(A, d.yb[:, :, :k])) + d.j0b[None, :, :k]
         dp[:, :, 6:6 + ne] = dcoef[:, :, :ne]
         if with_shape:
             c0 = 9 + ne
@@ -314,7 +353,7 @@ class LandmarkFitter:
             li = np.arange(L)
             for c in range(2):
                 dp[li, :, c0 + self.n_shape + 2 * li + c] = M[:, :, c]
-        J = np.zeros((L, 2, n))
+        J = np.empty((L, 2, n))
         J[:, 0] = s * dp[:, 0]
         J[:, 1] = -s * dp[:, 1]
         c = 6 + ne
@@ -322,6 +361,8 @@ class LandmarkFitter:
         J[:, 1, c] = -(p[:, 1] + t[1])
         J[:, 0, c + 1] = s
         J[:, 1, c + 2] = -s
+        J[:, 1, c + 1] = 0.0
+        J[:, 0, c + 2] = 0.0
         pred = np.stack([s * (p[:, 0] + t[0]), -s * (p[:, 1] + t[1])], 1)
         return pred, J
 
@@ -349,9 +390,7 @@ class LandmarkFitter:
         state = state.copy()
         cost = None
         for _ in range(iterations):
-            R = rotation_matrix(state.rotation)
-            ids = self.b.rows(contour_row(yaw_degrees(R)))
-            pred, J = self._jacobian(ids, self._coefficients(state.exp), state, with_shape=False)
+            pred, J = self._jacobian(state, with_shape=False)
             r = pred - target  # [68, 2]
             e2 = (r * r).sum(1)
             c2 = cfg.robust_scale ** 2
@@ -395,9 +434,7 @@ class LandmarkFitter:
 
     def initial_state(self, target: np.ndarray, valid: np.ndarray) -> FitState:
         """Scaled-orthographic Procrustes of the neutral model's static landmarks onto the targets."""
-        coeffs = self._coefficients(np.zeros(self.b.n_exp))
-        ids = self.b.rows(0)
-        p, *_ = self._evaluate(ids, coeffs, np.eye(3), np.eye(3))
+        p, *_ = self._evaluate(0, np.zeros(self.b.n_exp), np.eye(3), np.eye(3))
         use = (valid > 0) & (np.arange(68) >= 17)
         X = p[use]
         Y = target[use] * np.array([1.0, -1.0])  # back to y up
@@ -485,16 +522,14 @@ class LandmarkFitter:
         glob = np.concatenate([self.shape[:ns], self.offsets[:, :2].reshape(-1)])
         nf = 9 + ne
         for _ in range(iterations):
-            beta = glob[:ns]
+            self.shape[:ns] = glob[:ns]
             self.offsets[:, :2] = glob[ns:].reshape(68, 2)
+            self._identity_changed()
             H_bb = np.diag(lam_g)
             g_b = lam_g * glob
             blocks = []
             for target, valid, st in frames:
-                R = rotation_matrix(st.rotation)
-                ids = self.b.rows(contour_row(yaw_degrees(R)))
-                coeffs = self._coefficients(st.exp, np.concatenate([beta, self.shape[ns:]]))
-                pred, J = self._jacobian(ids, coeffs, st, with_shape=True)
+                pred, J = self._jacobian(st, with_shape=True)
                 r = pred - target
                 robust = self.weights * valid / (1.0 + (r * r).sum(1) / c2)
                 J2 = J.reshape(-1, J.shape[-1])
@@ -520,4 +555,5 @@ class LandmarkFitter:
                       in zip(frames, blocks)]
         self.shape[:ns] = glob[:ns]
         self.offsets[:, :2] = glob[ns:].reshape(68, 2)
+        self._identity_changed()
         self._reservoir = [(t, v, st) for t, v, st in frames]

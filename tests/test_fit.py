@@ -70,7 +70,7 @@ def test_landmark_model_equals_flame(which, request):
         jaw = np.array([rng.uniform(0, 0.4), rng.normal() * 0.05, rng.normal() * 0.05])
         cam = np.array([rng.uniform(6, 11), rng.normal() * 0.02, rng.normal() * 0.02])
         ref = _flame_landmarks(flame, shape, exp, rotation, jaw, cam)
-        fitter.shape[:] = shape
+        fitter.set_identity(shape=shape)
         mine = fitter.project(FitState(rotation, jaw, exp, cam))
         assert np.abs(mine - ref).max() < 2e-5 * np.abs(ref).max()
 
