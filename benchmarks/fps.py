@@ -43,7 +43,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 
-STAGES = ("decode", "crop", "E_flame", "LBS", "D_detail", "shading", "rasterize", "composite", "encode")
+STAGES = ("decode", "crop", "E_flame", "fit", "LBS", "D_detail", "shading", "rasterize", "composite", "encode")
 EAGER = "eager"
 CPU_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
 GPU_BACKENDS = ("torch", "tensorrt", "onnxruntime")
@@ -374,9 +374,14 @@ class Bench:
         self.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.pack = open_pack(args.assets)
         say(self.pack.label)
+        from capture.sources import choose_source
+
+        self.codes_from, why = choose_source(args.codes_from, self.pack.synthetic)
+        say(f"codes from {self.codes_from} ({why})")
         self.deca = DECA.from_pack(self.pack, device=self.device)
         with FaceDetector() as detector:
-            self.avatar, _ = load_avatar(self.deca, args.target, detector, cache_dir() / "avatars", "auto")
+            self.avatar, _ = load_avatar(self.deca, args.target, detector, cache_dir() / "avatars", "auto",
+                                         self.codes_from)
         size = parse_size(args.size)
         if args.input == "synthetic":
             self.clip = synthetic_clip(self.deca, args.frames, size, say)
@@ -408,7 +413,8 @@ class Bench:
         return RetargetSession(self.deca, self.avatar, self.frame_size, layout=self.args.layout, pose_mode="source",
                                encode_flame=None if engines is None else engines.encode_flame,
                                decode_detail=None if engines is None else engines.decode_detail,
-                               reference=reference, times=times)
+                               reference=reference, times=times,
+                               codes_from="network" if reference or engines is None else self.codes_from)
 
     def writer(self, folder: Path, session, tag: str):
         from capture.stream.writer import VideoWriter
@@ -670,6 +676,7 @@ def format_tables(report: dict) -> str:
     m, inp = report["machine"], report["input"]
     gpu = f", {m['gpu']['name']}" if m.get("gpu") else ""
     lines += ["", f"end to end: {inp['frames_run']} frames {inp['width']}x{inp['height']} -> {report['layout']}, "
+              f"codes from {report.get('codes_from', 'network')} (eager: network), "
               f"{m['cpu']} ({m['nproc']} CPUs){gpu}, device {m['device']}, load avg {report['load_average']}"]
     header = (f"{'backend':<24}{'FPS':>7}{'x eager':>9}{'x eager*':>10}{'latency med/p95 ms':>20}"
               f"{'CPU ms/frame':>14}{'peak RSS MB':>13}  what")
@@ -735,6 +742,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--assets", default="demo", help="model pack: 'demo' (default) or a folder")
     parser.add_argument("--target", default="demo", help="avatar identity: 'demo' (default), 'astronaut' or a photo")
     parser.add_argument("--layout", default="side-by-side", choices=("avatar", "side-by-side", "overlay"))
+    parser.add_argument("--codes-from", default="auto", choices=("auto", "network", "landmarks", "hybrid"),
+                        help="code source of the backend runs (auto: landmarks on a synthetic pack); the eager "
+                             "reference is always DECA's own way, E_flame per frame")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch intra-op threads in the pipelined runs (default 1: stages share the cores)")
     parser.add_argument("--ort-threads", type=int, default=0,
@@ -779,7 +789,7 @@ def main(argv=None) -> int:
         "machine": machine_info(bench.device),
         "libraries": library_versions(),
         "input": dict(bench.info, synthetic=args.input == "synthetic", frames_run=bench.n_frames),
-        "layout": args.layout, "target": args.target, "pack": bench.pack.label,
+        "layout": args.layout, "target": args.target, "pack": bench.pack.label, "codes_from": bench.codes_from,
         "stages": list(STAGES),
         "eager": None, "backends": {}, "serial": {}, "skipped": skipped, "int8": None, "long": None,
     }
