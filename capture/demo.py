@@ -27,6 +27,7 @@ from .crop import FaceDetector
 from .deca import DECA, Codes
 from .reconstruct import reconstruct_one
 from .retarget import AvatarRenderer
+from .sources import CODE_SOURCES, choose_source
 from .stills import astronaut
 from .stream.clips import make_test_clip
 from .stream.writer import check_writable
@@ -80,6 +81,8 @@ def main(argv=None) -> int:
     parser.add_argument("--size", default="640x360", help="performer clip size WxH")
     parser.add_argument("--fps", type=float, default=25.0)
     parser.add_argument("--backend", default="auto")
+    parser.add_argument("--codes-from", default="auto", choices=CODE_SOURCES,
+                        help="code source of the retargeting run (auto: landmarks on the synthetic demo pack)")
     parser.add_argument("--reconstruct-dir", default="demo_reconstruct", help="where the astronaut's "
                         "reconstruction goes ('' to skip)")
     args = parser.parse_args(argv)
@@ -95,13 +98,14 @@ def main(argv=None) -> int:
         out_dir = Path(args.reconstruct_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         with FaceDetector() as detector:
-            written = reconstruct_one(deca, detector, astronaut(), "astronaut", out_dir)
+            written = reconstruct_one(deca, detector, astronaut(), "astronaut", out_dir,
+                                      choose_source(args.codes_from, pack.synthetic)[0])
         print(f"reconstructed the astronaut photo: {len(written)} files in {out_dir}/", flush=True)
     print(f"rendering a {args.frames}-frame performer clip ({w}x{h}, {args.fps:g} fps, with audio) "
           f"-> {args.source}", flush=True)
     render_performer_clip(deca, Path(args.source), args.frames, (w, h), args.fps)
     return video.main([args.source, "-o", args.output, "--assets", str(pack_dir), "--target", args.target,
-                       "--layout", "side-by-side", "--backend", args.backend])
+                       "--layout", "side-by-side", "--backend", args.backend, "--codes-from", args.codes_from])
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ import torch
 from PIL import Image
 
 from .appearance import extract_texture
+from .avatar import fit_identity
 from .assets import AssetError, open_pack
+from .sources import CODE_SOURCES, choose_source
 from .camera import crop_to_image_ndc
 from .crop import FaceDetector
 from .deca import CROP_SIZE, DECA
@@ -25,9 +27,14 @@ from .stills import ImageError, astronaut, crop_largest_face, load_image
 from .views import composite
 
 
-def reconstruct_one(deca: DECA, detector: FaceDetector, image: np.ndarray, name: str, out_dir: Path) -> list[Path]:
+def reconstruct_one(deca: DECA, detector: FaceDetector, image: np.ndarray, name: str, out_dir: Path,
+                    codes_from: str = "network") -> list[Path]:
+    """codes_from: 'network' (E_flame, as DECA) or 'landmarks' / 'hybrid' (shape, pose and camera fitted to the
+    face mesh, `capture.avatar.fit_identity`)."""
     face_crop = crop_largest_face(image, detector, source=name)
     codes = deca.encode(face_crop.crop[None])
+    if codes_from in ("landmarks", "hybrid") and face_crop.face.landmarks is not None:
+        codes = fit_identity(deca, face_crop, codes, codes_from)
     h, w = image.shape[:2]
     T = torch.as_tensor(face_crop.image_to_crop, dtype=torch.float32)
     rec = deca.decode(codes, image_size=(h, w), image_to_crop=T)
@@ -65,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--out", required=True, help="output folder")
     parser.add_argument("--assets", default=None, help="model pack folder, or 'demo' (default: CAPTURE_ASSETS)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--codes-from", default="auto", choices=CODE_SOURCES,
+                        help="E_flame's codes (network), shape/pose/camera fitted to the face mesh (landmarks), or "
+                             "E_flame's refined by the fit (hybrid); auto = landmarks on a synthetic pack")
     args = parser.parse_args(argv)
     try:
         pack = open_pack(args.assets)
@@ -72,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(pack.label, flush=True)
+    codes_from, why = choose_source(args.codes_from, pack.synthetic)
+    print(f"codes from {codes_from} ({why})", flush=True)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda: no CUDA GPU is available here (use --device cpu)", file=sys.stderr)
         return 2
@@ -88,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             name = "astronaut" if item == "astronaut" else Path(item).stem
             try:
                 image = astronaut() if item == "astronaut" else load_image(item)
-                written = reconstruct_one(deca, detector, image, name, out_dir)
+                written = reconstruct_one(deca, detector, image, name, out_dir, codes_from)
                 print(f"{item}: wrote {len(written)} files to {out_dir}/{name}*")
             except ImageError as exc:
                 failures += 1
