@@ -17,6 +17,43 @@ same geometry, so they agree with each other.
 Conventions: metres, y up, the face looks toward +z, the subject's left is +x (FLAME's "left eye" joint 3);
 iBUG-68 landmark 0 and the subject's right eye (36-41) are on the -x side (image left in a frontal view).
 UV: u right, v up, both in [0, 1]; images are stored with row 0 = v = 1 (top).
+
+Expression space. The first components of the 100 expression columns (shapedirs[:, :, 300 + k]) are designed
+face movements, named by `EXPRESSION_NAMES` (in column order); the rest are weaker smooth random fields on the
+face. A coefficient of 1.0 is a full, strong expression of a real face (an eye fully closed, a broad smile), with
+real-face magnitudes; _L / _R are the subject's left (+x) / right (-x) side. The jaw opening itself is a pose
+(joint 2); "lipsPart" parts the lips on top of it.
+
+| k  | name         | at 1.0 (peak displacement)                                                          |
+|----|--------------|-------------------------------------------------------------------------------------|
+| 0  | lipsPart     | lower lip down, upper lip up: 4.5 mm mid-lip opening, closed at the corners          |
+| 1  | smile_L      | left lip corner up, out and back 9 mm (iBUG 54), cheek up a little                  |
+| 2  | smile_R      | the same on the right (48)                                                          |
+| 3  | browUp_L     | left brow up 9 mm (22-26), the forehead above less, the lid rim not at all           |
+| 4  | browUp_R     | the same on the right (17-21)                                                       |
+| 5  | eyeClose_L   | left eye fully closed: upper lid down over the eyeball to meet the lower lid (43,44 |
+|    |              | on 47,46), lower lid up 1-2 mm; the lids stay outside the eyeball for 0..1          |
+| 6  | eyeClose_R   | the same on the right (37,38 on 41,40)                                              |
+| 7  | browDown_L   | left brow down 6 mm and toward the midline (inner part most)                        |
+| 8  | browDown_R   | the same on the right                                                               |
+| 9  | browInnerUp  | both inner brows up 7 mm (21, 22), the outer ends much less                         |
+| 10 | frown_L      | left lip corner down 6 mm                                                           |
+| 11 | frown_R      | right lip corner down 6 mm                                                          |
+| 12 | stretch_L    | left lip corner out (+x) 7 mm, a little down and back                               |
+| 13 | stretch_R    | right lip corner out (-x) 7 mm                                                      |
+| 14 | lipsPress    | lips pressed: both lips thinned toward the mouth line and pulled back 3.5 mm        |
+| 15 | funnel       | lips forward 6 mm and flared open in the middle, corners in                         |
+| 16 | pucker       | lips forward, corners in 8 mm each (mouth narrower), lips closed                     |
+| 17 | cheekRaise_L | left cheek up 4 mm, lower lid up 2 mm                                               |
+| 18 | cheekRaise_R | the same on the right                                                               |
+| 19 | eyeWide_L    | left upper lid up 3.5 mm (along the eyeball)                                        |
+| 20 | eyeWide_R    | the same on the right                                                               |
+| 21 | sneer        | nose wings and the upper lip's middle up 3.5 mm                                     |
+| 22 | cheekPuff    | both cheeks out 6 mm                                                                |
+| 23 | mouthLeft    | the mouth shifted 6 mm to the subject's left (+x)                                   |
+
+Fields that are not about the lids fade to zero near the eye openings' rims, so no component (designed or
+random) can push a rim into its eyeball.
 """
 from __future__ import annotations
 
@@ -36,6 +73,13 @@ TEXTURE_SIZE = 512
 ROOT_PARENT = 4294967295  # -1 as uint32, as FLAME's kintree_table stores it
 JAW, LEFT_EYE, RIGHT_EYE = 2, 3, 4
 DEFAULT_N_VERTICES = 5023
+
+# The designed expression components, in column order (shapedirs[:, :, 300 + k]); see the module doc.
+EXPRESSION_NAMES = (
+    "lipsPart", "smile_L", "smile_R", "browUp_L", "browUp_R", "eyeClose_L", "eyeClose_R", "browDown_L",
+    "browDown_R", "browInnerUp", "frown_L", "frown_R", "stretch_L", "stretch_R", "lipsPress", "funnel", "pucker",
+    "cheekRaise_L", "cheekRaise_R", "eyeWide_L", "eyeWide_R", "sneer", "cheekPuff", "mouthLeft",
+)
 
 _MM = 1e-3
 _V0 = 0.145  # UV: the head occupies v in [_V0, 1]; the eyeball discs sit in the strip below
@@ -663,11 +707,15 @@ def _surface_index_at_xy(P, grid: _Grid, origin, x, y, z0=0.08):
 def _scan_to_open_cell(mesh: _Mesh, i, j, di, dj):
     """Walk from grid point (i, j) in steps of (di, dj) cells until the cell there is not removed.
 
-    Returns (cell row, row fraction, column) of the point on the first kept cell's edge facing the start.
+    Returns (cell row, row fraction, column) of the point on the first kept cell's edge facing the start. A
+    start on a kept cell right next to the opening (a lid point a little off the rim) goes onto the rim too.
     """
     ci, a = _split_index(i)
     cj = int(np.floor(j))
-    if not mesh.cell_removed[ci, cj % mesh.cell_removed.shape[1]]:
+    n_rows, n_cols = mesh.cell_removed.shape
+    if not mesh.cell_removed[ci, cj % n_cols]:
+        if di and 0 <= ci - di < n_rows and mesh.cell_removed[ci - di, cj % n_cols]:
+            return int(ci), (1.0 if di < 0 else 0.0), float(j)
         return int(ci), float(a), float(j)
     for _ in range(sum(mesh.cell_removed.shape)):  # an opening is a few cells wide: this always ends early
         if not mesh.cell_removed[ci, cj % mesh.cell_removed.shape[1]]:
@@ -954,6 +1002,147 @@ def _scale_to_max(field, magnitude):
     return field * (magnitude / max(peak, 1e-12))
 
 
+_LID_CLEARANCE = 0.00035  # a moving lid vertex stays this far outside its eyeball (the rims rest 0.4 mm out)
+_LID_SPREAD_UP = np.deg2rad(26.0)  # how far above the upper rim (angle about the eyeball centre) lid motion fades
+_LID_SPREAD_LOW = np.deg2rad(25.0)  # and below the lower rim
+
+
+def _chord_clearance(rho0, a0, rho1, a1):
+    """Smallest distance from the origin of the segments (rho0, a0) -> (rho1, a1) in the (y, z) plane (polar)."""
+    p0 = np.stack([rho0 * np.sin(a0), rho0 * np.cos(a0)], -1)
+    p1 = np.stack([rho1 * np.sin(a1), rho1 * np.cos(a1)], -1)
+    d = p1 - p0
+    t = np.clip(-np.sum(p0 * d, -1) / np.maximum(np.sum(d * d, -1), 1e-18), 0.0, 1.0)
+    return np.linalg.norm(p0 + t[..., None] * d, axis=-1)
+
+
+class _EyeLids:
+    """The rim of one eye opening, and lid movements that keep the lids outside the eyeball.
+
+    In coordinates about the eyeball centre, a lid vertex has a lateral offset x, an elevation angle a about
+    the horizontal (x) axis through the centre and a distance rho from that axis. A lid movement turns lid
+    vertices about that axis (which keeps their distance from the eyeball) by an angle that is a fraction of
+    the opening's angular height at their x, fully at the rim and fading toward the brow or the cheek. A
+    blendshape moves every vertex along a straight line, the chord of that arc, which near the rim would cut
+    into the eyeball: the rim vertices are also pushed away from the axis, just enough that the chord clears
+    the eyeball by _LID_CLEARANCE, and the vertices around them by the same fading fraction of that push.
+    """
+
+    def __init__(self, mesh: "_Mesh", centre):
+        f = mesh.faces
+        edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+        uniq, counts = np.unique(edges, axis=0, return_counts=True)
+        boundary = np.unique(uniq[counts == 1])
+        boundary = boundary[mesh.is_head[boundary]]
+        q = mesh.vertices[boundary] - centre
+        near = np.linalg.norm(q, axis=1) < _EYE_RADIUS + 0.003
+        self.centre = np.asarray(centre, np.float64)
+        self.rim = boundary[near]
+        x, a, rho = self._polar(mesh.vertices[self.rim])
+        # Upper and lower rim: above and below the line through the middles of the opening's two ends (each
+        # end of the almond is a short edge: its two vertices are the ends of the upper and the lower rim).
+        order = np.argsort(x)
+        lo_end, hi_end = order[:2], order[-2:]
+        mid = np.interp(x, [x[lo_end].mean(), x[hi_end].mean()], [a[lo_end].mean(), a[hi_end].mean()])
+        self.is_upper = a > mid
+        self.chains = {}
+        for key, sel in (("up", self.is_upper), ("low", ~self.is_upper)):
+            k = np.argsort(x[sel])
+            self.chains[key] = (x[sel][k], a[sel][k], rho[sel][k])
+        self.x_range = (x.min(), x.max())
+
+    def _polar(self, points):
+        q = points - self.centre
+        return q[:, 0], np.arctan2(q[:, 1], q[:, 2]), np.hypot(q[:, 1], q[:, 2])
+
+    def _rim(self, key, x):
+        cx, ca, cr = self.chains[key]
+        return np.interp(x, cx, ca), np.interp(x, cx, cr)
+
+    def _smooth(self, key, x):
+        """The elevation of rim `key` at x, smoothed: the rims step from grid row to grid row."""
+        cx, ca, _ = self.chains[key]
+        x0, x1 = self.x_range
+        u = lambda t: (np.clip(t, x0, x1) - 0.5 * (x0 + x1)) / (0.5 * (x1 - x0))  # noqa: E731
+        return np.polyval(np.polyfit(u(cx), ca, min(4, len(cx) - 1)), u(x))
+
+    def _turns(self, x, rho, close: bool, upper: float, lower: float, smooth: bool = False):
+        """Angles by which the upper rim (down) and the lower rim (up) turn at x.
+
+        Closing, both end on one smooth curve (a fraction `lower` of the way up the opening), but for a 0.3 mm
+        sliver toward the corners, where the rims' ends would otherwise meet in a zero-area triangle.
+        """
+        up_s, low_s = self._smooth("up", x), self._smooth("low", x)
+        height = np.maximum(up_s - low_s, 0.0)
+        if not close:
+            return upper * height, lower * height
+        x0, x1 = self.x_range
+        toward_end = np.abs(x - 0.5 * (x0 + x1)) / (0.5 * (x1 - x0))
+        gap = np.minimum(height, 0.0003 / np.maximum(rho, 1e-6)) * _smoothstep((toward_end - 0.6) / 0.4)
+        meet = low_s + lower * height
+        # A rim vertex keeps a little of its step off the smooth rim, so that a rim that steps up a grid column
+        # does not fold flat.
+        a_up, a_low = (up_s, low_s) if smooth else (self._rim("up", x)[0], self._rim("low", x)[0])
+        keep = 0.35
+        return (a_up - (meet + upper * gap + keep * (a_up - up_s)),
+                (meet - lower * gap + keep * (a_low - low_s)) - a_low)
+
+    def _needed_rho(self, x, rho0, a0, a1):
+        """Smallest rho1 >= rho0 for which the chord (rho0, a0) -> (rho1, a1) clears the eyeball."""
+        need = np.sqrt(np.maximum((_EYE_RADIUS + _LID_CLEARANCE) ** 2 - x ** 2, 0.0))
+        lo, hi = rho0.copy(), rho0 + 0.01
+        ok = _chord_clearance(rho0, a0, lo, a1) >= need
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            good = _chord_clearance(rho0, a0, mid, a1) >= need
+            hi = np.where(good, mid, hi)
+            lo = np.where(good, lo, mid)
+        return np.where(ok, rho0, hi)
+
+    def field(self, points, close: bool = False, upper: float = 0.0, lower: float = 0.0):
+        """[N, 3] lid displacement (metres) of `points` at coefficient 1.
+
+        upper: fraction of the opening's height the upper rim moves down (negative: up); lower: fraction the
+        lower rim moves up. close: the upper lid comes down to meet the lower one (upper 0.8, lower 0.2), both
+        rims ending on the same curve.
+        """
+        if close:
+            upper, lower = 0.8, 0.2
+        x, a, rho = self._polar(points)
+        a_up, rho_up = self._rim("up", x)
+        a_low, rho_low = self._rim("low", x)
+        turn_up, turn_low = self._turns(x, 0.5 * (rho_up + rho_low), close, upper, lower)
+        # Where the rims end: how far out each rim vertex must go for its chord to clear the eyeball.
+        ends = {}
+        for key, sign in (("up", -1.0), ("low", 1.0)):
+            cx, ca, cr = self.chains[key]
+            turn = self._turns(cx, cr, close, upper, lower)[0 if key == "up" else 1]
+            ends[key] = (cx, self._needed_rho(cx, cr, ca, ca + sign * turn))
+        need_up = np.interp(x, *ends["up"])
+        need_low = np.interp(x, *ends["low"])
+        if close:  # the two rims meet: one target distance for both
+            need_up = need_low = np.maximum(need_up, need_low)
+        # Off the rim, the lids move with the smoothed rim (a rim that steps from row to row would otherwise
+        # print its steps on the lid); the rim vertices themselves, exactly to their targets.
+        up_s, low_s = self._smooth("up", x), self._smooth("low", x)
+        smooth_up, smooth_low = self._turns(x, 0.5 * (rho_up + rho_low), close, upper, lower, smooth=True)
+        is_up = a > 0.5 * (up_s + low_s)
+        on_rim = np.exp(-0.5 * (np.where(is_up, a - a_up, a - a_low) / np.deg2rad(2.0)) ** 2)
+        turn_up = on_rim * turn_up + (1 - on_rim) * smooth_up
+        turn_low = on_rim * turn_low + (1 - on_rim) * smooth_low
+        s = np.where(is_up, (a - up_s) / _LID_SPREAD_UP, (low_s - a) / _LID_SPREAD_LOW)
+        w = 1.0 - _smoothstep(s)
+        x0, x1 = self.x_range
+        w *= (1.0 - _smoothstep((x0 - x) / 0.003)) * (1.0 - _smoothstep((x - x1) / 0.003))
+        turn = np.where(is_up, -turn_up, turn_low) * w
+        push = np.where(is_up, need_up - rho_up, need_low - rho_low) * w
+        a1 = a + turn
+        rho1 = rho + push
+        q = points - self.centre
+        target = np.stack([q[:, 0], rho1 * np.sin(a1), rho1 * np.cos(a1)], 1)
+        return target - q
+
+
 def _blendshapes(mesh: _Mesh, design: _Design, weights, joints, lmk, rng):
     """shapedirs [V, 3, 400] and posedirs [V, 3, 36] (metres per unit coefficient / per unit R - I entry)."""
     v = mesh.vertices.copy()
@@ -980,9 +1169,6 @@ def _blendshapes(mesh: _Mesh, design: _Design, weights, joints, lmk, rng):
     lip_up, lip_low = L[51], L[57]
     chin = L[8]
     brow_r, brow_l = L[19], L[24]
-    brow_in_r, brow_in_l = L[21], L[22]
-    lid_up = [0.5 * (L[37] + L[38]), 0.5 * (L[43] + L[44])]
-    lid_low = [0.5 * (L[40] + L[41]), 0.5 * (L[46] + L[47])]
     nose_tip = L[30]
     alae = [L[31], L[35]]
     cheek_r = np.array([-0.045, L[33][1] - 0.002, 0.0]); cheek_r[2] = L[31][2] - 0.012
@@ -993,10 +1179,7 @@ def _blendshapes(mesh: _Mesh, design: _Design, weights, joints, lmk, rng):
     vec = lambda *c: np.array(c, np.float64)[None, :]  # noqa: E731
     xs = np.sign(x)[:, None]
 
-    jaw_joint = joints[JAW]
     w_jaw = weights[:, JAW:JAW + 1]
-    rel = v - jaw_joint
-    open_dir = np.stack([np.zeros_like(x), -rel[:, 2], rel[:, 1]], 1)  # d/dθ of a rotation about x
 
     # --- identity: designed proportions first, then smooth random fields
     ident = [
@@ -1031,47 +1214,93 @@ def _blendshapes(mesh: _Mesh, design: _Design, weights, joints, lmk, rng):
     for c, field in enumerate(ident + list(rand)):
         shape[:, :, c] = _scale_to_max(field, mags[c])
 
-    # --- expression: designed face movements, then weaker random fields on the face
-    smile_corner = lambda c, sx: _gauss(v, c, 0.015)[:, None] * vec(2.5 * sx, 3.0, -2.0)  # noqa: E731
-    cheek_up = (g(cheek_l, 0.02) + g(cheek_r, 0.02)) * vec(0, 2.0, 1.0)
-    brows = g(brow_l, 0.02) + g(brow_r, 0.02)
-    lids_up = g(lid_up[0], 0.007) + g(lid_up[1], 0.007)
-    lids_low = g(lid_low[0], 0.007) + g(lid_low[1], 0.007)
-    corners = g(corner_l, 0.014) + g(corner_r, 0.014)
-    expr = [
-        # [mm per unit]
-        (w_jaw * open_dir * 0.11 + upper[:, None] * g(lip_up, 0.012) * vec(0, 1.2e-3, 0), 5.0),  # lips part
-        (smile_corner(corner_l, 1) + smile_corner(corner_r, -1) + cheek_up, 4.5),  # smile
-        (brows * vec(0, 4, 0.3) + g(np.array([0, 0.08, 0.07]), 0.03) * vec(0, 1.5, 0), 4.5),  # brow raise
-        (g(mouth, 0.014) * vec(0, 0, 4) + corners * xs * vec(-3, 0, 0), 4.0),  # pucker
-        ((g(brow_in_l, 0.014) + g(brow_in_r, 0.014)) * (xs * vec(-2, 0, 0) + vec(0, -3, 1)), 3.5),  # frown
-        (lids_up * vec(0, -1.5, 0.6) + lids_low * vec(0, 1.2, 0.4) + cheek_up * 0.5, 2.0),  # squint
-        (corners * xs * vec(3, -0.5, -1), 3.5),  # mouth stretch
-        ((g(cheek_l, 0.022) + g(cheek_r, 0.022)) * normals, 3.5),  # cheek puff
-        (corners * vec(0, -3.5, -0.5) + g(chin, 0.015) * vec(0, 1, 1), 3.5),  # mouth corners down
-        ((g(alae[0], 0.012) + g(alae[1], 0.012)) * vec(0, 2, 0.3)
-         + upper[:, None] * g(lip_up, 0.014) * vec(0, 2, 0.5), 3.0),  # sneer
-        (smile_corner(corner_l, 1) + g(cheek_l, 0.02) * vec(0, 2, 1), 3.5),  # half smile, left
-        (smile_corner(corner_r, -1) + g(cheek_r, 0.02) * vec(0, 2, 1), 3.5),  # half smile, right
-        (g(mouth, 0.014) * vec(0, 0, -2.5), 2.5),  # lips pressed in
-        (w_jaw * vec(1, 0, 0), 2.5),  # jaw sideways
-        (lids_up * vec(0, 1.5, -0.3) + brows * vec(0, 1.2, 0), 2.0),  # eyes wide
-        (-(g(cheek_l, 0.018) + g(cheek_r, 0.018)) * normals, 2.5),  # cheeks sucked in
-    ]
+    # --- expression: designed face movements (EXPRESSION_NAMES, 1.0 = a full, strong expression of a real face),
+    # then weaker random fields on the face
+    lids = {sx: _EyeLids(mesh, mesh.eye_centres[j]) for j, sx in ((LEFT_EYE, 1.0), (RIGHT_EYE, -1.0))}
+    # Fields that are not about the lids leave the eye openings' rims alone (a rim pushed about would cut into
+    # its eyeball or open a gap beside it): they fade to zero within a few mm of each eyeball.
+    keep_rims = np.ones(len(v))
+    for c_eye in mesh.eye_centres.values():
+        keep_rims *= _smoothstep((np.linalg.norm(v - c_eye, axis=1) - _EYE_RADIUS - 0.0005) / 0.007)
+    keep_rims = keep_rims[:, None]
+    my, eye_y = design.mouth_y, design.eye_y
+    front = _smoothstep((z - 0.02) / 0.03)[:, None]
+    x_corner = abs(corner_l[0])
+    lens = np.clip(1.0 - (x / x_corner) ** 2, 0.0, 1.0)[:, None]  # the lips' opening profile: 0 at the corners
+    lens = lens * _smoothstep((z - 0.05) / 0.025)[:, None]  # (on the lips, not at the back of the head)
+    near_slit = lambda sigma: np.exp(-0.5 * ((y - my) / sigma) ** 2)[:, None]  # noqa: E731
+    # The mouth region: flat across the lips, fading toward the cheeks, the nose and the chin.
+    mouth_x = (1.0 - _smoothstep((np.abs(x) - 0.018) / 0.028))[:, None]
+    mouth_y = (1.0 - _smoothstep((np.abs(y - my) - 0.008) / 0.016))[:, None]
+    mouth_z = _smoothstep((z - 0.05) / 0.025)[:, None]
+    mouth_w = mouth_x * mouth_y * mouth_z
+    lips_w = g(mouth, 0.012)
+
+    def side(sx):
+        """Soft left (sx = 1) or right (sx = -1) half of the face; the two halves sum to 1."""
+        return _smoothstep((sx * x + 0.008) / 0.016)[:, None]
+
+    def brow_band(sx, lo=0.006, hi=0.016):
+        """One brow with the forehead above it: 0 at the upper lid's rim, 1 at the brow, less up the forehead."""
+        across = side(sx) * (1.0 - _smoothstep((np.abs(x) - 0.060) / 0.015))[:, None]
+        up = _smoothstep((y - eye_y - lo) / (hi - lo))
+        up = up * (1.0 - 0.6 * _smoothstep((y - eye_y - 0.022) / 0.035))
+        return across * up[:, None] * front
+
+    def corner(sx, sigma=0.014):
+        return g(corner_l if sx > 0 else corner_r, sigma)
+
+    def cheek(sx, sigma=0.016):
+        return g(np.array([sx * 0.040, eye_y - 0.030, cheek_l[2] + 0.004]), sigma)
+
+    inner_brows = (np.exp(-0.5 * ((x - 0.017) / 0.011) ** 2) + np.exp(-0.5 * ((x + 0.017) / 0.011) ** 2))[:, None]
+    # (name, field, peak mm; None: the field is already in metres per unit)
+    expr = [("lipsPart", upper[:, None] * lens * near_slit(0.008) * vec(0, 0.45, 0.05)
+             + lower[:, None] * lens * near_slit(0.011) * vec(0, -1.0, 0.1), 4.5)]
+    expr += [(f"smile_{s}", corner(sx) * vec(0.55 * sx, 0.65, -0.40) + 0.3 * cheek(sx) * vec(0, 1, 0.35), 9.0)
+             for s, sx in (("L", 1), ("R", -1))]
+    expr += [(f"browUp_{s}", brow_band(sx) * vec(0, 1, 0.1), 9.0) for s, sx in (("L", 1), ("R", -1))]
+    expr += [(f"eyeClose_{s}", lids[sx].field(v, close=True), None) for s, sx in (("L", 1), ("R", -1))]
+    expr += [(f"browDown_{s}", brow_band(sx, 0.004, 0.016) * (1 - 0.45 * _smoothstep((np.abs(x) - 0.02) / 0.03))[:, None]
+              * vec(-0.35 * sx, -1, 0.25), 6.0) for s, sx in (("L", 1), ("R", -1))]
+    expr += [("browInnerUp", (brow_band(1) + brow_band(-1)) * inner_brows * vec(0, 1, 0.1), 7.0)]
+    expr += [(f"frown_{s}", corner(sx, 0.013) * vec(0.15 * sx, -1, 0.05), 6.0) for s, sx in (("L", 1), ("R", -1))]
+    expr += [(f"stretch_{s}", corner(sx) * vec(sx, -0.15, -0.25), 7.0) for s, sx in (("L", 1), ("R", -1))]
+    expr += [("lipsPress", mouth_w * np.stack([0 * x, -0.4 * (y - my), 0 * x], 1) / 0.006
+              + lips_w * vec(0, 0, -0.5) + g(chin, 0.012) * vec(0, 0.4, 0.2), 3.5)]
+    expr += [("funnel", lips_w * vec(0, 0, 1) + mouth_w * np.stack([-0.25 * x / 0.025, 0 * x, 0 * x], 1)
+              + lens * (upper[:, None] * near_slit(0.007) * vec(0, 0.5, 0.1)
+                        + lower[:, None] * near_slit(0.008) * vec(0, -0.5, 0.1)), 6.0)]
+    expr += [("pucker", mouth_w * np.stack([-x / 0.025, 0 * x, 0 * x], 1) + 0.8 * lips_w * vec(0, 0, 1), 8.0)]
+    expr += [(f"cheekRaise_{s}", cheek(sx) * vec(0, 4.0, 1.5) * _MM * keep_rims + lids[sx].field(v, lower=0.22), None)
+             for s, sx in (("L", 1), ("R", -1))]
+    expr += [(f"eyeWide_{s}", lids[sx].field(v, upper=-0.4), None) for s, sx in (("L", 1), ("R", -1))]
+    expr += [("sneer", (g(alae[0], 0.010) + g(alae[1], 0.010)) * vec(0, 1, 0.2)
+              + upper[:, None] * g(lip_up, 0.010) * vec(0, 0.8, 0.2), 3.5)]
+    expr += [("cheekPuff", g(cheek_l, 0.022) * vec(0.75, -0.1, 0.65) + g(cheek_r, 0.022) * vec(-0.75, -0.1, 0.65),
+              6.0)]
+    expr += [("mouthLeft", mouth_x * mouth_y * mouth_z * vec(1, 0, 0), 6.0)]
+    assert tuple(name for name, _, _ in expr) == EXPRESSION_NAMES
     face_w = head * _smoothstep((z - 0.0) / 0.05) * _smoothstep((0.085 - y) / 0.03) * _smoothstep(
         (y + 0.11) / 0.02)
     face_ids = np.flatnonzero(face_w > 0.5)
+    # The random fields are drawn as when 16 components were designed, so that everything drawn after them
+    # (pose correctives, textures) stays the same.
+    n_draw = N_EXP - 16
+    centres = v[rng.choice(face_ids, size=(n_draw, 4))]
+    sigmas = rng.uniform(0.012, 0.03, size=(n_draw, 4))
+    amps = rng.standard_normal((n_draw, 4, 3))
     n_rand = N_EXP - len(expr)
-    centres = v[rng.choice(face_ids, size=(n_rand, 4))]
-    sigmas = rng.uniform(0.012, 0.03, size=(n_rand, 4))
-    amps = rng.standard_normal((n_rand, 4, 3))
-    rand = _rbf_fields(v, centres, sigmas, amps) * face_w[None, :, None]
+    rand = _rbf_fields(v, centres[:n_rand], sigmas[:n_rand], amps[:n_rand]) * face_w[None, :, None]
     rand_mags = 1.5 * _MM * (1.0 + np.arange(n_rand) / 10.0) ** -0.6
     not_eye = head[:, None].astype(float)
-    for c, (field, mm) in enumerate(expr):
-        shape[:, :, N_SHAPE + c] = _scale_to_max(field * not_eye, mm * _MM)
+    for c, (name, field, mm) in enumerate(expr):
+        if not name.startswith(("eyeClose", "eyeWide", "cheekRaise")):
+            field = field * keep_rims
+        field = field * not_eye
+        shape[:, :, N_SHAPE + c] = field if mm is None else _scale_to_max(field, mm * _MM)
     for c in range(n_rand):
-        shape[:, :, N_SHAPE + len(expr) + c] = _scale_to_max(rand[c] * not_eye, rand_mags[c])
+        shape[:, :, N_SHAPE + len(expr) + c] = _scale_to_max(rand[c] * not_eye * keep_rims, rand_mags[c])
 
     # --- pose correctives. Features: 9 per joint (neck, jaw, left eye, right eye), R - I row-major.
     pose = np.zeros((len(v), 3, N_POSE_FEATURES))

@@ -15,7 +15,7 @@ from .official import PACK_FILES, AssetError, load_pack
 from .pack import ModelPack
 
 DEMO = "demo"
-DEMO_PACK_VERSION = 4
+DEMO_PACK_VERSION = 5
 
 
 def cache_dir() -> Path:
