@@ -57,10 +57,12 @@ def avatar_key(image_bytes: bytes, weights_sha256: str, texture: str) -> str:
 
 def default_light(device) -> torch.Tensor:
     """[1, 9, 3] SH light: a soft key light from the front and slightly above (no estimate from a photo)."""
+    # SH band 0 times c0 = 0.282 is the ambient part, band 1 times c1 = 1.023 the directional one: shading
+    # ~1.0 on a frontal normal, ~0.6 on a profile one, so the albedo is not washed out.
     light = torch.zeros(1, 9, 3)
-    light[0, 0] = 3.4
-    light[0, 3] = 0.6  # from the front (+z)
-    light[0, 2] = 0.3  # and slightly from above
+    light[0, 0] = 2.1
+    light[0, 3] = 0.4  # from the front (+z)
+    light[0, 2] = 0.15  # and slightly from above
     return light.to(device)
 
 
@@ -71,11 +73,11 @@ def fit_identity(deca: DECA, face: "FaceCrop", network: Codes, codes_from: str) 
     albedo code is the model's mean and the light a default one, since a synthetic pack's networks cannot
     estimate them.
     """
-    from .fit import FitConfig, LandmarkBases, LandmarkFitter
-    from .sources import N_SHAPE_TARGET, codes_from_state, landmarks_to_crop_ndc, state_from_codes
+    from .fit import LandmarkBases, LandmarkFitter
+    from .sources import N_SHAPE_TARGET, codes_from_state, fit_config, landmarks_to_crop_ndc, state_from_codes
 
     bases = LandmarkBases.from_pack(deca.pack, deca.flame.n_shape, deca.flame.n_exp)
-    fitter = LandmarkFitter(bases, n_shape=N_SHAPE_TARGET, config=FitConfig(iterations_first=20))
+    fitter = LandmarkFitter(bases, n_shape=N_SHAPE_TARGET, config=fit_config(deca.pack, iterations_first=20))
     target = landmarks_to_crop_ndc(face.face.landmarks, face.image_to_crop)
     prior = state_from_codes(network) if codes_from == "hybrid" else None
     state = fitter.fit(target, prior_state=prior)

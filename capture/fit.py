@@ -488,6 +488,17 @@ class LandmarkFitter:
             self._schedule()
         return state
 
+    def calibrate(self, targets, iterations: int = 4) -> None:
+        """Estimate the performer's identity (shape and offsets) from a batch of frames before tracking, e.g.
+        the first seconds of a video: each [68, 2] target is fitted, then the shape is estimated jointly over
+        all of them. The track itself starts fresh afterwards."""
+        for target in targets:
+            self.fit(target)
+            self._state = None  # the frames need not be consecutive: each starts from its own estimate
+        if self._reservoir:
+            self.update_shape(iterations=iterations)
+        self._state = None
+
     def _schedule(self) -> None:
         later = [f for f in self.cfg.shape_updates if f > self._frames]
         self._next_shape_update = later[0] if later else self._frames + self.cfg.shape_every

@@ -44,7 +44,10 @@ def merge_codes(source: Codes, target: Codes, pose_mode: str = "source") -> Code
                  detail=tgt.detail)
 
 
-def view_transform(frame_size: tuple[int, int], fill: float = 0.8) -> np.ndarray:
+VIEW_FILL = 0.7  # the 224 crop's side in the avatar views, as a fraction of min(H, W): the whole head shows
+
+
+def view_transform(frame_size: tuple[int, int], fill: float = VIEW_FILL) -> np.ndarray:
     """A crop transform that shows the 224 crop as a centred square of the frame (side = fill x min(H, W)).
 
     Maps frame pixels -> crop pixels, pixel centres at integers on both sides.

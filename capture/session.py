@@ -109,6 +109,21 @@ class RetargetSession:
         crop = crop_to_tensor(frame.image, T) if self.source.needs_crop else None
         return CropResult(frame, crop, T, started=started, landmarks=landmarks)
 
+    def calibrate(self, images) -> int:
+        """Show the code source a sample of the performer's frames ([H, W, 3] uint8 each, e.g. every few
+        frames of a video's first seconds) before the run, so that the performer's identity is known from
+        the first output frame. Uses its own tracker; returns the number of frames with a face mesh."""
+        if not self.source.needs_landmarks:
+            return 0
+        samples = []
+        with FaceTracker() as tracker:
+            for image in images:
+                result = tracker.update(image)
+                if result.face is not None and result.face.landmarks is not None:
+                    samples.append(landmarks_to_crop_ndc(result.face.landmarks, crop_transform(result.face.box)))
+        self.source.calibrate(samples)
+        return len(samples)
+
     # ------------------------------------------------------------------------------------ stage: infer
     def encode(self, crop: torch.Tensor) -> Codes:
         images = crop[None].to(self.deca.device)

@@ -21,8 +21,8 @@ import torch
 
 from .crop import crop_pixels_to_ndc, image_points_to_crop
 from .deca import CROP_SIZE, Codes
-from .fit import FitState, LandmarkBases, LandmarkFitter
-from .landmarks import ibug68_from_mesh
+from .fit import FitConfig, FitState, LandmarkBases, LandmarkFitter
+from .landmarks import LidCalibration, ibug68_from_mesh
 from .nets import CODE_LAYOUT
 
 CODE_SOURCES = ("auto", "network", "landmarks", "hybrid")
@@ -83,6 +83,9 @@ class CodeSource:
     def reset(self) -> None:
         pass
 
+    def calibrate(self, landmarks_ndc: list) -> None:
+        """Learn about the performer from a sample of frames before the run (landmark sources)."""
+
 
 class NetworkSource(CodeSource):
     def __init__(self, encode: Callable[[torch.Tensor], Codes]):
@@ -97,12 +100,15 @@ class LandmarkSource(CodeSource):
     needs_crop = False
     needs_landmarks = True
 
-    def __init__(self, bases: LandmarkBases, device, n_shape: int = N_SHAPE_PERFORMER, times=None):
-        self.fitter = LandmarkFitter(bases, n_shape=n_shape)
+    def __init__(self, bases: LandmarkBases, device, n_shape: int = N_SHAPE_PERFORMER, times=None,
+                 config: Optional[FitConfig] = None):
+        self.fitter = LandmarkFitter(bases, n_shape=n_shape, config=config)
+        self.lids = LidCalibration()
         self.device = device
         self._times = times
 
     def _fit(self, landmarks_ndc, prior: Optional[FitState] = None) -> FitState:
+        landmarks_ndc = self.lids(landmarks_ndc)
         if self._times is None:
             return self.fitter.fit(landmarks_ndc, prior_state=prior)
         with self._times("fit"):
@@ -112,8 +118,16 @@ class LandmarkSource(CodeSource):
         state = self._fit(landmarks_ndc)
         return codes_from_state(state, self.fitter.shape, self.device)
 
+    def calibrate(self, landmarks_ndc: list) -> None:
+        """The performer's identity and open-eye baseline from a sample of frames ([68, 2] crop NDC each)."""
+        if not landmarks_ndc:
+            return
+        for points in landmarks_ndc:  # the lids' baseline first, so that every sample is remapped with it
+            self.lids(points)
+        self.fitter.calibrate([self.lids.remap(points) for points in landmarks_ndc])
+
     def reset(self) -> None:
-        self.fitter.reset()
+        self.fitter.reset()  # the performer's shape, offsets and lid baseline are kept: likely the same person
 
 
 class HybridSource(LandmarkSource):
@@ -121,8 +135,8 @@ class HybridSource(LandmarkSource):
     needs_crop = True
 
     def __init__(self, encode: Callable[[torch.Tensor], Codes], bases: LandmarkBases, device,
-                 n_shape: int = N_SHAPE_PERFORMER, times=None):
-        super().__init__(bases, device, n_shape=n_shape, times=times)
+                 n_shape: int = N_SHAPE_PERFORMER, times=None, config: Optional[FitConfig] = None):
+        super().__init__(bases, device, n_shape=n_shape, times=times, config=config)
         self.encode = encode
 
     def __call__(self, crop, landmarks_ndc) -> Codes:
@@ -133,13 +147,24 @@ class HybridSource(LandmarkSource):
         return codes_from_state(state, self.fitter.shape, self.device, template=net)
 
 
+def fit_config(pack, **changes) -> FitConfig:
+    """The fitter's settings for a pack. A pack that names its designed expression columns (the demo pack's
+    `pack.json` "expression_names") has the rest held by a strong prior: they are weak random fields there,
+    free to fit noise. Official FLAME's 50 PCA components are all free."""
+    names = pack.meta.get("expression_names") if isinstance(pack.meta, dict) else None
+    if names:
+        changes.setdefault("n_exp_free", len(names))
+    return FitConfig(**changes)
+
+
 def make_source(name: str, encode: Callable[[torch.Tensor], Codes], deca, times=None) -> CodeSource:
     """The code source `name` ('network', 'landmarks', 'hybrid') for one performer on `deca`'s model."""
     if name == "network":
         return NetworkSource(encode)
     if name in ("landmarks", "hybrid"):
         bases = LandmarkBases.from_pack(deca.pack, deca.flame.n_shape, deca.flame.n_exp)
+        config = fit_config(deca.pack)
         if name == "landmarks":
-            return LandmarkSource(bases, deca.device, times=times)
-        return HybridSource(encode, bases, deca.device, times=times)
+            return LandmarkSource(bases, deca.device, times=times, config=config)
+        return HybridSource(encode, bases, deca.device, times=times, config=config)
     raise ValueError(f"code source must be one of network, landmarks, hybrid (resolve 'auto' first), got {name!r}")

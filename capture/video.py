@@ -48,6 +48,31 @@ class CodeRecorder:
         np.savez(path, **arrays)
 
 
+CALIBRATION_SECONDS = 10.0  # the landmark fit learns the performer's face from this much of the video first ...
+CALIBRATION_FRAMES = 40  # ... at most this many frames of it, evenly spaced
+
+
+def calibration_frames(path: str, start: Optional[float], duration: Optional[float]):
+    """Up to CALIBRATION_FRAMES evenly spaced frames of the first CALIBRATION_SECONDS of the input (a second,
+    separate pass: the run itself still reads every frame). A damaged file just gives fewer."""
+    seconds = CALIBRATION_SECONDS if duration is None else min(duration, CALIBRATION_SECONDS)
+    try:
+        reader = VideoReader(path, start=start, duration=seconds)
+    except (ValueError, VideoError):
+        return
+    try:
+        in_window = int(seconds * (reader.fps or 30))
+        total = min(reader.frame_count, in_window) if reader.frame_count else in_window
+        step = max(1, total // CALIBRATION_FRAMES)
+        for i, frame in enumerate(reader):
+            if i % step == 0:
+                yield frame.image
+    except VideoError:
+        return
+    finally:
+        reader.close()
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m capture.video", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,6 +113,9 @@ def main(argv=None) -> int:
     session = RetargetSession(model.deca, model.avatar, frame_size, layout=args.layout, pose_mode=args.pose,
                               smooth=args.smooth, hold_seconds=args.hold, encode_flame=model.encode_flame,
                               decode_detail=model.decode_detail, codes_from=model.codes_from, keep_vertices=bool(args.meshes))
+    if session.source.needs_landmarks:
+        calibrated = session.calibrate(calibration_frames(args.input, args.start, args.duration))
+        say(f"performer calibrated on {calibrated} frames of the first {CALIBRATION_SECONDS:g} s")
     out_h, out_w = session.output_size
     writer = VideoWriter(out_path, out_w, out_h, fps=reader.fps or 30, time_base=reader.time_base,
                          codec=args.codec, crf=args.crf, audio_from=args.input if reader.has_audio else None,

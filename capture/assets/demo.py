@@ -70,7 +70,7 @@ def _rgba(mask: np.ndarray) -> np.ndarray:
 def write_demo_pack(path, seed: int = 0, n_vertices: Optional[int] = None,
                     albedo_resolution: Optional[int] = None) -> Path:
     """Write every pack file for the synthetic demo head into `path` (created if needed)."""
-    from .demo_head import make_demo_head
+    from .demo_head import EXPRESSION_NAMES, make_demo_head
     from .demo_weights import make_demo_checkpoint
 
     root = Path(path)
@@ -99,6 +99,8 @@ def write_demo_pack(path, seed: int = 0, n_vertices: Optional[int] = None,
         "generator": "capture.assets.demo",
         "seed": seed,
         "n_vertices": int(np.asarray(head.v_template).shape[0]),
+        # the designed expression columns, in order; the rest of the 100 are weak random fields
+        "expression_names": list(EXPRESSION_NAMES),
         "note": "procedural head and seeded network weights in the official DECA/FLAME file formats; "
                 "results show the pipeline working, not DECA's accuracy",
     }
