@@ -294,13 +294,15 @@ class FaceDetector:
         short-range one (~2 m); the mesh still uses its own short-range detector.
     """
 
-    def __init__(self, *, max_faces: int = 4, min_score: float = 0.5, use_mesh: bool = True, full_range: bool = False):
+    def __init__(self, *, max_faces: int = 4, min_score: float = 0.5, use_mesh: bool = True, full_range: bool = False,
+                 refine: bool = True):
         if max_faces < 1:
             raise ValueError(f"max_faces: expected >= 1, got {max_faces}")
         self.max_faces = int(max_faces)
         self.min_score = float(min_score)
         self.use_mesh = bool(use_mesh)
         self.full_range = bool(full_range)
+        self.refine = bool(refine)
         self._det = None
         self._mesh = None
         self._mesh_track = None
@@ -320,7 +322,7 @@ class FaceDetector:
             from mediapipe.python.solutions import face_mesh
 
             self._mesh = face_mesh.FaceMesh(
-                static_image_mode=True, max_num_faces=self.max_faces, refine_landmarks=False,
+                static_image_mode=True, max_num_faces=self.max_faces, refine_landmarks=self.refine,
                 min_detection_confidence=self.min_score,
             )
         return self._mesh
@@ -330,7 +332,7 @@ class FaceDetector:
             from mediapipe.python.solutions import face_mesh
 
             self._mesh_track = face_mesh.FaceMesh(
-                static_image_mode=False, max_num_faces=1, refine_landmarks=False,
+                static_image_mode=False, max_num_faces=1, refine_landmarks=self.refine,
                 min_detection_confidence=self.min_score, min_tracking_confidence=0.5,
             )
         return self._mesh_track
