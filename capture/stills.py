@@ -81,7 +81,7 @@ def load_image(path: str | Path) -> np.ndarray:
                                  " MP limit (a decompression bomb, or scale the photo down)")
             im.seek(0)  # an animation's first frame
             im = ImageOps.exif_transpose(im)
-            return np.ascontiguousarray(_to_rgb(im))
+            return np.array(_to_rgb(im), dtype=np.uint8, order="C")  # a writable copy (torch wants one)
     except ImageError:
         raise
     except Image.DecompressionBombError:
