@@ -21,7 +21,7 @@ from .session import FrameOutput, RetargetSession
 from .stream.camera import open_camera
 from .stream.pipeline import Pipeline
 from .stream.reader import VideoError
-from .stream.writer import VideoWriter, check_not_input, check_writable
+from .stream.writer import VideoWriter, check_encoder, check_not_input, check_writable
 
 WINDOW = "capture live (q to quit)"
 
@@ -89,6 +89,7 @@ def main(argv=None) -> int:
     if args.record:
         check_writable(args.record)
         check_not_input(args.record, [args.cam, args.target], what="--record file")
+        check_encoder(args.record)
     source = open_camera(cam, size=size, fps=args.fps)  # a missing camera fails before the model loads
     try:
         model = build_model_side(args, say)

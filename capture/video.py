@@ -25,7 +25,7 @@ from .meshio import write_obj
 from .session import FrameOutput, RetargetSession
 from .stream.pipeline import Pipeline
 from .stream.reader import VideoError, VideoReader
-from .stream.writer import VideoWriter, check_not_input, check_writable, default_codec
+from .stream.writer import VideoWriter, check_encoder, check_not_input, check_writable
 
 
 class CodeRecorder:
@@ -87,6 +87,7 @@ def main(argv=None) -> int:
         except OSError as exc:
             raise CliError(f"--meshes {args.meshes}: cannot create the folder ({exc.strerror})") from None
     check_writable(str(out_path))  # before any expensive work
+    codec = check_encoder(out_path, args.codec)
     if args.codes:
         check_writable(args.codes)
     try:
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
                               decode_detail=model.decode_detail, codes_from=model.codes_from, keep_vertices=bool(args.meshes))
     out_h, out_w = session.output_size
     writer = VideoWriter(out_path, out_w, out_h, fps=reader.fps or 30, time_base=reader.time_base,
-                         codec=args.codec or default_codec(out_path), crf=args.crf, audio_from=args.input if reader.has_audio else None,
+                         codec=codec, crf=args.crf, audio_from=args.input if reader.has_audio else None,
                          origin=0.0 if args.start is None else None)
     say(f"{args.input}: {reader.width}x{reader.height}, ~{reader.frame_count} frames at {reader.fps:.2f} fps"
         f"{', audio' if reader.has_audio else ''}; target {args.target}"

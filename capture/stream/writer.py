@@ -31,7 +31,7 @@ import numpy as np
 
 from .reader import Frame, VideoError, open_input
 
-__all__ = ["VideoWriter", "check_writable", "check_not_input", "same_file", "default_codec"]
+__all__ = ["VideoWriter", "check_writable", "check_encoder", "check_not_input", "same_file", "default_codec"]
 
 _NEGATIVE_TS_OK = 0x40000  # AVFMT_TS_NEGATIVE: the container stores timestamps below 0
 _MP4_FAMILY = ("mp4", "ipod", "3gp", "3g2", "ismv", "f4v")
@@ -67,6 +67,31 @@ def default_codec(path: str | os.PathLike) -> str:
             except Exception:  # noqa: BLE001 - not in this build: try the next
                 continue
     return "libx264"
+
+
+def check_encoder(path: str | os.PathLike, codec: str | None = None) -> str:
+    """Before any work: the encoder for `path` (None: `default_codec`), or VideoError when the container refuses
+    it or this build lacks it. Creates no file."""
+    path = os.fspath(path)
+    codec = codec or default_codec(path)
+    try:
+        av.codec.Codec(codec, "w")
+    except Exception:  # noqa: BLE001 - unknown name
+        raise VideoError(f"{path}: video encoder {codec!r} is not available in this PyAV build") from None
+    try:
+        probe = av.open(path, mode="w")
+    except (ValueError, av.error.FFmpegError, OSError) as e:
+        msg = getattr(e, "strerror", None) or str(e)
+        raise VideoError(f"{path}: cannot create output ({msg}); use a .mp4, .mkv or .mov name") from None
+    try:
+        probe.add_stream(codec, rate=25)
+    except ValueError:
+        fits = ", ".join(_fitting_encoders(path)) or "none in this build"
+        raise VideoError(f"{path}: the {probe.format.name} container does not take the {codec} encoder;"
+                         f" encoders that fit: {fits} (--codec NAME), or use a .mp4/.mkv name") from None
+    finally:
+        probe.close()
+    return codec
 
 
 def _fitting_encoders(path: str) -> list[str]:
