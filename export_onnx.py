@@ -5,11 +5,14 @@
                           [--networks E_flame E_detail D_detail] [--exporter dynamo|legacy]
 
 Exit status: 0 on success, 1 when an export, the checker or the parity check fails, 2 for a bad pack or
-arguments. Errors are one line on stderr.
+arguments or an output folder that cannot be written. Errors are one line on stderr; an `--opset` the exporter
+cannot honour is one warning line (the sidecar records the graph's real opset).
 """
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from pathlib import Path
 
@@ -42,8 +45,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def check_out_dir(out: Path) -> None:
+    """Fail in one line before any export when the output folder cannot be made or written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(exc.errno, f"--out {out}: cannot create the folder ({exc.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OSError(errno.EACCES, f"--out {out}: the folder is not writable (permission denied); choose another")
+
+
 def run(args: argparse.Namespace) -> None:
     batch = parse_batch(args.batch)
+    check_out_dir(args.out)
     pack = open_pack(args.assets)
     print(pack.label, flush=True)
     from capture.nets import build_networks
@@ -60,6 +74,10 @@ def run(args: argparse.Namespace) -> None:
                               tolerance=args.max_rel_err)
         worst = ", ".join(f"batch {b}: {e:.2e}" for b, e in errors.items())
         print(f"{result.onnx_path}  {shapes}  checker ok  max rel err vs torch ({worst})", flush=True)
+        if "opset_requested" in io:
+            print(f"export_onnx: warning: {result.name}: the {args.exporter} exporter cannot write opset"
+                  f" {io['opset_requested']} for this graph; it is opset {io['opset']} (recorded in"
+                  f" {result.sidecar_path.name}); try --exporter legacy for older opsets", file=sys.stderr)
 
 
 def main(argv=None) -> int:
@@ -72,6 +90,10 @@ def main(argv=None) -> int:
     except ExportError as exc:
         print(f"export_onnx: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
+    except OSError as exc:  # the output folder: read-only, missing parent, full disk
+        print(f"export_onnx: error: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""),
+              file=sys.stderr)
+        return 2
     except ImportError as exc:
         print(f"export_onnx: error: {exc}; install the CPU requirements (pip install -r requirements-cpu.txt)",
               file=sys.stderr)

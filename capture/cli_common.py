@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -98,9 +99,34 @@ def build_model_side(args, say: Callable[[str], None]) -> ModelSide:
     return ModelSide(deca, avatar, cached, encode_flame, decode_detail, backend_name, codes_from)
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP outside a running pipeline: unwinds like Ctrl-C (every `finally` runs)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise Stopped(signum)
+
+
+def take_stop_signals() -> None:
+    """SIGTERM and SIGHUP unwind like Ctrl-C instead of killing the process outright (a running Pipeline
+    takes them over and drains to its sink, so recordings are finalised)."""
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            try:
+                signal.signal(signum, _raise_stopped)
+            except (ValueError, OSError):  # not the main thread, or no signal support
+                pass
+
+
 def run_cli(main: Callable[[], int]) -> None:
     """Exit with main()'s status; user-facing errors (bad files, unusable paths) become one `error:` line,
-    Ctrl-C exits 130."""
+    Ctrl-C exits 130, SIGTERM 143, SIGHUP 129 (128 + signal)."""
+    take_stop_signals()
     try:
         code = main()
     except (CliError, VideoError, AssetError, ImageError) as exc:
@@ -110,7 +136,8 @@ def run_cli(main: Callable[[], int]) -> None:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         code = 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        code = 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        code = 128 + signum
     sys.exit(code)

@@ -22,15 +22,15 @@ from . import video
 from .assets import ensure_demo_pack, load_pack
 from .assets.locate import cache_dir
 from .avatar import load_avatar
-from .cli_common import run_cli
+from .cli_common import CliError, run_cli
 from .crop import FaceDetector
 from .deca import DECA, Codes
-from .reconstruct import reconstruct_one
+from .reconstruct import output_name, reconstruct_one
 from .retarget import AvatarRenderer
 from .sources import CODE_SOURCES, choose_source
 from .stills import astronaut
 from .stream.clips import make_test_clip
-from .stream.writer import check_writable
+from .stream.writer import check_not_input, check_writable, same_file
 
 
 def performer_sequence(n_frames: int, fps: float) -> dict[str, np.ndarray]:
@@ -90,6 +90,11 @@ def main(argv=None) -> int:
 
     for path in (args.source, args.output):
         check_writable(path)  # before minutes of work
+    if Path(args.source).resolve() == Path(args.output).resolve() or same_file(args.source, args.output):
+        raise CliError(f"{args.output}: the output is the performer clip {args.source} (the same file); "
+                       "give -o and --source different files")
+    check_not_input(args.output, [args.target], what="output")
+    check_not_input(args.source, [args.target], what="--source clip")
     pack_dir = ensure_demo_pack()
     pack = load_pack(pack_dir)
     print(pack.label, flush=True)
@@ -97,8 +102,10 @@ def main(argv=None) -> int:
     if args.reconstruct_dir:
         out_dir = Path(args.reconstruct_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
+        inputs = [p for p in (args.target, args.source, args.output) if Path(p).exists()]
+        name = output_name("astronaut", out_dir, inputs, set())  # never over the target photo or the clips
         with FaceDetector() as detector:
-            written = reconstruct_one(deca, detector, astronaut(), "astronaut", out_dir,
+            written = reconstruct_one(deca, detector, astronaut(), name, out_dir,
                                       choose_source(args.codes_from, pack.synthetic)[0])
         print(f"reconstructed the astronaut photo: {len(written)} files in {out_dir}/", flush=True)
     print(f"rendering a {args.frames}-frame performer clip ({w}x{h}, {args.fps:g} fps, with audio) "

@@ -163,10 +163,13 @@ def write_json_atomic(path: Union[str, Path], data: dict) -> None:
 def _quiet_exporter():
     # The dynamo exporter logs one warning per torchvision op it cannot register (torchvision does not import
     # beside the CPU torch build) and prints progress lines; neither is actionable for these graphs.
-    names = ("torch.onnx", "torch.onnx._internal.exporter._registration", "torch.export", "torch._export")
+    # onnxscript's version converter logs a full traceback when it cannot reach the requested opset and then
+    # keeps the graph as it is; `graph_opset` reads what was really written, the CLI says so in one line.
+    names = ("torch.onnx", "torch.onnx._internal.exporter._registration", "torch.export", "torch._export",
+             "onnxscript", "onnxscript.version_converter")
     saved = {n: logging.getLogger(n).level for n in names}
     for n in names:
-        logging.getLogger(n).setLevel(logging.ERROR)
+        logging.getLogger(n).setLevel(logging.CRITICAL if n.startswith("onnxscript") else logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -268,11 +271,25 @@ def layout_description() -> dict:
     }
 
 
+def graph_opset(path: Union[str, Path]) -> int:
+    """The default-domain opset a saved graph really imports (the exporter may not honour the one asked for)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    if not versions:
+        raise ExportError(f"{path}: the graph imports no default-domain (ai.onnx) opset")
+    return int(versions[0])
+
+
 def make_sidecar(spec: GraphSpec, onnx_path: Union[str, Path], *, weights_sha256: str, opset: int,
                  batch: BatchMode, exporter: str, synthetic: bool) -> dict:
-    """Describe an exported graph; shapes and names are read back from the file itself."""
+    """Describe an exported graph; shapes, names and the opset are read back from the file itself (`opset` is
+    what was asked for, kept as `opset_requested` when the graph has another)."""
     onnx_path = Path(onnx_path)
     io = graph_io(onnx_path)
+    real_opset = graph_opset(onnx_path)
+    extra = {} if real_opset == opset else {"opset_requested": opset}
     return {
         "format": SIDECAR_FORMAT,
         "network": spec.name,
@@ -283,7 +300,8 @@ def make_sidecar(spec: GraphSpec, onnx_path: Union[str, Path], *, weights_sha256
         "weights_sha256": weights_sha256,
         "onnx_sha256": file_sha256(onnx_path),
         "exporter": {"torch": torch.__version__, "mode": exporter, "onnx": _onnx_version()},
-        "opset": opset,
+        "opset": real_opset,
+        **extra,
         "batch": batch,
         "synthetic": bool(synthetic),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

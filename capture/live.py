@@ -2,8 +2,8 @@
 
 The source never waits: when the network falls behind, the oldest waiting frame is dropped (counted), so
 latency stays bounded. A preview window shows FPS and latency (`q` or Esc quits); `--record OUT` writes what is
-shown with the camera's timestamps. Ctrl-C, `--max-seconds` or a lost camera end the run cleanly with the
-recording finalised. `--cam` also takes a video file or URL (played at its own pace) to run the live path
+shown with the camera's timestamps. Ctrl-C, SIGTERM, SIGHUP, `--max-seconds` or a lost camera end the run
+cleanly with the recording finalised (exit status 128 + signal when a signal stopped it, 1 for a lost camera). `--cam` also takes a video file or URL (played at its own pace) to run the live path
 without a camera.
 """
 from __future__ import annotations
@@ -20,7 +20,8 @@ from .cli_common import CliError, add_model_arguments, build_model_side, run_cli
 from .session import FrameOutput, RetargetSession
 from .stream.camera import open_camera
 from .stream.pipeline import Pipeline
-from .stream.writer import VideoWriter, check_writable
+from .stream.reader import VideoError
+from .stream.writer import VideoWriter, check_encoder, check_not_input, check_writable
 
 WINDOW = "capture live (q to quit)"
 
@@ -87,6 +88,8 @@ def main(argv=None) -> int:
         display = False
     if args.record:
         check_writable(args.record)
+        check_not_input(args.record, [args.cam, args.target], what="--record file")
+        check_encoder(args.record)
     source = open_camera(cam, size=size, fps=args.fps)  # a missing camera fails before the model loads
     try:
         model = build_model_side(args, say)
@@ -133,14 +136,19 @@ def main(argv=None) -> int:
                                          ("render", session.render_codes)], sink=sink,
                         policy="live", depth=1, finalize=finalize, quit_event=quit_event)
     try:
-        stats = pipeline.run()
+        try:
+            stats = pipeline.run()
+        except VideoError as exc:
+            if writer is not None and writer.failed is not None:  # disk full: one line, partial file removed
+                raise CliError(str(exc), code=1) from None
+            raise
     finally:
         if timer is not None:
             timer.cancel()
         session.close()
         source.close()
     c = session.counters
-    ended = "interrupted" if stats.interrupted else (source.ended_reason or stats.reason)
+    ended = stats.reason if stats.interrupted else (source.ended_reason or stats.reason)
     say(f"stopped ({ended}): {stats.frames_out} frames shown, {stats.dropped} dropped, {stats.fps:.1f} FPS; "
         f"frames without a face: {c.without_face}" + (f"; recorded {writer.frames_written} frames" if writer else ""))
     say("per stage (median / p95 ms): " + ", ".join(
@@ -148,7 +156,7 @@ def main(argv=None) -> int:
     if source.disconnected:
         print(f"error: {source.ended_reason}", file=sys.stderr)
         return 1
-    return 130 if stats.interrupted else 0
+    return stats.exit_status
 
 
 if __name__ == "__main__":

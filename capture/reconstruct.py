@@ -2,12 +2,17 @@
 
 Per image: `<name>_codes.npz`, `<name>_shape.png` / `<name>_shape_detail.png` (grey five-light renders over
 the photo), `<name>_lit.png` (SH-lit albedo render over the photo), `<name>.obj` + `.mtl` + texture `.png` +
-`_normals.png`. An image without a face is reported in one line; the others are still processed and the exit
-status is non-zero at the end.
+`_normals.png`. An image without a face (or one that does not read) is reported in one line; the others are
+still processed and the exit status is 1 at the end. A folder stands for the images in it, sorted by name.
+
+Nothing is ever written over an input: when an output name would be an input file (`-o` is the photos' own
+folder and the texture would be `<name>.png`, a hard link...) or another image's outputs (two `face.*`), the
+image's outputs get a suffix (`<name>_recon`, `<name>_recon2`, ...) and its line says so.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -23,8 +28,39 @@ from .camera import crop_to_image_ndc
 from .crop import FaceDetector
 from .deca import CROP_SIZE, DECA
 from .meshio import to_uint8_image, write_obj
-from .stills import ImageError, astronaut, crop_largest_face, load_image
+from .stills import IMAGE_SUFFIXES, ImageError, astronaut, crop_largest_face, load_image
+from .stream.writer import same_file
 from .views import composite
+
+# What reconstruct_one writes for a name (write_obj adds the .mtl, the texture .png and _normals.png).
+OUTPUT_SUFFIXES = ("_codes.npz", "_shape.png", "_shape_detail.png", "_lit.png", ".obj", ".mtl", ".png", "_normals.png")
+
+
+def output_name(stem: str, out_dir: Path, inputs, taken: set[str]) -> str:
+    """The first of stem, stem_recon, stem_recon2... whose outputs in `out_dir` are none of `inputs` (by path or
+    by identity: hard links, symlinks) and none of `taken` (the files of earlier images, which it then joins)."""
+    resolved = {os.path.realpath(p) for p in inputs}
+    for name in [stem, f"{stem}_recon"] + [f"{stem}_recon{i}" for i in range(2, 1000)]:
+        outs = [os.path.realpath(out_dir / f"{name}{suffix}") for suffix in OUTPUT_SUFFIXES]
+        if any(o in taken or o in resolved or any(same_file(o, p) for p in inputs) for o in outs):
+            continue
+        taken.update(outs)
+        return name
+    raise ImageError(f"{stem}: no free output name in {out_dir}")
+
+
+def expand_inputs(items: list[str]) -> list[str]:
+    """Folders -> the image files in them (sorted by name, by suffix); everything else as given."""
+    out = []
+    for item in items:
+        if item != "astronaut" and os.path.isdir(item):
+            found = sorted(str(p) for p in Path(item).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                print(f"error: {item}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})", file=sys.stderr)
+            out += found or [None]
+        else:
+            out.append(item)
+    return out
 
 
 def reconstruct_one(deca: DECA, detector: FaceDetector, image: np.ndarray, name: str, out_dir: Path,
@@ -68,7 +104,8 @@ def reconstruct_one(deca: DECA, detector: FaceDetector, image: np.ndarray, name:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m capture.reconstruct", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("images", nargs="+", help="image files; 'astronaut' = skimage's astronaut photo")
+    parser.add_argument("images", nargs="+",
+                        help="image files or folders of them; 'astronaut' = skimage's astronaut photo")
     parser.add_argument("-o", "--out", required=True, help="output folder")
     parser.add_argument("--assets", default=None, help="model pack folder, or 'demo' (default: CAPTURE_ASSETS)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -93,23 +130,35 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: cannot create output folder {out_dir}: {exc.strerror}", file=sys.stderr)
         return 2
+    items = expand_inputs(args.images)
+    inputs = [i for i in items if i is not None and i != "astronaut" and os.path.exists(i)]
     deca = DECA.from_pack(pack, device=args.device)
-    failures = 0
+    failures = sum(1 for i in items if i is None)
+    taken: set[str] = set()
     with FaceDetector() as detector:
-        for item in args.images:
-            name = "astronaut" if item == "astronaut" else Path(item).stem
+        for item in items:
+            if item is None:
+                continue
+            stem = "astronaut" if item == "astronaut" else Path(item).stem
             try:
+                name = output_name(stem, out_dir, inputs, taken)
                 image = astronaut() if item == "astronaut" else load_image(item)
                 written = reconstruct_one(deca, detector, image, name, out_dir, codes_from)
-                print(f"{item}: wrote {len(written)} files to {out_dir}/{name}*")
+                renamed = f" (as {name}: {stem}'s outputs would overwrite an input or another image's)" \
+                    if name != stem else ""
+                print(f"{item}: wrote {len(written)} files to {out_dir}/{name}*{renamed}")
             except ImageError as exc:
                 failures += 1
                 print(f"error: {exc}", file=sys.stderr)
             except OSError as exc:
                 failures += 1
-                print(f"error: {item}: cannot write output ({exc.strerror})", file=sys.stderr)
+                print(f"error: {item}: cannot write output ({exc.strerror or exc})", file=sys.stderr)
+            except Exception as exc:  # noqa: BLE001 - one bad image costs its own line, not the batch
+                failures += 1
+                print(f"error: {item}: failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+                      file=sys.stderr)
     if failures:
-        print(f"{failures} of {len(args.images)} image(s) failed", file=sys.stderr)
+        print(f"{failures} of {len(items)} image(s) failed", file=sys.stderr)
         return 1
     return 0
 

@@ -1,8 +1,14 @@
 """`python -m capture.video IN -o OUT [--target IMG]`: retarget every frame of a video onto an avatar.
 
-Every input frame gives exactly one output frame with the input's timestamp; the audio is copied. Stages
-(decode, crop, network + render, encode) run in their own threads with lossless back-pressure. Ctrl-C stops
-reading and finalises a playable file holding every frame processed so far.
+Every input frame gives exactly one output frame with the input's timestamp; the audio is copied (re-encoded
+when the output container cannot hold it; the summary says which). Stages (decode, crop, network + render,
+encode) run in their own threads with lossless back-pressure. Ctrl-C, SIGTERM and SIGHUP stop reading and
+finalise a playable file holding every frame processed so far.
+
+Exit status: 0 done; 1 the input ended early (truncated: the output holds every frame that decoded) or the
+output could not be written (disk full: the unplayable partial file is removed); 2 bad arguments or files;
+3 done, but damaged packets of the input were skipped (counted in the summary); 128 + signal when stopped by
+one (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from .meshio import write_obj
 from .session import FrameOutput, RetargetSession
 from .stream.pipeline import Pipeline
 from .stream.reader import VideoError, VideoReader
-from .stream.writer import VideoWriter, check_writable
+from .stream.writer import VideoWriter, check_encoder, check_not_input, check_writable
 
 
 class CodeRecorder:
@@ -77,14 +83,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m capture.video", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", help="input video (anything FFmpeg reads)")
-    parser.add_argument("-o", "--output", required=True, help="output video (.mp4, .mkv, .mov)")
+    parser.add_argument("-o", "--output", required=True, help="output video (.mp4, .mkv, .mov, .webm)")
     add_model_arguments(parser)
     parser.add_argument("--smooth", action="store_true", help="One-Euro filter the codes over time")
     parser.add_argument("--codes", default=None, metavar="NPZ", help="save per-frame codes with timestamps")
     parser.add_argument("--meshes", default=None, metavar="DIR", help="write one OBJ of the avatar per frame")
     parser.add_argument("--start", type=float, default=None, metavar="S", help="start time in seconds")
     parser.add_argument("--duration", type=float, default=None, metavar="S", help="seconds to process")
-    parser.add_argument("--codec", default="libx264", help="video encoder (default libx264)")
+    parser.add_argument("--codec", default=None, help="video encoder (default: libx264, libvpx-vp9 for .webm)")
     parser.add_argument("--crf", type=int, default=18, help="encoder quality (lower = better, default 18)")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
@@ -94,14 +100,19 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     say = lambda text: print(text, flush=True)  # noqa: E731
     out_path = Path(args.output)
+    inputs = [args.input, args.target]
     if out_path.resolve() == Path(args.input).resolve():
         raise CliError(f"{args.output}: the output would overwrite the input")
+    check_not_input(out_path, inputs)  # hard links and symlinks: the same file under another name
+    if args.codes:
+        check_not_input(args.codes, inputs, what="--codes file")
     if args.meshes:
         try:
             Path(args.meshes).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise CliError(f"--meshes {args.meshes}: cannot create the folder ({exc.strerror})") from None
     check_writable(str(out_path))  # before any expensive work
+    codec = check_encoder(out_path, args.codec)
     if args.codes:
         check_writable(args.codes)
     try:
@@ -118,7 +129,7 @@ def main(argv=None) -> int:
         say(f"performer calibrated on {calibrated} frames of the first {CALIBRATION_SECONDS:g} s")
     out_h, out_w = session.output_size
     writer = VideoWriter(out_path, out_w, out_h, fps=reader.fps or 30, time_base=reader.time_base,
-                         codec=args.codec, crf=args.crf, audio_from=args.input if reader.has_audio else None,
+                         codec=codec, crf=args.crf, audio_from=args.input if reader.has_audio else None,
                          origin=0.0 if args.start is None else None)
     say(f"{args.input}: {reader.width}x{reader.height}, ~{reader.frame_count} frames at {reader.fps:.2f} fps"
         f"{', audio' if reader.has_audio else ''}; target {args.target}"
@@ -151,7 +162,9 @@ def main(argv=None) -> int:
     try:
         try:
             stats = pipeline.run()
-        except VideoError:
+        except VideoError as exc:
+            if writer.failed is not None:  # disk full: the partial file is gone, the line says so
+                raise CliError(str(exc), code=1) from None
             if not reader.truncated:
                 raise
             stats = pipeline.snapshot()  # frames read before the damage are written; the file is final
@@ -165,17 +178,28 @@ def main(argv=None) -> int:
         recorder.save(Path(args.codes), reader.time_base)
 
     c = session.counters
-    say(f"{'interrupted: ' if stats.interrupted else ''}wrote {writer.frames_written} frames to {out_path} "
+    stopped = f"stopped ({stats.reason}): " if stats.interrupted else ""
+    damage = f"; damaged input packets skipped: {reader.skipped_packets}" if reader.skipped_packets else ""
+    resized = (f"; frames rescaled to the first frame's {reader.width}x{reader.height} (the input changes size):"
+               f" {reader.rescaled}" if reader.rescaled else "")
+    say(f"{stopped}wrote {writer.frames_written} frames to {out_path} "
         f"in {elapsed:.1f} s ({writer.frames_written / max(elapsed, 1e-9):.1f} FPS); "
         f"frames without a face: {c.without_face} (held {c.held}, passed through {c.passed_through}); "
-        f"audio: {writer.audio_mode or 'none'}; backend: {model.backend_name}")
+        f"audio: {writer.audio_summary}{damage}{resized}; backend: {model.backend_name}")
     say("per stage (median / p95 ms): " + ", ".join(
         f"{name} {s.median_ms:.1f}/{s.p95_ms:.1f}" for name, s in stats.stages.items() if s.count))
     if reader.truncated:
         print(f"error: {args.input}: the input ended early (truncated or corrupt); the output holds the "
               f"{writer.frames_written} frames that decoded", file=sys.stderr)
         return 1
-    return 130 if stats.interrupted else 0
+    if stats.interrupted:
+        return stats.exit_status
+    if reader.skipped_packets:
+        print(f"warning: {args.input}: {reader.skipped_packets} damaged packet(s) could not be decoded and were"
+              f" skipped; the output holds the {writer.frames_written} frames that decoded (exit status 3)",
+              file=sys.stderr)
+        return 3
+    return 0
 
 
 if __name__ == "__main__":

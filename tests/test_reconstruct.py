@@ -69,3 +69,30 @@ def test_reconstruct_cli_writes_every_file(tmp_path, demo_pack_dir, demo_pack):
     assert "disp astronaut_normals.png" in (out / "astronaut.mtl").read_text()
     photo = np.asarray(Image.open(out / "astronaut_shape.png"))
     assert photo.shape == (512, 512, 3)
+
+
+def test_reconstruct_into_the_photos_folder_never_writes_over_an_input(tmp_path, demo_pack_dir, capsys):
+    """-o is the photos' own folder: face.png would be face's UV texture. Given as a folder, with a broken
+    image and a hard link among them: every input survives byte for byte, the bad one costs one line."""
+    import os
+
+    from capture import reconstruct
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(astronaut()).save(photos / "face.png")
+    os.link(photos / "face.png", photos / "face_shape.png")  # also what face's grey render would be called
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (photos / "notes.txt").write_text("not an image: ignored")
+    before = {p.name: p.read_bytes() for p in photos.iterdir()}
+    rc = reconstruct.main([str(photos), "-o", str(photos), "--assets", str(demo_pack_dir)])
+    captured = capsys.readouterr()
+    assert rc == 1  # the broken image
+    assert "Traceback" not in captured.err
+    assert [ln for ln in captured.err.splitlines() if ln.startswith("error:")] == [
+        ln for ln in captured.err.splitlines() if "broken.jpg" in ln]
+    for name, data in before.items():
+        assert (photos / name).read_bytes() == data, name
+    assert (photos / "face_recon.obj").is_file() and (photos / "face_recon.png").is_file()
+    assert (photos / "face_shape_recon.obj").is_file()  # the hard link is its own image with its own name
+    assert "as face_recon" in captured.out

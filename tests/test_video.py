@@ -133,15 +133,15 @@ def test_bad_inputs_give_one_line(tmp_path, pack_dir):
     assert 0 < len(pts) < 60  # every frame that decoded, in a playable file
 
 
-def _interrupt_when_working(cmd, out_file: Path, env=None):
-    """Start `cmd`, wait until it has written frames, send SIGINT; returns (returncode, stdout, stderr)."""
+def _interrupt_when_working(cmd, out_file: Path, env=None, sig=signal.SIGINT):
+    """Start `cmd`, wait until it has written frames, send `sig`; returns (returncode, stdout, stderr)."""
     proc = subprocess.Popen([sys.executable, "-m", *map(str, cmd)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=ROOT, env=dict(os.environ, **(env or {})))
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and not out_file.exists():
         time.sleep(0.2)
     time.sleep(3.0)  # the output exists once the model is ready: let a few frames through
-    proc.send_signal(signal.SIGINT)
+    os.kill(proc.pid, sig)
     stdout, stderr = proc.communicate(timeout=120)
     return proc.returncode, stdout, stderr
 
@@ -171,6 +171,60 @@ def test_live_from_file_with_record_and_sigint(tmp_path, pack_dir):
     pts, _, _ = probe(out)
     assert 0 < len(pts) == recorded
     assert "dropped" in stdout
+
+
+@pytest.mark.parametrize("module, sig", [("capture.video", signal.SIGTERM), ("capture.live", signal.SIGHUP)])
+def test_sigterm_and_sighup_finalise_a_playable_file_like_ctrl_c(tmp_path, pack_dir, module, sig):
+    """kill, a process manager or a closed terminal: every processed frame kept, exit 128 + signal."""
+    clip = make_face_clip(tmp_path / "long.mp4", 250 if module == "capture.video" else 750,
+                          audio=module == "capture.video")
+    out = tmp_path / "stopped.mp4"
+    cmd = (["capture.video", clip.path, "-o", out, "--no-progress"] if module == "capture.video" else
+           ["capture.live", "--cam", clip.path, "--no-display", "--record", out])
+    rc, stdout, stderr = _interrupt_when_working(cmd + ["--assets", pack_dir, "--backend", "torch"], out, sig=sig)
+    assert "Traceback" not in stderr, stderr
+    assert rc == 128 + sig, (stdout, stderr)
+    word = "wrote " if module == "capture.video" else "recorded "
+    written = int(stdout.split(word)[1].split(" frames")[0])
+    pts, _, audio = probe(out)
+    assert 0 < len(pts) == written
+    assert signal.Signals(sig).name in stdout
+    if module == "capture.video":
+        assert audio is not None and audio <= len(pts) / 25 + 0.1
+        in_pts, _, _ = probe(Path(clip.path))
+        assert pts == in_pts[: len(pts)]
+
+
+def test_output_that_is_a_hard_link_of_an_input_is_refused_by_every_command(tmp_path, pack_dir):
+    clip = make_face_clip(tmp_path / "in.mp4", 4, audio=False)
+    before = Path(clip.path).read_bytes()
+    link = tmp_path / "link.mp4"
+    os.link(clip.path, link)
+    for cmd in (["capture.video", clip.path, "-o", link, "--assets", pack_dir],
+                ["capture.live", "--cam", clip.path, "--no-display", "--record", link, "--assets", pack_dir],
+                ["capture.demo", "--source", clip.path, "-o", link]):
+        assert_one_line_error(run_cli(*cmd), "same file")
+    assert Path(clip.path).read_bytes() == before
+
+
+def test_damaged_packet_is_skipped_counted_and_in_the_exit_status(tmp_path, pack_dir):
+    from face_clips import SIZE, _astronaut_frame
+
+    from capture import video
+    from capture.stream.clips import make_test_clip
+
+    src = tmp_path / "cam.avi"
+    make_test_clip(src, frames=10, size=SIZE, fps=25, codec="mjpeg", draw=lambda i, size: _astronaut_frame(i, size))
+    with av.open(str(src)) as c:
+        pos, size = [(p.pos, p.size) for p in c.demux(video=0) if p.size][4]
+    data = bytearray(src.read_bytes())
+    data[pos : pos + size] = bytes(size)  # zeroed: no JPEG markers left
+    src.write_bytes(bytes(data))
+    out = tmp_path / "out.mp4"
+    rc = video.main([str(src), "-o", str(out), "--assets", str(pack_dir), "--no-progress", "--backend", "torch"])
+    assert rc == 3
+    pts, _, _ = probe(out)
+    assert len(pts) == 9
 
 
 def test_live_missing_camera_is_one_line(tmp_path):

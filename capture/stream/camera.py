@@ -6,6 +6,9 @@ by its timestamps, so the live path can be exercised without a camera.
 
 Iteration never raises for a source that goes away mid-stream (camera unplugged, network drop, truncated
 file): it stops, and `ended_reason` / `disconnected` say why.
+
+Timestamps handed on increase strictly: a camera that repeats a timestamp (or steps back) gets the next
+tick of its time base, so time filters (One-Euro) and the recorder always see time move forward.
 """
 
 from __future__ import annotations
@@ -114,6 +117,7 @@ class LiveSource:
         index = 0
         wall0 = time.monotonic()
         rotation = None
+        prev_pts: int | None = None
         try:
             for frame in self._container.decode(stream):
                 if rotation is None:
@@ -126,6 +130,9 @@ class LiveSource:
                     pts = int(frame.pts)
                 else:  # some devices stamp nothing: use the arrival time
                     pts = int((time.monotonic() - wall0) / tb)
+                if prev_pts is not None and pts <= prev_pts:
+                    pts = prev_pts + 1
+                prev_pts = pts
                 yield Frame(index=index, image=image, pts=pts, time_base=tb, time=float(pts * tb))
                 index += 1
             self.ended_reason = "camera stream ended"

@@ -15,7 +15,9 @@ per stage and FIFO queues keep the order of items. Policies:
 Stopping:
 - end of input: everything in flight is processed, then the sink is finalised.
 - `stop()`, the `quit_event`, a first Ctrl-C (SIGINT while `run()` runs in the main thread, a
-  KeyboardInterrupt in the calling thread, or one raised by the source) or a source error (e.g. a truncated file): reading stops and the frames already read are
+  KeyboardInterrupt in the calling thread, or one raised by the source), SIGTERM or SIGHUP (`kill`, a closed
+  terminal, a process manager stopping the job: handled exactly like Ctrl-C, `PipelineStats.signal` says
+  which) or a source error (e.g. a truncated file): reading stops and the frames already read are
   drained through every stage to the sink (at most depth x (stages + 1) frames), so the output holds
   exactly the frames read so far. A second Ctrl-C aborts and discards what is in flight.
 - an exception in a stage or the sink: all threads stop at once, in-flight items are discarded.
@@ -69,6 +71,15 @@ class PipelineStats:
     stages: dict[str, StageStats] = field(default_factory=dict)  # "source", each stage, "sink"
     interrupted: bool = False
     reason: str = ""
+    signal: int = 0  # the signal that stopped the run (SIGINT, SIGTERM, SIGHUP), 0 when none did
+
+    @property
+    def exit_status(self) -> int:
+        """The shell's convention for a stopped run: 128 + signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP);
+        130 for a KeyboardInterrupt without a signal; 0 otherwise."""
+        if self.signal:
+            return 128 + self.signal
+        return 130 if self.interrupted else 0
 
     def summary(self) -> str:
         lines = [
@@ -187,6 +198,7 @@ class Pipeline:
         self._lock = threading.Lock()
         self._error: BaseException | None = None
         self._interrupted = False
+        self._signal = 0
         self._reason = ""
         self._frames_in = 0
         self._frames_out = 0
@@ -207,12 +219,19 @@ class Pipeline:
                 self._reason = f"error in {where}: {type(exc).__name__}: {exc}"
         self._abort.set()
 
-    def _interrupt(self, drain: bool) -> None:
+    def _interrupt(self, drain: bool, signum: int = 0) -> None:
         with self._lock:
             self._interrupted = True
+            if signum and not self._signal:
+                self._signal = signum
             if not self._reason:
-                self._reason = "interrupted" + ("" if drain else ", in-flight frames discarded")
+                by = f" by {signal.Signals(signum).name}" if signum and signum != signal.SIGINT else ""
+                self._reason = "interrupted" + by + ("" if drain else ", in-flight frames discarded")
         (self._stop_reading if drain else self._abort).set()
+
+    def _on_signal(self, signum, frame) -> None:
+        # A first signal drains what was read to the sink; a second one aborts what is in flight.
+        self._interrupt(drain=not self._interrupted, signum=signum)
 
     # ----------------------------------------------------------------------------------------- queues
     def _put(self, q: queue.Queue, item: Any) -> None:
@@ -342,14 +361,14 @@ class Pipeline:
         ]
         threads.append(threading.Thread(target=self._run_sink, name="sink", daemon=True))
         finalize_error: BaseException | None = None
-        took_sigint, previous_handler = self._take_sigint()
+        previous_handlers = self._take_signals()
         try:
             for t in threads:
                 t.start()
             self._wait(threads)
         finally:
-            if took_sigint:
-                signal.signal(signal.SIGINT, previous_handler if previous_handler is not None else signal.SIG_DFL)
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
             self._t1 = time.perf_counter()
             if self._finalize is not None:
                 try:
@@ -366,8 +385,10 @@ class Pipeline:
             self._reason = "end of input"
         return self.snapshot()
 
-    def _take_sigint(self) -> tuple[bool, Any]:
-        """In the main thread: Ctrl-C calls `_interrupt` instead of raising; returns (taken, handler to restore).
+    def _take_signals(self) -> dict[int, Any]:
+        """In the main thread: Ctrl-C, SIGTERM and SIGHUP call `_interrupt` instead of raising or killing the
+        process; returns {signal: handler to restore}. Killed by SIGTERM's default action, a writer never writes
+        its trailer and every processed frame is lost (an MP4 without its index does not play).
 
         A KeyboardInterrupt raised by Python's default handler lands wherever the main thread happens to be,
         and when that is a finaliser (`__del__`, a weakref callback, run by the garbage collector) it is
@@ -375,11 +396,17 @@ class Pipeline:
         only sets flags cannot be lost that way. Elsewhere (a worker thread) signals cannot be handled.
         """
         if threading.current_thread() is not threading.main_thread():
-            return False, None
-        try:
-            return True, signal.signal(signal.SIGINT, lambda signum, frame: self._interrupt(drain=not self._interrupted))
-        except (ValueError, OSError):  # e.g. an embedded interpreter without signal support
-            return False, None
+            return {}
+        taken = {}
+        for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+            signum = getattr(signal, name, None)  # no SIGHUP on Windows
+            if signum is None:
+                continue
+            try:
+                taken[signum] = signal.signal(signum, self._on_signal)
+            except (ValueError, OSError):  # e.g. an embedded interpreter without signal support
+                continue
+        return taken
 
     def _wait(self, threads: list[threading.Thread]) -> None:
         """Wait for the sink to finish (or an abort), then for every thread; Ctrl-C escalates."""
@@ -394,8 +421,8 @@ class Pipeline:
                     # A source blocked inside a device read cannot be woken; do not hang on it forever.
                     t.join(timeout=5.0 if t.name == "source" else None)
                 return
-            except KeyboardInterrupt:
-                self._interrupt(drain=not self._interrupted)
+            except KeyboardInterrupt as e:
+                self._interrupt(drain=not self._interrupted, signum=getattr(e, "signum", 0))
 
     def snapshot(self) -> PipelineStats:
         """Statistics so far (callable while running, e.g. for a live FPS readout)."""
@@ -403,10 +430,10 @@ class Pipeline:
         wall = (end - self._t0) if self._t0 is not None else 0.0
         with self._lock:
             fin, fout, dropped = self._frames_in, self._frames_out, self._dropped
-            interrupted, reason = self._interrupted, self._reason
+            interrupted, reason, signum = self._interrupted, self._reason, self._signal
         return PipelineStats(
             frames_in=fin, frames_out=fout, dropped=dropped, wall_s=wall,
             fps=fout / wall if wall > 0 else 0.0,
             stages={n: t.stats() for n, t in self._timers.items()},
-            interrupted=interrupted, reason=reason,
+            interrupted=interrupted, reason=reason, signal=signum,
         )

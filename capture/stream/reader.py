@@ -7,6 +7,12 @@ downstream stages always see the picture the way a player shows it.
 
 Truncated or corrupt input: the reader yields every frame that decodes, then raises `VideoError` (and sets
 `VideoReader.truncated`). Callers that write output should finalise it in a `finally` and then report.
+A damaged packet in the middle is skipped the way FFmpeg does (the decoder resynchronises on the next one)
+and counted in `VideoReader.skipped_packets`; only a file that ends early is called truncated.
+
+Size changes mid-stream (broadcast TS, concatenated clips, screen recordings): every frame is rescaled to the
+first frame's size, so downstream stages see one size; `VideoReader.rescaled` counts those frames. Cover art
+(an attached picture, e.g. in an audio file) is not a video stream.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Iterator
 import av
 import numpy as np
 
-__all__ = ["Frame", "VideoError", "VideoReader", "upright", "display_rotation"]
+__all__ = ["Frame", "VideoError", "VideoReader", "upright", "display_rotation", "video_streams"]
 
 
 class VideoError(Exception):
@@ -79,6 +85,12 @@ def _tag_seconds(value: str | None) -> float | None:
     return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
 
 
+def video_streams(container) -> list:
+    """The container's real video streams: an attached picture (cover art, a thumbnail) is not a video."""
+    attached = av.stream.Disposition.attached_pic
+    return [s for s in container.streams.video if not (s.disposition & attached)]
+
+
 def open_input(path: str, what: str = "video", **kwargs) -> av.container.InputContainer:
     """av.open for reading, with every failure turned into one VideoError line naming the file."""
     if not _is_url(path) and "format" not in kwargs:
@@ -122,10 +134,12 @@ class VideoReader:
             raise ValueError(f"duration must be > 0 seconds, got {duration}")
         self._container = open_input(self.path)
         try:
-            if not self._container.streams.video:
-                kinds = sorted({s.type for s in self._container.streams}) or ["none"]
-                raise VideoError(f"{self.path}: no video stream (streams found: {', '.join(kinds)})")
-            self._stream = self._container.streams.video[0]
+            videos = video_streams(self._container)
+            if not videos:
+                kinds = sorted({"cover art" if s.type == "video" else s.type for s in self._container.streams})
+                raise VideoError(f"{self.path}: no video stream (streams found: {', '.join(kinds or ['none'])});"
+                                 " an audio file is not a video")
+            self._stream = videos[0]
             # Frame+slice threading: decode throughput matters here, latency does not (that is the camera).
             self._stream.thread_type = "AUTO"
             self.time_base: Fraction = self._stream.time_base or Fraction(1, 1_000_000)
@@ -137,13 +151,17 @@ class VideoReader:
             self._end = None if duration is None else self._start + duration
             self._source_end = self._stream_end()
             self.truncated = False
+            self.skipped_packets = 0  # damaged packets the decoder could not use (skipped, not fatal)
+            self._last_skip = ""
+            self.rescaled = 0  # frames whose coded size differed from the first frame's
             self._stopped_by_limit = False
             self._error: str | None = None
             self._raw = self._decoded()
             self._first = next(self._raw, None)
             if self._first is None:
-                if self._error:
-                    raise VideoError(f"{self.path}: no frame decodes ({self._error})")
+                if self._error or self.skipped_packets:
+                    why = self._error or f"{self.skipped_packets} damaged packet(s): {self._last_skip}"
+                    raise VideoError(f"{self.path}: no frame decodes ({why})")
                 if self._source_end is not None and self._source_end - self._start > 0.25:
                     self.truncated = True
                     raise VideoError(
@@ -167,7 +185,9 @@ class VideoReader:
             return float((s.duration + (s.start_time or 0)) * self.time_base)
         tagged = _tag_seconds(s.metadata.get("DURATION"))
         if tagged is not None:
-            return self._t0 + tagged
+            # FFmpeg's Matroska muxer writes the stream's end timestamp, other tools its length: of the two
+            # readings take the earlier end, so a stream that starts late is never called truncated.
+            return tagged if tagged > self._t0 else self._t0 + tagged
         # The container duration spans all streams; only trust it when video is the only stream.
         if self._container.duration and len(self._container.streams) == 1:
             return (self._container.duration + (self._container.start_time or 0)) / 1e6
@@ -189,26 +209,46 @@ class VideoReader:
         d = self.duration
         return int(round(d * self.fps)) if d is not None and self.fps else 0
 
+    def _frames(self) -> Iterator[av.VideoFrame]:
+        """Every frame the decoder gives, packet by packet: a packet it rejects is skipped and counted (as
+        FFmpeg does), a demuxer failure (the file ends inside a packet, unreadable data) ends it in _error."""
+        packets = self._container.demux(self._stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except av.error.FFmpegError as e:
+                self._error = str(e.strerror or e)
+                return
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as e:
+                if packet.size == 0:  # the decoder failed while flushing: nothing more will come
+                    self._error = str(e.strerror or e)
+                    return
+                self.skipped_packets += 1
+                self._last_skip = str(e.strerror or e)
+                continue
+            yield from frames
+
     def _decoded(self) -> Iterator[av.VideoFrame]:
-        """Raw decoded frames in the [start, end) window; decode errors end it and are kept in _error."""
+        """Raw decoded frames in the [start, end) window."""
         tb = self.time_base
         if self._start > self._t0:
             try:
                 self._container.seek(int(self._start / tb), stream=self._stream, backward=True)
             except av.error.FFmpegError:
                 pass  # unseekable input: decode from the beginning and discard instead
-        try:
-            for frame in self._container.decode(self._stream):
-                if frame.pts is not None:
-                    t = float(frame.pts * tb)
-                    if t < self._start - 1e-6:
-                        continue
-                    if self._end is not None and t >= self._end - 1e-6:
-                        self._stopped_by_limit = True
-                        return
-                yield frame
-        except av.error.FFmpegError as e:
-            self._error = str(e.strerror or e)
+        for frame in self._frames():
+            if frame.pts is not None:
+                t = float(frame.pts * tb)
+                if t < self._start - 1e-6:
+                    continue
+                if self._end is not None and t >= self._end - 1e-6:
+                    self._stopped_by_limit = True
+                    return
+            yield frame
 
     def __iter__(self) -> Iterator[Frame]:
         if self._iterated:
@@ -223,6 +263,7 @@ class VideoReader:
         raw = self._raw
         frame = self._first
         self._first = None
+        coded = (frame.width, frame.height)
         try:
             while frame is not None:
                 pts = frame.pts
@@ -231,6 +272,10 @@ class VideoReader:
                     pts = 0 if prev_pts is None else prev_pts + step
                 elif prev_pts is not None and pts <= prev_pts:
                     pts = prev_pts + 1
+                if (frame.width, frame.height) != coded:
+                    # keep one size downstream: the writer and the session were sized on the first frame
+                    frame = frame.reformat(width=coded[0], height=coded[1], interpolation="BILINEAR")
+                    self.rescaled += 1
                 image = upright(frame.to_ndarray(format="rgb24"), self.rotation)
                 t = float(pts * tb)
                 if frame.duration:

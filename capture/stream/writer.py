@@ -3,17 +3,26 @@
 Every frame is written at the pts it is given (in the writer's `time_base`), so the output keeps the
 source's frame count and timing, variable frame rate included. Audio is copied packet by packet from
 `audio_from` when the output container accepts its codec, else re-encoded (AAC, or Opus where the container
-takes no AAC), trimmed to the written video range and kept on the same timeline as the video.
+takes no AAC), trimmed to the written video range and kept on the same timeline as the video. PCM goes into
+MP4 re-encoded (MP4's PCM mapping needs a channel layout many files lack, and few players read it);
+`audio_summary` says what happened. Containers that cannot store negative timestamps (Matroska, WebM, AVI)
+get no audio before time 0 (the encoder's priming packet), so their muxers do not shift the video.
+
+Encoder vs container: `codec=None` picks one the container takes (VP9 for .webm, H.264 otherwise); an
+encoder the container refuses is one VideoError naming the encoders that fit.
 
 Odd sizes: chroma-subsampled pixel formats (yuv420p needs even width and height) get the frame padded by
 one pixel on the right / bottom, repeating the edge pixels, so nothing is scaled; `coded_size` tells.
 
 `close()` flushes the encoder, writes the remaining audio and the container trailer. It is idempotent and
 meant for `finally` blocks: after a crash or Ctrl-C the file is valid and holds every frame written so far.
+A failed write (disk full, I/O error) is one VideoError; the file, which then has no trailer and does not
+play, is removed by `close()` (FFmpeg's muxer must not be touched again after a failed write).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from fractions import Fraction
 
@@ -22,7 +31,100 @@ import numpy as np
 
 from .reader import Frame, VideoError, open_input
 
-__all__ = ["VideoWriter", "check_writable"]
+__all__ = ["VideoWriter", "check_writable", "check_encoder", "check_not_input", "same_file", "default_codec"]
+
+_NEGATIVE_TS_OK = 0x40000  # AVFMT_TS_NEGATIVE: the container stores timestamps below 0
+_MP4_FAMILY = ("mp4", "ipod", "3gp", "3g2", "ismv", "f4v")
+# Candidate encoders named in the error for an encoder the container refuses (those present and accepted).
+_ENCODERS = ("libx264", "libx265", "libvpx-vp9", "libvpx", "libaom-av1", "libsvtav1", "mpeg4", "ffv1", "mjpeg")
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when both paths exist and are one file (same device and inode: hard links and symlinks too)."""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except (OSError, ValueError):
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def check_not_input(path: str | os.PathLike, inputs, what: str = "output") -> None:
+    """Raise VideoError when `path` is one of `inputs` under any name (compared by identity, not by path)."""
+    for source in inputs:
+        if source is not None and same_file(path, source):
+            raise VideoError(f"{path}: the {what} is the input {source} (the same file under another name);"
+                             " writing it would destroy the input: choose another name")
+
+
+def default_codec(path: str | os.PathLike) -> str:
+    """The video encoder for `path`'s container: VP9 for WebM (which takes no H.264), H.264 otherwise."""
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext == ".webm":
+        for name in ("libvpx-vp9", "libvpx", "libaom-av1"):
+            try:
+                av.codec.Codec(name, "w")
+                return name
+            except Exception:  # noqa: BLE001 - not in this build: try the next
+                continue
+    return "libx264"
+
+
+def check_encoder(path: str | os.PathLike, codec: str | None = None) -> str:
+    """Before any work: the encoder for `path` (None: `default_codec`), or VideoError when the container refuses
+    it or this build lacks it. Creates no file."""
+    path = os.fspath(path)
+    codec = codec or default_codec(path)
+    try:
+        av.codec.Codec(codec, "w")
+    except Exception:  # noqa: BLE001 - unknown name
+        raise VideoError(f"{path}: video encoder {codec!r} is not available in this PyAV build") from None
+    try:
+        probe = av.open(path, mode="w")
+    except (ValueError, av.error.FFmpegError, OSError) as e:
+        msg = getattr(e, "strerror", None) or str(e)
+        raise VideoError(f"{path}: cannot create output ({msg}); use a .mp4, .mkv or .mov name") from None
+    try:
+        probe.add_stream(codec, rate=25)
+    except ValueError:
+        fits = ", ".join(_fitting_encoders(path)) or "none in this build"
+        raise VideoError(f"{path}: the {probe.format.name} container does not take the {codec} encoder;"
+                         f" encoders that fit: {fits} (--codec NAME), or use a .mp4/.mkv name") from None
+    finally:
+        probe.close()
+    return codec
+
+
+def _fitting_encoders(path: str) -> list[str]:
+    fits = []
+    for name in _ENCODERS:
+        try:
+            av.codec.Codec(name, "w")
+            probe = av.open(path, mode="w")  # creates no file until the first write
+        except Exception:  # noqa: BLE001 - encoder missing or container unknown
+            continue
+        try:
+            probe.add_stream(name, rate=25)
+            fits.append(name)
+        except Exception:  # noqa: BLE001 - refused by the container
+            pass
+        finally:
+            probe.close()
+    return fits
+
+
+def _encoder_options(codec: str, crf: int | None, preset: str | None) -> dict[str, str]:
+    opts: dict[str, str] = {}
+    if codec.startswith("libvpx"):
+        # constant quality needs b=0; libvpx's default 'good' deadline is far too slow for a video pipeline
+        opts.update({"b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"})
+        if crf is not None:
+            opts["crf"] = str(max(4, min(63, crf + 13)))  # x264's 18 looks like VP9's ~31
+        return opts
+    if crf is not None:
+        opts["crf"] = str(crf)
+    if preset is not None:
+        opts["preset"] = str(preset)
+    return opts
 
 
 def check_writable(path: str) -> None:
@@ -55,7 +157,8 @@ class VideoWriter:
         from the first frame's time to the last frame's time plus one frame.
     origin: source-timeline seconds that become time 0 in the output (subtracted from video and audio
         alike, so they stay in sync); 0.0 keeps source timestamps unchanged, None uses the first frame.
-    crf, preset: quality and speed for encoders that know them (libx264, libx265; others ignore them).
+    codec: video encoder; None = `default_codec(path)` (VP9 for .webm, libx264 otherwise).
+    crf, preset: quality and speed for encoders that know them (libx264, libx265; VP9 maps crf).
     options: extra encoder options (strings), merged over crf/preset.
     """
 
@@ -67,7 +170,7 @@ class VideoWriter:
         *,
         fps: float | Fraction = 30,
         time_base: Fraction | None = None,
-        codec: str = "libx264",
+        codec: str | None = None,
         crf: int | None = 18,
         preset: str | None = "veryfast",
         pix_fmt: str = "yuv420p",
@@ -81,6 +184,8 @@ class VideoWriter:
         if width <= 0 or height <= 0:
             raise ValueError(f"{self.path}: width and height must be positive, got {width}x{height}")
         check_writable(self.path)
+        codec = codec or default_codec(self.path)
+        self.codec = codec
         try:
             av.codec.Codec(codec, "w")
         except Exception:
@@ -101,8 +206,11 @@ class VideoWriter:
         self._last_pts: int | None = None
         self._last_step: int | None = None
         self._closed = False
+        self._failed: BaseException | None = None  # a failed write: the muxer is unusable from then on
         self._audio_in = None
+        self._drop_negative = False
         self.audio_mode: str | None = None  # "copy", "aac", "libopus" or None
+        self.audio_summary = "none"  # e.g. "copied (aac)" or "pcm_s16le re-encoded to aac (mp4 takes no pcm_s16le)"
 
         audio_src = None
         if audio_from is not None:
@@ -115,7 +223,13 @@ class VideoWriter:
             msg = getattr(e, "strerror", None) or str(e)
             raise VideoError(f"{self.path}: cannot create output ({msg}); use a .mp4, .mkv or .mov name") from None
         try:
-            self._video = self._out.add_stream(codec, rate=self.fps)
+            try:
+                self._video = self._out.add_stream(codec, rate=self.fps)
+            except ValueError:
+                fits = ", ".join(_fitting_encoders(self.path)) or "none in this build"
+                raise VideoError(f"{self.path}: the {self._out.format.name} container does not take the {codec}"
+                                 f" encoder; encoders that fit: {fits} (--codec NAME), or use a .mp4/.mkv name"
+                                 ) from None
             self._video.width, self._video.height = self.coded_size
             self._video.pix_fmt = pix_fmt
             self._yuv_range = None if fmt.is_rgb else ("JPEG" if pix_fmt.startswith("yuvj") else "MPEG")
@@ -126,11 +240,7 @@ class VideoWriter:
                 cc.color_range = 2 if self._yuv_range == "JPEG" else 1
             self._video.codec_context.time_base = self.time_base
             self._video.time_base = self.time_base
-            opts = {}
-            if crf is not None:
-                opts["crf"] = str(crf)
-            if preset is not None:
-                opts["preset"] = str(preset)
+            opts = _encoder_options(codec, crf, preset)
             opts.update(options or {})
             self._video.options = opts
             if audio_src is not None:
@@ -153,9 +263,13 @@ class VideoWriter:
         self._a_start0 = Fraction((a_in.start_time or 0)) * a_in.time_base
         name = a_in.codec_context.name
         supported = self._out.supported_codecs
-        if name in supported:
+        fmt = self._out.format.name
+        self._drop_negative = not (self._out.format.flags & _NEGATIVE_TS_OK)
+        refused = name not in supported or (fmt in _MP4_FAMILY and name.startswith("pcm_"))
+        if not refused:
             self._a_out = self._out.add_stream_from_template(a_in)
             self.audio_mode = "copy"
+            self.audio_summary = f"copied ({name})"
         else:
             target = "aac" if "aac" in supported else "libopus"
             rates = av.codec.Codec(target, "w").audio_rates or []
@@ -167,6 +281,7 @@ class VideoWriter:
             )
             self._a_next_pts: int | None = None
             self.audio_mode = target
+            self.audio_summary = f"{name} re-encoded to {target} ({fmt} takes no {name})"
         self._a_packets = src.demux(a_in)
         self._a_pending = None
         self._a_done = False
@@ -204,11 +319,13 @@ class VideoWriter:
                 continue
             shift = round(origin / self._a_tb)
             if self.audio_mode == "copy":
+                if self._drop_negative and pkt.pts - shift < 0:
+                    continue  # the muxer would shift every stream, the video too, to make it non-negative
                 pkt.pts -= shift
                 if pkt.dts is not None:
                     pkt.dts -= shift
                 pkt.stream = self._a_out
-                self._out.mux(pkt)
+                self._mux(pkt)
             else:
                 self._reencode(pkt, shift)
 
@@ -221,7 +338,38 @@ class VideoWriter:
                 out.pts = self._a_next_pts
                 out.time_base = Fraction(1, rate)
                 self._a_next_pts += out.samples
-                self._out.mux(self._a_out.encode(out))
+                self._mux_audio(self._a_out.encode(out))
+
+    @property
+    def failed(self) -> VideoError | None:
+        """The write failure (disk full, I/O error) that ended this writer, or None."""
+        return self._failed
+
+    def _mux_audio(self, packets) -> None:
+        """Encoded audio packets; the encoder's priming packets (pts < 0) are dropped where the container
+        cannot store them (see the module doc)."""
+        if self._drop_negative:
+            packets = [p for p in packets if p.pts is None or p.pts >= 0]
+        self._mux(packets)
+
+    def _mux(self, packets) -> None:
+        """Every write goes through here: after a failed write FFmpeg's muxer state is undefined (muxing or
+        flushing again can crash the process), so the first failure is kept and turned into one line."""
+        if self._failed is not None:
+            raise self._failed
+        try:
+            self._out.mux(packets)
+        except (av.error.FFmpegError, OSError) as e:
+            self._failed = VideoError(self._write_failure(e))
+            raise self._failed from None
+
+    def _write_failure(self, e: BaseException) -> str:
+        code = getattr(e, "errno", None)
+        why = getattr(e, "strerror", None) or str(e)
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            why = f"disk full ({why})"
+        return (f"{self.path}: cannot write the output: {why} after {self.frames_written} frames; the partial"
+                " file does not play and is removed: free some space (or choose another folder) and run again")
 
     # ----------------------------------------------------------------------------------------------- video
     def _origin_time(self) -> Fraction:
@@ -267,7 +415,9 @@ class VideoWriter:
                                    dst_color_range=self._yuv_range)
         frame.pts = pts - round(self._origin_time() / self.time_base)
         frame.time_base = self.time_base
-        self._out.mux(self._video.encode(frame))
+        if self._failed is not None:
+            raise self._failed
+        self._mux(self._video.encode(frame))
         self._last_pts = pts
         self.frames_written += 1
         self._pump_audio(t)
@@ -282,9 +432,12 @@ class VideoWriter:
         if self._closed:
             return
         self._closed = True
+        if self._failed is not None:
+            self._discard()
+            return
         try:
             if self.frames_written:
-                self._out.mux(self._video.encode(None))
+                self._mux(self._video.encode(None))
                 if self._audio_in is not None:
                     step = self._last_step or max(1, round(1 / (self.fps * self.time_base)))
                     end = (self._last_pts + step) * self.time_base
@@ -297,14 +450,32 @@ class VideoWriter:
                             if self._a_next_pts is not None:
                                 out.pts, out.time_base = self._a_next_pts, Fraction(1, rate)
                                 self._a_next_pts += out.samples
-                                self._out.mux(self._a_out.encode(out))
-                        self._out.mux(self._a_out.encode(None))
+                                self._mux_audio(self._a_out.encode(out))
+                        self._mux_audio(self._a_out.encode(None))
+            self._out.close()  # the trailer (an MP4's index): a full disk can fail here too
+        except VideoError:
+            self._discard()
+            raise
+        except (av.error.FFmpegError, OSError) as e:
+            self._failed = VideoError(self._write_failure(e))
+            self._discard()
+            raise self._failed from None
         finally:
-            try:
-                self._out.close()
-            finally:
-                if self._audio_in is not None:
-                    self._audio_in.close()
+            if self._audio_in is not None:
+                self._audio_in.close()
+
+    def _discard(self) -> None:
+        """After a failed write: release the container without writing again, remove the unplayable file."""
+        try:
+            self._out.close()
+        except (av.error.FFmpegError, OSError):
+            pass  # the trailer cannot be written either; the file goes anyway
+        try:
+            os.remove(self.path)
+        except OSError:
+            pass
+        if self._audio_in is not None:
+            self._audio_in.close()
 
     def __enter__(self) -> "VideoWriter":
         return self

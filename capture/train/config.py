@@ -56,10 +56,14 @@ def _parse_override(text: str) -> tuple[list[str], object]:
 def preset_path(name: str | Path) -> Path:
     """A config file path as given, or a preset shipped beside the defaults (`quick` -> capture/train/quick.toml)."""
     path = Path(name)
+    if path.exists() or len(path.parts) != 1 or path.suffix:
+        return path  # a file (or a path to one): never a preset name
     preset = DEFAULT_CONFIG.with_name(f"{name}.toml")
-    if not path.exists() and path.suffix == "" and preset.is_file():
-        return preset
-    return path
+    return preset if preset.is_file() else path
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in DEFAULT_CONFIG.parent.glob("*.toml") if p != DEFAULT_CONFIG)
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Iterable[str] = ()) -> dict:
@@ -67,9 +71,12 @@ def load_config(path: Optional[str | Path] = None, overrides: Iterable[str] = ()
     config = tomllib.loads(DEFAULT_CONFIG.read_text())
     if path is not None:
         path = preset_path(path)
+        if not path.is_file():
+            what = "is a folder, not a TOML file" if path.is_dir() else "no such file"
+            raise ConfigError(f"--config {path}: {what} (give a TOML file or a preset: {', '.join(presets())})")
         try:
             _merge(config, tomllib.loads(path.read_text()), str(path))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read the training config ({exc})") from None
     for text in overrides:
         keys, value = _parse_override(text)

@@ -53,8 +53,14 @@ def read_labels(root: Path) -> list[Entry]:
     path = root / LABELS
     if not path.is_file():
         raise DatasetError(root, [f"{LABELS} is missing: write one row `image,identity` per image"])
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh))
+    except UnicodeDecodeError as exc:
+        raise DatasetError(root, [f"{LABELS} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}):"
+                                  " write it as a CSV text file with the header `image,identity`"]) from None
+    except (OSError, csv.Error) as exc:
+        raise DatasetError(root, [f"{LABELS}: unreadable ({getattr(exc, 'strerror', None) or exc})"]) from None
     if not rows or [c.strip() for c in rows[0]] != ["image", "identity"]:
         raise DatasetError(root, [f"{LABELS}: first row must be the header `image,identity`, found {rows[:1]}"])
     entries, problems = [], []
