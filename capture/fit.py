@@ -319,7 +319,8 @@ class LandmarkFitter:
     def _jacobian(self, state: FitState, with_shape: bool):
         """Predicted ndc [L, 2] and d ndc / d params [L, 2, N] at a state.
 
-        params = rotation (3) | jaw (3) | exp (n_exp) | s, tx, ty (3) [| shape (n_shape) | offsets x, y (68 x 2)].
+        params = rotation (3) | jaw (3) | exp (n_exp) | s, tx, ty (3) [| shape (n_shape)]; with_shape also returns
+        d ndc / d offsets as [L, 2, 2] blocks (landmark l's offset moves landmark l only).
         """
         R, Rj = rotation_matrix(state.rotation), rotation_matrix(state.jaw)
         p, local, arm, d = self._evaluate(contour_row(yaw_degrees(R)), state.exp, R, Rj)
@@ -327,7 +328,7 @@ class LandmarkFitter:
         s, t = state.cam[0], state.cam[1:]
         L = len(w)
         ne = self.b.n_exp
-        n = 9 + ne + (self.n_shape + 2 * L if with_shape else 0)
+        n = 9 + ne + (self.n_shape if with_shape else 0)
         dp = np.zeros((L, 3, n))
         # global rotation: R exp([J_r d]x) -> dp = -R [local]x J_r d = (R [J_r e_m]x) local for each m
         Jr = right_jacobian(state.rotation)
@@ -345,14 +346,13 @@ class LandmarkFitter:
         k = ne + (self.n_shape if with_shape else 0)
         dcoef = np.matmul(R, d.xb[:, :, :k] + np.matmul(A, d.yb[:, :, :k])) + d.j0b[None, :, :k]
         dp[:, :, 6:6 + ne] = dcoef[:, :, :ne]
+        offsets = None
         if with_shape:
-            c0 = 9 + ne
-            dp[:, :, c0:c0 + self.n_shape] = dcoef[:, :, ne:]
-            # offset of landmark l moves x by d and y by w d: dp = R (I + w (Rj - I)) d
+            dp[:, :, 9 + ne:] = dcoef[:, :, ne:]
+            # offset d of landmark l (x, y in head space) moves x by d and y by w d: dp = R (I + w (Rj - I)) d;
+            # it touches that landmark only, so it is kept as one 2 x 2 block per landmark
             M = R[None] @ (np.eye(3)[None] + w[:, None, None] * A[None])  # [L, 3, 3]
-            li = np.arange(L)
-            for c in range(2):
-                dp[li, :, c0 + self.n_shape + 2 * li + c] = M[:, :, c]
+            offsets = np.stack([s * M[:, 0, :2], -s * M[:, 1, :2]], 1)  # [L, 2 (ndc), 2 (offset)]
         J = np.empty((L, 2, n))
         J[:, 0] = s * dp[:, 0]
         J[:, 1] = -s * dp[:, 1]
@@ -364,7 +364,7 @@ class LandmarkFitter:
         J[:, 1, c + 1] = 0.0
         J[:, 0, c + 2] = 0.0
         pred = np.stack([s * (p[:, 0] + t[0]), -s * (p[:, 1] + t[1])], 1)
-        return pred, J
+        return (pred, J, offsets) if with_shape else (pred, J)
 
     # ------------------------------------------------------------------------------------------- solving
     def _priors(self, with_shape: bool):
@@ -513,7 +513,7 @@ class LandmarkFitter:
             if k < self.cfg.reservoir:
                 self._reservoir[k] = item
 
-    def update_shape(self, iterations: int = 3) -> None:
+    def update_shape(self, iterations: int = 2) -> None:
         """Joint estimate of the performer's shape and each reservoir frame's pose/expression/camera.
 
         Gauss-Newton on the stacked problem, the per-frame blocks eliminated by their Schur complement.
@@ -540,22 +540,34 @@ class LandmarkFitter:
             g_b = lam_g * glob
             blocks = []
             for target, valid, st in frames:
-                pred, J = self._jacobian(st, with_shape=True)
+                pred, J, Jo = self._jacobian(st, with_shape=True)  # J [L, 2, nf + ns], Jo [L, 2, 2]
                 r = pred - target
                 robust = self.weights * valid / (1.0 + (r * r).sum(1) / c2)
                 J2 = J.reshape(-1, J.shape[-1])
                 Jw = J2 * np.repeat(robust, 2)[:, None]
                 H = Jw.T @ J2
                 g = Jw.T @ r.reshape(-1)
+                # the offsets' columns: landmark l's 2 x 2 block only
+                Jow = Jo * robust[:, None, None]
+                H_fo = np.einsum("lan,lab->nlb", Jw.reshape(J.shape), Jo).reshape(J.shape[-1], -1)  # [nf+ns, 136]
+                H_oo = np.einsum("lab,lac->lbc", Jow, Jo)  # [L, 2, 2] block diagonal
+                g_o = np.einsum("lab,la->lb", Jow, r).reshape(-1)
                 x = self._vector(st)
-                H_ff = H[:nf, :nf] + np.diag(lam_frame) * 1.0
+                H_ff = H[:nf, :nf] + np.diag(lam_frame)
                 H_ff[np.diag_indices(nf)] += 1e-6
                 g_f = g[:nf] + lam_frame * x
-                H_fb = H[:nf, nf:]
+                H_fb = np.concatenate([H[:nf, nf:], H_fo[:nf]], 1)  # frame x (shape | offsets)
+                H_gg = np.zeros((ns + 136, ns + 136))
+                H_gg[:ns, :ns] = H[nf:, nf:]
+                H_gg[:ns, ns:] = H_fo[nf:]
+                H_gg[ns:, :ns] = H_fo[nf:].T
+                oi = ns + np.arange(68)[:, None, None] * 2
+                H_gg[oi + np.arange(2)[None, :, None], oi + np.arange(2)[None, None, :]] += H_oo
+                g_g = np.concatenate([g[nf:], g_o])
                 Hi_Hfb = np.linalg.solve(H_ff, H_fb)
                 Hi_gf = np.linalg.solve(H_ff, g_f)
-                H_bb += H[nf:, nf:] - H_fb.T @ Hi_Hfb
-                g_b += g[nf:] - H_fb.T @ Hi_gf
+                H_bb += H_gg - H_fb.T @ Hi_Hfb
+                g_b += g_g - H_fb.T @ Hi_gf
                 blocks.append((Hi_Hfb, Hi_gf))
             try:
                 d_glob = -np.linalg.solve(H_bb, g_b)
