@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from .assets.pack import UV_SIZE, AlbedoModel
-from .render.conventions import obj_uv_to_ndc
+from .render.conventions import ndc_to_pixel, obj_uv_to_ndc
+from .render.exact import rasterize_flat_exact
 
 # SH constants, FORMATS.md 3.4; basis order 1, x, y, z, xy, xz, yz, x^2-y^2, 3z^2-1
 SH_CONSTANTS = (
@@ -119,6 +120,16 @@ def mean_texture_albedo(mean_texture: np.ndarray, size: int = UV_SIZE) -> torch.
     return F.interpolate(image, size=(size, size), mode="area")
 
 
+def uv_layout_pixels(uvcoords: np.ndarray, size: int) -> np.ndarray:
+    """OBJ uv [T, 2] -> [T, 2] float64 pixel coordinates (column, row) of a size x size UV map.
+
+    The uv values are taken as float32 (the pack's and DECA's precision), then mapped in float64 through
+    `obj_uv_to_ndc` and `ndc_to_pixel`: column = u * S - 0.5, row = (1 - v) * S - 0.5, exact for S a power of 2.
+    """
+    uv = torch.as_tensor(np.asarray(uvcoords, dtype=np.float32).astype(np.float64))
+    return ndc_to_pixel(obj_uv_to_ndc(uv), (size, size)).numpy()
+
+
 def uv_layout_ndc(uvcoords: np.ndarray) -> np.ndarray:
     """OBJ uv [T, 2] (v up) -> [T, 2] float32 y-down NDC (the flip lives in render.conventions)."""
     return obj_uv_to_ndc(torch.as_tensor(np.asarray(uvcoords, dtype=np.float32))).numpy()
@@ -126,7 +137,7 @@ def uv_layout_ndc(uvcoords: np.ndarray) -> np.ndarray:
 
 @dataclass
 class UVSampler:
-    """The UV layout rasterised once: texel -> (3 vertex ids, 3 barycentric weights, covered?)."""
+    """The UV layout rasterised once, exactly: texel -> (3 vertex ids, 3 barycentric weights, covered?)."""
 
     vertex_ids: torch.Tensor  # [S*S, 3] int64 (0 where uncovered)
     weights: torch.Tensor  # [S*S, 3] float32 (0 where uncovered)
@@ -134,16 +145,26 @@ class UVSampler:
     _matrices: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
-    def build(cls, rasterizer, uvcoords: np.ndarray, uvfaces: np.ndarray, faces: np.ndarray,
+    def build(cls, uvcoords: np.ndarray, uvfaces: np.ndarray, faces: np.ndarray, *legacy,
               size: int = UV_SIZE) -> "UVSampler":
-        ndc = uv_layout_ndc(uvcoords)
-        layout = torch.as_tensor(np.concatenate([ndc, np.ones((len(ndc), 1), np.float32)], 1))[None]
-        frags = rasterizer.rasterize(layout, torch.as_tensor(uvfaces, dtype=torch.int64), (size, size))
-        face_id = frags.face_id[0].reshape(-1).cpu()
+        """Rasterise the UV layout exactly (float64, no vertex snapping; `render.exact`), once per pack.
+
+        uvcoords [T, 2] (OBJ u right, v up; taken as float32, as the pack stores them and DECA loads them),
+        uvfaces [F, 3] uv-vertex ids, faces [F, 3] vertex ids. Each texel centre gets the face whose
+        triangle contains it (top-left rule on edges, lowest face index where triangles overlap;
+        docs/conventions.md "UV space") and that triangle's barycentrics. The old form
+        `build(rasterizer, uvcoords, uvfaces, faces)` is still accepted; the rasterizer is not used.
+        """
+        if hasattr(uvcoords, "rasterize"):  # build(rasterizer, uvcoords, uvfaces, faces): drop the rasterizer
+            uvcoords, uvfaces, faces = uvfaces, faces, legacy[0]
+        elif legacy:
+            raise TypeError("UVSampler.build(uvcoords, uvfaces, faces, size=...) takes three arrays")
+        face_id, bary = rasterize_flat_exact(uv_layout_pixels(uvcoords, size), uvfaces, (size, size))
+        face_id = torch.from_numpy(face_id)
         covered = face_id >= 0
-        faces_t = torch.as_tensor(faces, dtype=torch.int64)
+        faces_t = torch.as_tensor(np.asarray(faces), dtype=torch.int64)
         vertex_ids = torch.where(covered[:, None], faces_t[face_id.clamp(min=0)], torch.zeros(1, dtype=torch.int64))
-        weights = frags.bary[0].reshape(-1, 3).cpu().float() * covered[:, None]
+        weights = torch.from_numpy(bary).float() * covered[:, None]
         return cls(vertex_ids=vertex_ids, weights=weights, size=size)
 
     def to(self, device) -> "UVSampler":

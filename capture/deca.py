@@ -105,8 +105,7 @@ class DECA:
         self.faces = torch.as_tensor(pack.uv.faces, dtype=torch.int64, device=self.device)
         self.uvfaces = torch.as_tensor(pack.uv.uvfaces, dtype=torch.int64, device=self.device)
         self.uv_ndc = torch.as_tensor(uv_layout_ndc(pack.uv.uvcoords), device=self.device)
-        self.uv_sampler = UVSampler.build(get_rasterizer("cpu"), pack.uv.uvcoords, pack.uv.uvfaces,
-                                          pack.uv.faces).to(self.device)
+        self.uv_sampler = UVSampler.build(pack.uv.uvcoords, pack.uv.uvfaces, pack.uv.faces).to(self.device)
         self.grid_faces = grid_triangles(self.uv_sampler.size).to(self.device)
         self.face_eye_mask = torch.as_tensor(pack.face_eye_mask, device=self.device)
         self.fixed_displacement = torch.as_tensor(pack.fixed_displacement, device=self.device)

@@ -17,7 +17,6 @@ from capture.appearance import (
 )
 from capture.assets.pack import AlbedoModel
 from capture.camera import crop_to_image_ndc, orthographic
-from capture.render import get_rasterizer
 from meshes import front_hemisphere
 
 # FORMATS.md 3.4, typed in from the document (independent of the module's own formulas)
@@ -57,7 +56,7 @@ def test_albedo_model_layout_bgr_and_nearest_resize():
 
 def test_uv_sampler_reproduces_linear_attribute():
     verts, faces, uv = front_hemisphere()
-    sampler = UVSampler.build(get_rasterizer("cpu"), uv, faces, faces, size=64)
+    sampler = UVSampler.build(uv, faces, faces, size=64)
     out = sampler(torch.as_tensor(verts)[None])  # [1, 3, 64, 64]
     cover = sampler.coverage
     # x varies linearly with u: x = 2u - 1, sampled at texel centres; row 0 is v = 1 (y = +top)
@@ -75,7 +74,7 @@ def test_zero_displacement_gives_coarse_normals_back():
     v = torch.as_tensor(verts)[None]
     normals = vertex_normals(v, torch.as_tensor(faces))
     assert (normals[0, :, 2] > 0).all()  # outward for this winding
-    sampler = UVSampler.build(get_rasterizer("cpu"), uv, faces, faces, size=64)
+    sampler = UVSampler.build(uv, faces, faces, size=64)
     grid = grid_triangles(64)
     zero = torch.zeros(1, 1, 64, 64)
     # mask 0: exactly the coarse normal map

@@ -74,7 +74,7 @@ def test_vertex_normals_fast_and_uv_sample_match_the_plain_ones():
     f = torch.as_tensor(faces)
     fast = vertex_normals_fast(v, f, face_incidence(f, v.shape[1]))
     torch.testing.assert_close(fast, vertex_normals(v, f), atol=1e-5, rtol=0)
-    sampler = UVSampler.build(get_rasterizer("cpu"), uv, faces, faces, size=32)
+    sampler = UVSampler.build(uv, faces, faces, size=32)
     attrs = torch.cat([v, fast], -1)
     torch.testing.assert_close(sampler.sample(attrs), sampler(attrs), atol=1e-6, rtol=0)
 
@@ -84,7 +84,7 @@ def test_detail_normals_match_displacement_to_normals():
     v = torch.as_tensor(verts)[None]
     f = torch.as_tensor(faces)
     normals = vertex_normals(v, f)
-    sampler = UVSampler.build(get_rasterizer("cpu"), uv, faces, faces, size=64)
+    sampler = UVSampler.build(uv, faces, faces, size=64)
     gen = torch.Generator().manual_seed(1)
     uv_z = 0.01 * torch.randn(1, 1, 64, 64, generator=gen)
     mask = (torch.rand(64, 64, generator=gen) > 0.3).float()

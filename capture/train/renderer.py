@@ -77,7 +77,7 @@ class TrainRenderer:
         self.faces = torch.as_tensor(pack.uv.faces, dtype=torch.int64, device=self.device)
         self.uvfaces = torch.as_tensor(pack.uv.uvfaces, dtype=torch.int64, device=self.device)
         self.uv_face = torch.as_tensor(uv_layout_ndc(pack.uv.uvcoords), device=self.device)[self.uvfaces]
-        self.uv_sampler = UVSampler.build(self.rasterizer, pack.uv.uvcoords, pack.uv.uvfaces, pack.uv.faces)
+        self.uv_sampler = UVSampler.build(pack.uv.uvcoords, pack.uv.uvfaces, pack.uv.faces)
         self.uv_sampler = self.uv_sampler.to(self.device)
         self.face_eye_mask = torch.as_tensor(pack.face_eye_mask, device=self.device)
         self.fixed_displacement = torch.as_tensor(pack.fixed_displacement, device=self.device)
