@@ -149,7 +149,7 @@ class RetargetSession:
         if face and not usable:
             self.counters.without_landmarks += 1
         if usable:
-            codes = self.source(item.crop, item.landmarks)
+            codes = self.source(item.crop, item.landmarks, frame.time)
             if self.filter is not None:
                 smoothed = self.filter({k: getattr(codes, k) for k in FILTERED_KEYS}, frame.time)
                 codes = codes.replace(**smoothed)

@@ -23,11 +23,19 @@ from .crop import crop_pixels_to_ndc, image_points_to_crop
 from .deca import CROP_SIZE, Codes
 from .fit import FitConfig, FitState, LandmarkBases, LandmarkFitter
 from .landmarks import LidCalibration, ibug68_from_mesh
+from .stream.filters import OneEuroFilter
 from .nets import CODE_LAYOUT
 
 CODE_SOURCES = ("auto", "network", "landmarks", "hybrid")
 N_SHAPE_PERFORMER = 10  # identity components estimated for a performer over the stream
 N_SHAPE_TARGET = 30  # ... for a target photo (one image, more components, a stronger prior per component)
+# One-Euro filter on the 68 landmarks (crop NDC, the face ~1.4 units tall) before the fit: (min_cutoff Hz, beta,
+# d_cutoff Hz). MediaPipe's points tremble by ~1 px (often alternating frame to frame) on a still face; a
+# blink moves the lids at ~2 NDC/s, where the cutoff rises to ~2 + 2 * 4 = 10 Hz and follows it.
+LANDMARK_SMOOTHING = (2.0, 4.0, 1.0)
+# ... and on the fitted head rotation (axis-angle, rad): what is left of the points' tremble shows most there,
+# while a head turns slowly next to a blink (the code filter's pose setting, capture.stream.filters).
+HEAD_SMOOTHING = (1.0, 0.5, 1.0)
 
 
 def choose_source(requested: str, synthetic_pack: bool) -> tuple[str, str]:
@@ -71,13 +79,14 @@ def state_from_codes(codes: Codes) -> FitState:
 
 class CodeSource:
     """Per-frame codes of one performer. `needs_crop`: E_flame's 224 input is used; `needs_landmarks`:
-    the face mesh is used. `__call__(crop, landmarks_ndc) -> Codes`; `reset()` when the track is lost."""
+    the face mesh is used. `__call__(crop, landmarks_ndc, time) -> Codes` (time: the frame's seconds);
+    `reset()` when the track is lost."""
 
     name = "network"
     needs_crop = True
     needs_landmarks = False
 
-    def __call__(self, crop: Optional[torch.Tensor], landmarks_ndc: Optional[np.ndarray]) -> Codes:
+    def __call__(self, crop: Optional[torch.Tensor], landmarks_ndc: Optional[np.ndarray], time: float) -> Codes:
         raise NotImplementedError
 
     def reset(self) -> None:
@@ -91,7 +100,7 @@ class NetworkSource(CodeSource):
     def __init__(self, encode: Callable[[torch.Tensor], Codes]):
         self.encode = encode
 
-    def __call__(self, crop, landmarks_ndc) -> Codes:
+    def __call__(self, crop, landmarks_ndc, time) -> Codes:
         return self.encode(crop)
 
 
@@ -104,18 +113,26 @@ class LandmarkSource(CodeSource):
                  config: Optional[FitConfig] = None):
         self.fitter = LandmarkFitter(bases, n_shape=n_shape, config=config)
         self.lids = LidCalibration()
+        self.smoothing = OneEuroFilter(*LANDMARK_SMOOTHING)
+        self.head_smoothing = OneEuroFilter(*HEAD_SMOOTHING)
         self.device = device
         self._times = times
+        self._last_time: Optional[float] = None
 
-    def _fit(self, landmarks_ndc, prior: Optional[FitState] = None) -> FitState:
-        landmarks_ndc = self.lids(landmarks_ndc)
+    def _fit(self, landmarks_ndc, time: float, prior: Optional[FitState] = None) -> FitState:
+        if self._last_time is not None and time <= self._last_time:
+            self.smoothing.reset()  # a seek or a repeated timestamp: start the filters afresh
+            self.head_smoothing.reset()
+        self._last_time = time
+        landmarks_ndc = self.lids(self.smoothing(landmarks_ndc, time))
         if self._times is None:
             return self.fitter.fit(landmarks_ndc, prior_state=prior)
         with self._times("fit"):
             return self.fitter.fit(landmarks_ndc, prior_state=prior)
 
-    def __call__(self, crop, landmarks_ndc) -> Codes:
-        state = self._fit(landmarks_ndc)
+    def __call__(self, crop, landmarks_ndc, time) -> Codes:
+        state = self._fit(landmarks_ndc, time).copy()
+        state.rotation = self.head_smoothing(state.rotation, time)
         return codes_from_state(state, self.fitter.shape, self.device)
 
     def calibrate(self, landmarks_ndc: list) -> None:
@@ -128,6 +145,8 @@ class LandmarkSource(CodeSource):
 
     def reset(self) -> None:
         self.fitter.reset()  # the performer's shape, offsets and lid baseline are kept: likely the same person
+        self.smoothing.reset()
+        self.head_smoothing.reset()
 
 
 class HybridSource(LandmarkSource):
@@ -139,11 +158,11 @@ class HybridSource(LandmarkSource):
         super().__init__(bases, device, n_shape=n_shape, times=times, config=config)
         self.encode = encode
 
-    def __call__(self, crop, landmarks_ndc) -> Codes:
+    def __call__(self, crop, landmarks_ndc, time) -> Codes:
         net = self.encode(crop)
         if landmarks_ndc is None:
             return net
-        state = self._fit(landmarks_ndc, prior=state_from_codes(net))
+        state = self._fit(landmarks_ndc, time, prior=state_from_codes(net))
         return codes_from_state(state, self.fitter.shape, self.device, template=net)
 
 
