@@ -304,6 +304,21 @@ def test_mean_texture_and_albedo(any_head):
             assert varied.min() > -0.1 and varied.max() < 1.15  # plausible colours at two standard deviations
 
 
+def test_lid_and_lip_margin_lines(head):
+    """Dark lash lines on the lid margins and a lip line along the slit, on the texels of the rim and slit
+    vertices (so they move with the lids and lips), for the face mesh trackers to find the lids and the lips."""
+    tex = head.mean_texture.astype(float) / 255
+    lmk_uv = points_on_mesh(head.uvcoords, head.uvfaces, head.full_lmk_faces_idx[0], head.full_lmk_bary_coords[0])
+    skin = texel(tex, 0.5 * (lmk_uv[30] + lmk_uv[19]) + [0.06, 0]).mean()
+    for k in (37, 38, 43, 44):  # upper lid margins
+        assert texel(tex, lmk_uv[k]).mean() < 0.35 * skin, k
+    for k in (40, 41, 46, 47):  # lower lid margins: a lighter line
+        assert texel(tex, lmk_uv[k]).mean() < 0.75 * skin, k
+    lip = texel(tex, lmk_uv[57] + 0.3 * (lmk_uv[66] - lmk_uv[57])).mean()
+    for k in (61, 62, 63):  # the slit (the upper and the lower lips share these texels)
+        assert texel(tex, lmk_uv[k]).mean() < 0.75 * lip, k
+
+
 def test_blendshapes(any_head):
     h = any_head
     mag = np.linalg.norm(h.shapedirs, axis=1).max(axis=0)  # [400] metres per unit coefficient

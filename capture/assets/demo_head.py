@@ -1445,6 +1445,58 @@ _HAIR = np.array([0.30, 0.22, 0.17])
 
 
 @dataclass
+class _Margins:
+    """Rest-pose edges (segments [S, 2, 3]) that the texture draws dark lines along: the upper and the lower
+    rims of the eye openings (lash lines) and the mouth slit (the lip line). Texels are painted by their
+    distance to these segments, so the lines sit on the lid and lip texels next to the rim and slit vertices
+    and move with them."""
+
+    lid_up: np.ndarray
+    lid_low: np.ndarray
+    slit: np.ndarray
+
+
+def _margins(P, removed, design: _Design, mesh: "_Mesh", grid: _Grid) -> _Margins:
+    """The rims of the eye openings (grid edges between a removed and a kept cell) and the mouth slit."""
+    n_rows, n_cols = removed.shape
+    up, low = [], []
+    for i, j in zip(*np.nonzero(removed)):
+        j1 = (j + 1) % n_cols
+        corners = {"top": (P[i, j], P[i, j + 1]), "bottom": (P[i + 1, j], P[i + 1, j + 1]),
+                   "left": (P[i, j], P[i + 1, j]), "right": (P[i, j + 1], P[i + 1, j + 1])}
+        neighbours = {"top": (i - 1, j), "bottom": (i + 1, j), "left": (i, (j - 1) % n_cols), "right": (i, j1)}
+        for side, (ni, nj) in neighbours.items():
+            if 0 <= ni < n_rows and removed[ni, nj]:
+                continue
+            a, b = corners[side]
+            is_up = side == "top" or (side in ("left", "right") and 0.5 * (a[1] + b[1]) > design.eye_y)
+            (up if is_up else low).append((a, b))
+    m = grid.mouth_row
+    cols = np.arange(mesh.slit_cols[0] - 1, mesh.slit_cols[-1] + 2)
+    slit = np.stack([P[m, cols[:-1]], P[m, cols[1:]]], 1)
+    return _Margins(lid_up=np.asarray(up, np.float64).reshape(-1, 2, 3),
+                    lid_low=np.asarray(low, np.float64).reshape(-1, 2, 3), slit=slit)
+
+
+def _segments_distance(points, segments, reach: float):
+    """[N] distance from points [N, 3] to the nearest of segments [S, 2, 3] (inf beyond `reach` of their box)."""
+    out = np.full(len(points), np.inf)
+    if len(segments) == 0:
+        return out
+    lo = segments.reshape(-1, 3).min(0) - reach
+    hi = segments.reshape(-1, 3).max(0) + reach
+    near = np.flatnonzero(np.all((points >= lo) & (points <= hi), axis=-1))
+    q = points[near]
+    dist = np.full(len(near), np.inf)
+    for a, b in segments:
+        ab = b - a
+        t = np.clip((q - a) @ ab / max(float(ab @ ab), 1e-18), 0.0, 1.0)
+        dist = np.minimum(dist, np.linalg.norm(q - (a + t[:, None] * ab), axis=-1))
+    out[near] = dist
+    return out
+
+
+@dataclass
 class _Regions:
     skin: np.ndarray
     lips: np.ndarray
@@ -1453,15 +1505,24 @@ class _Regions:
     cheeks: np.ndarray
     iris: np.ndarray
     sclera: np.ndarray
+    lash_up: np.ndarray  # dark line along the upper lids' margins
+    lash_low: np.ndarray  # thinner, lighter one along the lower lids'
+    lip_line: np.ndarray  # dark line along the mouth slit (both lips' inner edges)
 
 
-def _regions(tx: _Texels, design: _Design, lmk) -> _Regions:
+_LASH_UP = 0.0013  # half widths (metres) of the margin lines
+_LASH_LOW = 0.0005
+_LIP_LINE = 0.0006
+
+
+def _regions(tx: _Texels, design: _Design, lmk, margins: _Margins) -> _Regions:
     """Soft semantic regions of the UV map used by the mean texture and the albedo basis."""
     p = tx.pos
     head = tx.head.astype(float)
     front = _smoothstep(p[..., 2] / 0.03)
     # Lips: lens shapes above and below the mouth line, as tall as the outer lip landmarks are high.
-    hw = design.mouth_half_width * 1.04
+    # They end at the slit's corners (where iBUG 48 and 54 are), so the lip colour marks the mouth's width.
+    hw = 0.5 * (abs(margins.slit[0, 0, 0]) + abs(margins.slit[-1, 1, 0]))
     across = np.sqrt(np.clip(1.0 - (p[..., 0] / hw) ** 2, 0.0, 1.0))
     dy = p[..., 1] - design.mouth_y
     height = np.where(dy > 0, 0.0080, 0.0098) * across ** 0.6
@@ -1500,10 +1561,21 @@ def _regions(tx: _Texels, design: _Design, lmk) -> _Regions:
     iris = _smoothstep((27.0 - thd) / 2.0) * on_eye
     sclera = on_eye * (1.0 - iris)
     skin = head * (1.0 - hair)
-    return _Regions(skin=skin, lips=lips, brows=brows, hair=hair, cheeks=cheeks, iris=iris, sclera=sclera)
+    flat = p.reshape(-1, 3)
+    on_face = (tx.head & (p[..., 2] > 0.03)).astype(float)
+
+    def line(segments, half_width, soft):
+        d = _segments_distance(flat, segments, half_width + soft).reshape(p.shape[:2])
+        return _smoothstep((half_width - d) / soft + 0.5) * on_face
+
+    lash_up = line(margins.lid_up, _LASH_UP, 0.0005)
+    lash_low = line(margins.lid_low, _LASH_LOW, 0.0004)
+    lip_line = line(margins.slit, _LIP_LINE, 0.0004)
+    return _Regions(skin=skin, lips=lips, brows=brows, hair=hair, cheeks=cheeks, iris=iris, sclera=sclera,
+                    lash_up=lash_up, lash_low=lash_low, lip_line=lip_line)
 
 
-def _mean_albedo(tx: _Texels, reg: _Regions, design: _Design, rng) -> np.ndarray:
+def _mean_albedo(tx: _Texels, reg: _Regions, design: _Design, margins: _Margins, rng) -> np.ndarray:
     """[res, res, 3] float RGB in 0..1."""
     res = tx.u.shape[0]
     noise = _periodic_fields(res, 3, rng, n_u=40, n_v=32)
@@ -1512,16 +1584,20 @@ def _mean_albedo(tx: _Texels, reg: _Regions, design: _Design, rng) -> np.ndarray
     img += tx.head[..., None] * _SKIN * (1.0 + 0.025 * noise[0][..., None])
     img = img * (1 - reg.cheeks[..., None] * 0.35) + reg.cheeks[..., None] * 0.35 * np.array([0.88, 0.58, 0.52])
     img = img * (1 - reg.lips[..., None]) + reg.lips[..., None] * np.array([0.72, 0.42, 0.42])
-    img = img * (1 - 0.85 * reg.brows[..., None]) + 0.85 * reg.brows[..., None] * np.array([0.27, 0.19, 0.14])
+    img = img * (1 - 0.9 * reg.brows[..., None]) + 0.9 * reg.brows[..., None] * np.array([0.22, 0.15, 0.11])
     hair = _HAIR * (1.0 + 0.08 * noise[1][..., None])
     img = img * (1 - reg.hair[..., None]) + reg.hair[..., None] * hair
     # Lids and sockets slightly darker, nostrils dark.
     lids = _eye_openings(tx, design)
-    img *= 1.0 - 0.18 * lids[..., None]
+    img *= 1.0 - 0.10 * lids[..., None]
+    # Lash lines along the lid margins (the upper one darker and wider), the lip line along the mouth slit.
+    img = img * (1 - 0.92 * reg.lash_up[..., None]) + 0.92 * reg.lash_up[..., None] * np.array([0.09, 0.06, 0.05])
+    img = img * (1 - 0.7 * reg.lash_low[..., None]) + 0.7 * reg.lash_low[..., None] * np.array([0.22, 0.15, 0.12])
+    img = img * (1 - 0.8 * reg.lip_line[..., None]) + 0.8 * reg.lip_line[..., None] * np.array([0.30, 0.12, 0.12])
     # Eyeballs: sclera, iris with a darker limbus, pupil.
     th = np.rad2deg(np.nan_to_num(tx.eye_theta, nan=180.0))
-    iris_col = np.array([0.33, 0.42, 0.50]) * (0.75 + 0.25 * _smoothstep((th - 10) / 15))[..., None]
-    iris_col = iris_col * (1 - 0.5 * _smoothstep((th - 22.0) / 5.0))[..., None]
+    iris_col = np.array([0.26, 0.20, 0.15]) * (0.7 + 0.3 * _smoothstep((th - 10) / 15))[..., None]
+    iris_col = iris_col * (1 - 0.6 * _smoothstep((th - 22.0) / 4.0))[..., None]
     pupil = _smoothstep((11.0 - th) / 1.5)[..., None]
     eye = reg.sclera[..., None] * np.array([0.92, 0.90, 0.86]) + reg.iris[..., None] * iris_col
     eye = eye * (1 - pupil) + pupil * 0.04
@@ -1531,6 +1607,12 @@ def _mean_albedo(tx: _Texels, reg: _Regions, design: _Design, rng) -> np.ndarray
     cav = ~np.isnan(tx.cavity)
     depth = np.nan_to_num(tx.cavity)[..., None]
     mouth = (1 - depth) * np.array([0.62, 0.30, 0.30]) + depth * np.array([0.20, 0.06, 0.07])
+    # Toward the corners the pouch's walls are lip-coloured, so an open mouth's dark part tapers at the corners.
+    u0, u1 = _CAVITY_UV[:2]
+    columns = len(margins.slit)  # the pouch's column intervals, corner to corner
+    from_corner = (0.5 - np.abs((tx.u - 0.5 * (u0 + u1)) / (u1 - u0))) * columns  # in columns
+    wall = (1.0 - _smoothstep((from_corner - 0.3) / 1.2))[..., None]
+    mouth = mouth * (1 - wall) + wall * np.array([0.60, 0.33, 0.33])
     img[cav] = mouth[cav]
     return np.clip(img, 0.0, 1.0)
 
@@ -1642,15 +1724,17 @@ def make_demo_head(seed: int = 0, n_vertices: Optional[int] = None, albedo_resol
     shapedirs, posedirs = _blendshapes(mesh, design, weights, joints, lmk, rng)
 
     tx = _texels(UV_SIZE, P, grid)
+    margins = _margins(P, removed, design, mesh, grid)
     face_eye_mask, face_mask = _masks(tx, design)
     fixed_displacement = _fixed_displacement(tx, lmk, rng)
     tex_rng_seed = rng.integers(2 ** 31)
     tx512 = _texels(TEXTURE_SIZE, P, grid)
-    mean_512 = _mean_albedo(tx512, _regions(tx512, design, lmk), design, np.random.default_rng(tex_rng_seed))
+    mean_512 = _mean_albedo(tx512, _regions(tx512, design, lmk, margins), design, margins,
+                            np.random.default_rng(tex_rng_seed))
     mean_texture = np.clip(np.round(mean_512 * 255.0), 0, 255).astype(np.uint8)
     txa = tx if albedo_resolution == UV_SIZE else _texels(albedo_resolution, P, grid)
-    reg_a = _regions(txa, design, lmk)
-    mean_a = _mean_albedo(txa, reg_a, design, np.random.default_rng(tex_rng_seed))
+    reg_a = _regions(txa, design, lmk, margins)
+    mean_a = _mean_albedo(txa, reg_a, design, margins, np.random.default_rng(tex_rng_seed))
     basis = _albedo_basis(txa, reg_a, mean_a, rng)
 
     kintree = np.array([[ROOT_PARENT, 0, 1, 1, 1], [0, 1, 2, 3, 4]], np.int64)

@@ -15,7 +15,7 @@ from .official import PACK_FILES, AssetError, load_pack
 from .pack import ModelPack
 
 DEMO = "demo"
-DEMO_PACK_VERSION = 5
+DEMO_PACK_VERSION = 6
 
 
 def cache_dir() -> Path:
