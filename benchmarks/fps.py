@@ -30,6 +30,9 @@ import contextlib
 import datetime as _dt
 import json
 import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as capture/__init__.py: before numpy loads
+
 import platform
 import shlex
 import sys

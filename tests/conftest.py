@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import os
 
-import pytest
+# As capture/__init__.py does for the CLIs: numpy's BLAS on one thread (faster for the fit's small products and
+# bit-reproducible: test modules import numpy before capture, so it is set here, before anything loads it).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 
 # Keep every cache (demo pack, avatar cache) inside the test session, never in the user's home.
 _SESSION_CACHE = None
