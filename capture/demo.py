@@ -34,13 +34,24 @@ from .stream.writer import check_not_input, check_writable, same_file
 
 
 def performer_sequence(n_frames: int, fps: float) -> dict[str, np.ndarray]:
-    """Known motion: jaw opening (rad, about x), the first expression components, head yaw (rad)."""
+    """Known motion: jaw opening (rad, about x), expression coefficients, head yaw (rad).
+
+    The expression uses the demo head's named columns (capture.assets.demo_head.EXPRESSION_NAMES): blinks of
+    each eye, smiles, a brow raise and a frown, so every part of the face the landmarks see moves."""
+    from .assets.demo_head import EXPRESSION_NAMES
+
+    col = {name: k for k, name in enumerate(EXPRESSION_NAMES)}
     t = np.arange(n_frames) / fps
+    blink = lambda *centres: np.clip(sum(np.exp(-0.5 * ((t - c) / 0.07) ** 2) for c in centres), 0, 1)  # noqa: E731
     jaw = 0.22 * np.clip(np.sin(2 * math.pi * t / 1.6), 0, None)
     exp = np.zeros((n_frames, 50), np.float32)
-    exp[:, 0] = 1.5 * np.sin(2 * math.pi * t / 2.0)
-    exp[:, 1] = 1.2 * np.sin(2 * math.pi * t / 1.3 + 1.0)
-    exp[:, 2] = 1.0 * np.sin(2 * math.pi * t / 0.9 + 2.0)
+    exp[:, col["eyeClose_L"]] = blink(0.7, 2.3)
+    exp[:, col["eyeClose_R"]] = blink(0.7, 1.6)  # one blink together, then a wink each
+    smile = 0.8 * np.clip(np.sin(2 * math.pi * t / 2.6 + 0.6), 0, None)
+    exp[:, col["smile_L"]] = exp[:, col["smile_R"]] = smile
+    brows = np.sin(2 * math.pi * t / 3.2 + 2.0)
+    exp[:, col["browUp_L"]] = exp[:, col["browUp_R"]] = 0.8 * np.clip(brows, 0, None)
+    exp[:, col["browDown_L"]] = exp[:, col["browDown_R"]] = 0.6 * np.clip(-brows, 0, None)
     yaw = 0.25 * np.sin(2 * math.pi * t / 3.0)
     return {"jaw": jaw.astype(np.float32), "exp": exp, "yaw": yaw.astype(np.float32)}
 
@@ -48,7 +59,9 @@ def performer_sequence(n_frames: int, fps: float) -> dict[str, np.ndarray]:
 def render_performer_clip(deca: DECA, path: Path, n_frames: int, size: tuple[int, int], fps: float) -> dict:
     """Write the performer clip (with audio); returns the known sequences."""
     with FaceDetector() as detector:
-        performer, _ = load_avatar(deca, "astronaut", detector, cache_dir() / "avatars", texture="photo")
+        # the astronaut's face fitted onto the demo head by its landmarks, wearing her photo
+        performer, _ = load_avatar(deca, "astronaut", detector, cache_dir() / "avatars", texture="photo",
+                                   codes_from="landmarks")
     w, h = size
     renderer = AvatarRenderer(deca, performer, "avatar", (h, w), pose_mode="source")
     seq = performer_sequence(n_frames, fps)
