@@ -337,8 +337,9 @@ def test_blendshapes(any_head):
         strain = np.linalg.norm(d[edges[:, 0]] - d[edges[:, 1]], axis=1) / length
         name = EXPRESSION_NAMES[c - 300] if 300 <= c < 300 + n_designed else ""
         # Smooth fields: no tearing, no sharp creases. The skin between a lid's rim and its brow stretches
-        # (in a real face it unfolds from under the lid crease).
-        assert strain.max() < (1.6 if name.startswith(lids_and_brows) else 0.5 if name else 0.35), (c, name)
+        # (in a real face it unfolds from under the lid crease), the more so as the lid's motion fades out
+        # below the brow, which a closing eye leaves in place.
+        assert strain.max() < (1.8 if name.startswith(lids_and_brows) else 0.5 if name else 0.35), (c, name)
     eyes = h.weights[:, 3] == 1
     eye_shift = h.shapedirs[eyes][:, :, :300]
     np.testing.assert_allclose(eye_shift, np.broadcast_to(eye_shift[:1], eye_shift.shape), atol=1e-12)  # rigid
@@ -497,6 +498,11 @@ def test_columns_move_the_landmarks_they_should(head):
         assert wide[list(upper), 1].min() > 2 * mm and np.abs(wide[list(lower)]).max() < 0.1 * mm
         cheek = m[f"cheekRaise_{s}"]
         assert cheek[list(lower), 1].min() > 1 * mm and np.abs(cheek[list(upper)]).max() < 0.1 * mm
+        # Closing an eye leaves its brow where it is (MediaPipe on a render read a brow that sank 1.5 mm with the
+        # lid as a lowered brow, against what real faces do).
+        close = m[f"eyeClose_{s}"]
+        brows = list(range(22, 27)) if s == "L" else list(range(17, 22))
+        assert np.abs(close[brows]).max() < 0.3 * mm
     inner_up = m["browInnerUp"]
     assert inner_up[[21, 22], 1].min() > 4 * mm and inner_up[[17, 26], 1].max() < 0.5 * inner_up[[21, 22], 1].min()
     # Mouth: opening, pressing, rounding.

@@ -1003,7 +1003,8 @@ def _scale_to_max(field, magnitude):
 
 
 _LID_CLEARANCE = 0.00035  # a moving lid vertex stays this far outside its eyeball (the rims rest 0.4 mm out)
-_LID_SPREAD_UP = np.deg2rad(26.0)  # how far above the upper rim (angle about the eyeball centre) lid motion fades
+_LID_SPREAD_UP = np.deg2rad(18.0)  # how far above the upper rim (angle about the eyeball centre) lid motion fades:
+# below the brow, which a closing eye leaves where it is
 _LID_SPREAD_LOW = np.deg2rad(25.0)  # and below the lower rim
 
 

@@ -15,7 +15,7 @@ from .official import PACK_FILES, AssetError, load_pack
 from .pack import ModelPack
 
 DEMO = "demo"
-DEMO_PACK_VERSION = 6
+DEMO_PACK_VERSION = 7
 
 
 def cache_dir() -> Path:
