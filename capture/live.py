@@ -34,7 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-display", action="store_true", help="no preview window")
     parser.add_argument("--record", default=None, metavar="OUT", help="record the output video")
     parser.add_argument("--max-seconds", type=float, default=None, help="stop after this many seconds")
-    parser.add_argument("--no-smooth", action="store_true", help="turn off the One-Euro code filter")
+    parser.add_argument("--no-smooth", action="store_true",
+                        help="turn off the One-Euro code filter (on by default for network and hybrid codes; the "
+                             "landmark source smooths its points and head rotation itself)")
     parser.add_argument("--size", default=None, metavar="WxH", help="requested camera mode, e.g. 1280x720")
     parser.add_argument("--fps", type=float, default=None, help="requested camera frame rate")
     args = parser.parse_args(argv)
@@ -98,7 +100,7 @@ def main(argv=None) -> int:
         raise
     frame_size = (source.height, source.width)
     session = RetargetSession(model.deca, model.avatar, frame_size, layout=args.layout, pose_mode=args.pose,
-                              smooth=not args.no_smooth, hold_seconds=args.hold,
+                              smooth=not args.no_smooth and model.codes_from != "landmarks", hold_seconds=args.hold,
                               encode_flame=model.encode_flame, decode_detail=model.decode_detail, codes_from=model.codes_from)
     out_h, out_w = session.output_size
     writer = None
