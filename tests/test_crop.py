@@ -63,7 +63,7 @@ def _assert_in_bounds(box, bounds=ASTRO_BOUNDS, dx=0.0, dy=0.0, s=1.0):
 def test_astronaut_one_face_with_landmark_box(astro_face):
     _assert_in_bounds(astro_face.box)
     assert astro_face.score > 0.8
-    assert astro_face.landmarks is not None and astro_face.landmarks.shape == (468, 2)
+    assert astro_face.landmarks is not None and astro_face.landmarks.shape == (478, 2)  # refined: + 10 iris points
     # The box is the min/max of the jaw+brow mesh points (DECA's kpt68 box), so every point lies in it.
     jaw_brow = astro_face.landmarks[list(C.KPT68_MESH_IDX)]
     assert np.all(jaw_brow >= np.array(astro_face.box[:2]) - 1e-3)
