@@ -232,7 +232,8 @@ def test_live_missing_camera_is_one_line(tmp_path):
 
 
 def test_smoothing_reduces_jitter_on_a_steady_face(tmp_path, pack_dir):
-    """A still face with sensor noise: --smooth must cut the frame-to-frame jitter of the codes."""
+    """A still face with sensor noise: --smooth must cut the frame-to-frame jitter of E_flame's codes. (The
+    landmark source smooths its own points; benchmarks/jitter.py compares the sources.)"""
     from face_clips import SIZE, _astronaut_frame
 
     from capture import video
@@ -249,7 +250,8 @@ def test_smoothing_reduces_jitter_on_a_steady_face(tmp_path, pack_dir):
     for mode in ("raw", "smooth"):
         codes = tmp_path / f"{mode}.npz"
         args = [str(clip.path), "-o", str(tmp_path / f"{mode}.mp4"), "--assets", str(pack_dir), "--no-progress",
-                "--codes", str(codes), "--backend", "torch"] + (["--smooth"] if mode == "smooth" else [])
+                "--codes", str(codes), "--backend", "torch", "--codes-from", "network"] + (
+                    ["--smooth"] if mode == "smooth" else [])
         assert video.main(args) == 0
         saved = np.load(codes)
         series = np.concatenate([saved["exp"], saved["pose"], saved["cam"]], axis=1)[5:]  # after the warm-up
