@@ -284,7 +284,11 @@ def make_engines(name: str, pack, device: torch.device, args, calibration: Calla
         what = "PyTorch CUDA graphs " + ("fp16" if half else "fp32") if cuda else "PyTorch eager fp32"
         settings = {"cuda_graphs": cuda, "half": half}
     elif name in ("onnxruntime", "onnxruntime-int8"):
-        opts = dict(threads=args.ort_threads or None, spinning=args.spinning)
+        from capture.backends.onnxruntime_backend import pipeline_threads
+
+        # the product's setting unless --ort-threads says otherwise (capture.cli_common)
+        default = pipeline_threads(args.codes_from_resolved) if device.type == "cpu" else None
+        opts = dict(threads=args.ort_threads or default, spinning=args.spinning)
         if name == "onnxruntime-int8":
             from capture.export import ensure_int8_onnx
 
@@ -380,6 +384,7 @@ class Bench:
         from capture.sources import choose_source
 
         self.codes_from, why = choose_source(args.codes_from, self.pack.synthetic)
+        args.codes_from_resolved = self.codes_from
         say(f"codes from {self.codes_from} ({why})")
         self.deca = DECA.from_pack(self.pack, device=self.device)
         with FaceDetector() as detector:
@@ -543,8 +548,7 @@ class Bench:
                 else:
                     self._record(result, out)
 
-            pipeline = Pipeline(source, stages=[("crop", session.crop), ("infer_codes", session.infer_codes),
-                                                ("render_codes", session.render_codes)],
+            pipeline = Pipeline(source, stages=session.stages,
                                 sink=sink, policy="live" if self.args.live else "offline",
                                 depth=1 if self.args.live else self.args.depth, finalize=writer.close)
             self._gpu_reset()
@@ -559,8 +563,8 @@ class Bench:
             torch.set_num_threads(_DEFAULT_TORCH_THREADS)
         result.frames, result.wall_s, result.fps, result.dropped = stats.frames_out, stats.wall_s, stats.fps, stats.dropped
         stages = {k: _stage_json(v) for k, v in times.stats().items()}
-        renames = {"source": "decode", "sink": "encode", "crop": "crop", "infer_codes": "stage E_flame+LBS",
-                   "render_codes": "stage D_detail+draw"}
+        renames = {"source": "decode", "sink": "encode", "crop": "crop", "codes": "stage codes+LBS",
+                   "detail": "stage D_detail", "render": "stage draw"}
         for name, s in stats.stages.items():
             stages[renames[name]] = _stage_json(s)
         result.stages = stages
@@ -751,7 +755,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch intra-op threads in the pipelined runs (default 1: stages share the cores)")
     parser.add_argument("--ort-threads", type=int, default=0,
-                        help="ONNX Runtime intra-op threads per network (default 0 = physical cores)")
+                        help="ONNX Runtime intra-op threads per network (default 0 = the product's: 1 with landmark "
+                             "codes, else physical cores)")
     parser.add_argument("--spinning", action="store_true",
                         help="let ONNX Runtime's idle workers spin (its own default; off in capture's backend)")
     parser.add_argument("--depth", type=int, default=2, help="pipeline queue depth (offline policy)")

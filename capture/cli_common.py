@@ -85,7 +85,10 @@ def build_model_side(args, say: Callable[[str], None]) -> ModelSide:
     if args.backend != "torch":
         from .backends import InferenceEngines
 
-        engines = InferenceEngines(pack, args.backend, device=device)
+        from .backends.onnxruntime_backend import pipeline_threads
+
+        options = {"onnxruntime": {"threads": pipeline_threads(codes_from)}} if device == "cpu" else None
+        engines = InferenceEngines(pack, args.backend, device=device, options=options)
         # E_flame runs per frame only when the codes come from it
         networks = ("D_detail",) if codes_from == "landmarks" else ("E_flame", "D_detail")
         try:

@@ -134,8 +134,7 @@ def main(argv=None) -> int:
         timer = threading.Timer(args.max_seconds, quit_event.set)
         timer.daemon = True
         timer.start()
-    pipeline = Pipeline(source, stages=[("crop", session.crop), ("codes", session.infer_codes),
-                                         ("render", session.render_codes)], sink=sink,
+    pipeline = Pipeline(source, stages=session.stages, sink=sink,
                         policy="live", depth=1, finalize=finalize, quit_event=quit_event)
     try:
         try:

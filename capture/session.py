@@ -135,9 +135,24 @@ class RetargetSession:
         parts = CODE_LAYOUT.split(torch.as_tensor(code, device=self.deca.device))
         return Codes(**parts, detail=torch.zeros(1, CODE_LAYOUT.n_detail, device=self.deca.device))
 
+    @property
+    def stages(self) -> list[tuple[str, Callable]]:
+        """The per-frame work as pipeline stages, in order, for `capture.stream.pipeline.Pipeline` (video, live
+        and benchmarks/fps.py all run these): face tracking and the crop | codes, merge and LBS | D_detail |
+        shading, rasterising and compositing. D_detail has a stage of its own: it is the largest single step,
+        and beside the others it would hold up the whole pipeline on a 2-core CPU."""
+        return [("crop", self.crop), ("codes", self.infer_codes), ("detail", self.detail_codes),
+                ("render", self.render_codes)]
+
     def infer(self, item: CropResult) -> FrameOutput:
-        """Both halves in one call: crop result -> output picture."""
-        return self.render_codes(self.infer_codes(item))
+        """Every stage after the crop in one call: crop result -> output picture."""
+        return self.render_codes(self.detail_codes(self.infer_codes(item)))
+
+    def detail_codes(self, result: "CodesResult") -> "CodesResult":
+        """Third stage: D_detail on the frame's jaw and expression (nothing for a frame passed through)."""
+        if result.prepared is not None:
+            self.renderer.detail(result.prepared)
+        return result
 
     def infer_codes(self, item: CropResult) -> CodesResult:
         """First half: E_flame (or the held codes), the code filter, merge, LBS."""

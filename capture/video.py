@@ -156,8 +156,7 @@ def main(argv=None) -> int:
             progress.update(1)
 
     started = time.perf_counter()
-    pipeline = Pipeline(reader, stages=[("crop", session.crop), ("codes", session.infer_codes),
-                                         ("render", session.render_codes)], sink=sink,
+    pipeline = Pipeline(reader, stages=session.stages, sink=sink,
                         policy="offline", depth=2, finalize=writer.close)
     try:
         try:
@@ -185,7 +184,8 @@ def main(argv=None) -> int:
     say(f"{stopped}wrote {writer.frames_written} frames to {out_path} "
         f"in {elapsed:.1f} s ({writer.frames_written / max(elapsed, 1e-9):.1f} FPS); "
         f"frames without a face: {c.without_face} (held {c.held}, passed through {c.passed_through}); "
-        f"audio: {writer.audio_summary}{damage}{resized}; backend: {model.backend_name}")
+        f"audio: {writer.audio_summary}{damage}{resized}; backend: {model.backend_name}; "
+        f"codes from {model.codes_from}; D_detail reused on {session.renderer.detail_reused} frames")
     say("per stage (median / p95 ms): " + ", ".join(
         f"{name} {s.median_ms:.1f}/{s.p95_ms:.1f}" for name, s in stats.stages.items() if s.count))
     if reader.truncated:

@@ -43,6 +43,16 @@ def _ort():
     return onnxruntime
 
 
+def pipeline_threads(codes_from: str) -> Optional[int]:
+    """Intra-op threads per ONNX Runtime session inside the 4-stage CPU pipeline (None: physical cores).
+
+    With landmark codes only D_detail runs per frame, beside three other busy stages: one thread each keeps the
+    cores to the stages (benchmarks/fps.py, 2 cores, 640x360: 32.0 FPS with 1 thread, 28.5 with 2). E_flame, a
+    4 GMAC network, still gains from the second thread in the network and hybrid modes.
+    """
+    return 1 if codes_from == "landmarks" else None
+
+
 def session_options(threads: Optional[int] = None, spinning: bool = False):
     """Tuned options: intra-op threads = physical cores, all graph optimisations, sequential, memory pattern.
 
