@@ -33,9 +33,24 @@ def demo(demo_pack):
 
 
 @pytest.fixture(scope="module")
-def random_model():
-    """A FLAME-layout model with dense random bases and random landmark faces (tests/test_flame.py)."""
+def random_model(tmp_path_factory):
+    """A FLAME-layout model with dense random bases and random landmark faces (tests/test_flame.py), written as
+    FLAME 2020's `generic_model.pkl` and DECA's `landmark_embedding.npy` and read back by the official loaders:
+    the fitter sees what an official pack gives it."""
+    from capture.assets.demo import write_flame_pickle, write_landmark_embedding
+    from capture.assets.official import read_flame_pickle, read_landmark_embedding
+
     flame, lmk = make_model(seed=3)
+    folder = tmp_path_factory.mktemp("official-format")
+    write_flame_pickle(folder / "generic_model.pkl", v_template=flame.v_template, shapedirs=flame.shapedirs,
+                       posedirs=flame.posedirs, J_regressor=flame.J_regressor, weights=flame.weights,
+                       kintree_table=flame.kintree_table, faces=flame.faces)
+    write_landmark_embedding(folder / "landmark_embedding.npy", static_faces=lmk.static_lmk_faces_idx,
+                             static_bary=lmk.static_lmk_bary_coords, dynamic_faces=lmk.dynamic_lmk_faces_idx,
+                             dynamic_bary=lmk.dynamic_lmk_bary_coords, full_faces=lmk.full_lmk_faces_idx,
+                             full_bary=lmk.full_lmk_bary_coords)
+    flame = read_flame_pickle(folder / "generic_model.pkl")
+    lmk = read_landmark_embedding(folder / "landmark_embedding.npy")
     return FLAME.from_arrays(flame, lmk), LandmarkBases.from_model(flame, lmk)
 
 
@@ -109,8 +124,9 @@ def test_recovers_pose_jaw_and_expression_on_the_demo_head(demo, yaw):
     assert np.sqrt(np.mean(err[keep] ** 2)) < 0.012
 
 
-def test_recovers_codes_on_a_random_flame_layout_model(random_model):
-    """Dense random bases and landmarks (not a face): the solver, not the demo head's design."""
+def test_recovers_codes_on_an_official_format_pack(random_model):
+    """Dense random bases and landmarks (not a face), read from official-format files: the solver, not the demo
+    head's design."""
     flame, bases = random_model
     rng = np.random.default_rng(5)
     exp = rng.normal(size=50) * 0.5
