@@ -144,3 +144,77 @@ def run_cli(main: Callable[[], int]) -> None:
         print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr)
         code = 128 + signum
     sys.exit(code)
+
+
+def add_channel_arguments(parser: argparse.ArgumentParser, export: bool) -> None:
+    """--osc (capture.live and capture.video) and --export (capture.video)."""
+    parser.add_argument("--osc", default=None, metavar="HOST[:PORT]",
+                        help="stream the ARKit channels, VRM presets and head bone with the VMC protocol over UDP "
+                             "(port 39539 if omitted)")
+    if export:
+        parser.add_argument("--export", action="append", default=[], metavar="FILE",
+                            help="write the take as an animation file, format from the extension: .csv (Live Link "
+                                 "Face take); repeatable")
+
+
+class ChannelOutputs:
+    """The named channels of each output frame (capture.channels) to the --export takes and the --osc stream.
+    Runs in the pipeline's sink; a frame that passed through repeats the last channels (tracking 0 on OSC)."""
+
+    def __init__(self, deca: DECA, exports=(), osc: Optional[str] = None, inputs=()):
+        from .channels import ChannelModel
+        from .stream.writer import check_not_input, check_writable
+        from .takes import take_writer_for
+        from .vmc import VMCSender, neck_position, parse_address
+
+        writers = []
+        try:
+            for path in exports:
+                writers.append(take_writer_for(path))
+            address = parse_address(osc) if osc else None
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        for path in exports:
+            check_not_input(path, inputs, what="--export file")
+            check_writable(str(path))
+        self.model = ChannelModel(deca.flame)
+        self.takes = [cls(path) for cls, path in zip(writers, exports)]
+        self.sender = None
+        if address is not None:
+            self.sender = VMCSender(*address)
+            self._neck_for = None
+            self._neck_position = neck_position
+        self._flame = deca.flame
+        self._last = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.takes) or self.sender is not None
+
+    def add(self, out) -> None:
+        """One `capture.session.FrameOutput`."""
+        channels = None
+        if out.codes is not None:
+            channels = self.model(out.codes)
+            self._last = (channels, out.codes["pose"][:3])
+        for take in self.takes:
+            take.add(out.frame.time, channels)
+        if self.sender is not None and self._last is not None:
+            if out.codes is not None and self._neck_for is None:
+                self._neck_for = out.codes["shape"]  # the avatar's shape: constant over a run
+                self.sender.neck_position = self._neck_position(self._flame, out.codes["shape"])
+            self.sender.send(self._last[0], out.frame.time, self._last[1], tracking=out.codes is not None)
+
+    def close(self) -> None:
+        for take in self.takes:
+            take.close()
+        if self.sender is not None:
+            self.sender.close()
+
+    def summary(self) -> str:
+        parts = [f"take {t.path} ({t.rows} rows)" for t in self.takes]
+        if self.sender is not None:
+            s = self.sender
+            parts.append(f"VMC to {s.address[0]}:{s.address[1]}: {s.frames} frames sent"
+                         + (f", {s.errors} failed ({s.last_error})" if s.errors else ""))
+        return "; ".join(parts)

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from .cli_common import CliError, add_model_arguments, build_model_side, run_cli
+from .cli_common import ChannelOutputs, CliError, add_channel_arguments, add_model_arguments, build_model_side, run_cli
 from .session import FrameOutput, RetargetSession
 from .stream.camera import open_camera
 from .stream.pipeline import Pipeline
@@ -39,6 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "landmark source smooths its points and head rotation itself)")
     parser.add_argument("--size", default=None, metavar="WxH", help="requested camera mode, e.g. 1280x720")
     parser.add_argument("--fps", type=float, default=None, help="requested camera frame rate")
+    add_channel_arguments(parser, export=False)
     args = parser.parse_args(argv)
     if args.layout == "side-by-side" and "--layout" not in (argv if argv is not None else sys.argv):
         args.layout = "avatar"  # live default: the avatar alone, at camera resolution
@@ -92,6 +93,13 @@ def main(argv=None) -> int:
         check_writable(args.record)
         check_not_input(args.record, [args.cam, args.target], what="--record file")
         check_encoder(args.record)
+    if args.osc:
+        from .vmc import parse_address
+
+        try:
+            parse_address(args.osc)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
     source = open_camera(cam, size=size, fps=args.fps)  # a missing camera fails before the model loads
     try:
         model = build_model_side(args, say)
@@ -110,6 +118,7 @@ def main(argv=None) -> int:
     say(f"live from {source.name} ({source.format_name}, {source.width}x{source.height}); "
         f"backend {model.backend_name}; layout {args.layout}" + (f"; recording to {args.record}" if writer else ""))
 
+    channels = ChannelOutputs(model.deca, osc=args.osc) if args.osc else None
     quit_event = threading.Event()
     preview = Preview(quit_event) if display else None
     last_pts = [None]
@@ -120,6 +129,8 @@ def main(argv=None) -> int:
             if last_pts[0] is None or pts > last_pts[0]:  # a camera can repeat a timestamp; keep it monotonic
                 writer.write(out.image, pts)
                 last_pts[0] = pts
+        if channels is not None:
+            channels.add(out)
         if preview is not None:
             preview.show(out)
 
@@ -128,6 +139,8 @@ def main(argv=None) -> int:
             writer.close()
         if preview is not None:
             preview.close()
+        if channels is not None:
+            channels.close()
 
     timer = None
     if args.max_seconds:
@@ -151,7 +164,8 @@ def main(argv=None) -> int:
     c = session.counters
     ended = stats.reason if stats.interrupted else (source.ended_reason or stats.reason)
     say(f"stopped ({ended}): {stats.frames_out} frames shown, {stats.dropped} dropped, {stats.fps:.1f} FPS; "
-        f"frames without a face: {c.without_face}" + (f"; recorded {writer.frames_written} frames" if writer else ""))
+        f"frames without a face: {c.without_face}" + (f"; recorded {writer.frames_written} frames" if writer else "")
+        + (f"; {channels.summary()}" if channels is not None else ""))
     say("per stage (median / p95 ms): " + ", ".join(
         f"{name} {s.median_ms:.1f}/{s.p95_ms:.1f}" for name, s in stats.stages.items() if s.count))
     if source.disconnected:

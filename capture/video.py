@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from .cli_common import CliError, add_model_arguments, build_model_side, run_cli
+from .cli_common import ChannelOutputs, CliError, add_channel_arguments, add_model_arguments, build_model_side, run_cli
 from .meshio import write_obj
 from .session import FrameOutput, RetargetSession
 from .stream.pipeline import Pipeline
@@ -92,6 +92,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=None, metavar="S", help="seconds to process")
     parser.add_argument("--codec", default=None, help="video encoder (default: libx264, libvpx-vp9 for .webm)")
     parser.add_argument("--crf", type=int, default=18, help="encoder quality (lower = better, default 18)")
+    add_channel_arguments(parser, export=True)
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
@@ -115,6 +116,17 @@ def main(argv=None) -> int:
     codec = check_encoder(out_path, args.codec)
     if args.codes:
         check_writable(args.codes)
+    if args.export or args.osc:  # the format and address are checked before any expensive work
+        from .takes import take_writer_for
+        from .vmc import parse_address
+
+        try:
+            for path in args.export:
+                take_writer_for(path)
+            if args.osc:
+                parse_address(args.osc)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
     try:
         reader = VideoReader(args.input, start=args.start, duration=args.duration)
     except ValueError as exc:
@@ -136,6 +148,8 @@ def main(argv=None) -> int:
         f"{' (cached avatar)' if model.avatar_cached else ''}; backend {model.backend_name}; "
         f"LBS {model.deca.lbs_backend}; layout {args.layout}")
 
+    channels = (ChannelOutputs(model.deca, args.export, args.osc, inputs=inputs)
+                if args.export or args.osc else None)
     recorder = CodeRecorder() if args.codes else None
     progress = None
     if not args.no_progress:
@@ -149,6 +163,8 @@ def main(argv=None) -> int:
         latencies.append(out.latency)
         if recorder is not None:
             recorder.add(out)
+        if channels is not None:
+            channels.add(out)
         if args.meshes and out.vertices is not None:
             write_obj(Path(args.meshes) / f"frame_{out.frame.index:06d}.obj", out.vertices, model.deca.pack.uv.faces,
                       model.deca.pack.uv.uvcoords, model.deca.pack.uv.uvfaces)
@@ -172,6 +188,8 @@ def main(argv=None) -> int:
             progress.close()
         session.close()
         reader.close()
+        if channels is not None:
+            channels.close()
     elapsed = time.perf_counter() - started
     if recorder is not None:
         recorder.save(Path(args.codes), reader.time_base)
@@ -186,6 +204,8 @@ def main(argv=None) -> int:
         f"frames without a face: {c.without_face} (held {c.held}, passed through {c.passed_through}); "
         f"audio: {writer.audio_summary}{damage}{resized}; backend: {model.backend_name}; "
         f"codes from {model.codes_from}; D_detail reused on {session.renderer.detail_reused} frames")
+    if channels is not None:
+        say(channels.summary())
     say("per stage (median / p95 ms): " + ", ".join(
         f"{name} {s.median_ms:.1f}/{s.p95_ms:.1f}" for name, s in stats.stages.items() if s.count))
     if reader.truncated:
