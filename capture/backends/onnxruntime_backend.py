@@ -113,6 +113,9 @@ class OnnxRuntimeBackend(Backend):
             raise RuntimeError(f"onnxruntime could not start the CUDA execution provider (active: {active}); "
                                "check that onnxruntime-gpu matches the installed CUDA/cuDNN")
         self.providers = active
+        threads_used = self.session.get_session_options().intra_op_num_threads
+        self.detail = (f"ONNX Runtime {ort.__version__} {'CUDA' if self.device.type == 'cuda' else 'CPU'}, "
+                       f"{threads_used} thread{'s' if threads_used != 1 else ''}")  # what runs, for `.reason`
 
     @classmethod
     def available(cls, device: str = "cpu") -> tuple[bool, str]:

@@ -72,7 +72,7 @@ def make_backend(name: str, network: str, pack, device: Optional[str] = None, *,
         if not ok:
             raise ValueError(f"backend {name!r} is unavailable on {dev}: {why}. Available here: " + _summary(device))
         backend = _construct(name, network, pack, dev, engines_dir, options)
-        backend.reason = f"{name} on {backend.device}: requested explicitly ({why})"
+        backend.reason = f"{name} on {backend.device}: requested explicitly ({getattr(backend, 'detail', why)})"
         return backend
     passed_over = []
     for backend_name, dev, ok, why in availability(device):
@@ -87,6 +87,7 @@ def make_backend(name: str, network: str, pack, device: Optional[str] = None, *,
             passed_over.append(f"{backend_name}/{dev}: failed to start ({type(exc).__name__}: {exc})")
             continue
         skipped = f"; passed over: {' | '.join(passed_over)}" if passed_over else ""
+        why = getattr(backend, "detail", why)  # what was started (e.g. its thread count), not what could be
         backend.reason = f"auto chose {backend_name} on {backend.device}: fastest available here ({why}){skipped}"
         return backend
     raise ValueError(f"no backend can run {network} on {device or 'any device'}: " + " | ".join(passed_over))
