@@ -133,7 +133,7 @@ def test_fast_renderer_matches_the_reference_renderer(demo_pack):
         fast = AvatarRenderer(deca, avatar, layout, (120, 200), times=times).render(frame, source, T).image
         assert ref.shape == fast.shape
         diff = np.abs(ref.astype(int) - fast.astype(int)).max(-1)
-        assert (diff > 0).mean() < 1e-3 and diff.max() <= 255  # rounding at the odd pixel / edge
+        assert (diff > 0).mean() < 1e-3  # rounding at the odd pixel / edge
         assert (diff > 1).sum() <= 3
         assert {"LBS", "D_detail", "shading", "rasterize", "composite"} <= set(times.stats())
 
