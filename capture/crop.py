@@ -391,7 +391,8 @@ class FaceDetector:
         return faces
 
     def track_mesh(self, image: np.ndarray) -> Optional[np.ndarray]:
-        """Face mesh in tracking mode (carries its ROI over frames; one face): [468, 2] float32 pixels or None."""
+        """Face mesh in tracking mode (carries its ROI over frames; one face): [468, 2] float32 pixels, [478, 2]
+        with `refine`, or None."""
         meshes = self._mesh_points(self._mesh_tracking(), as_rgb_uint8(image))
         return meshes[0] if meshes else None
 

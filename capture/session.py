@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .avatar import Avatar
-from .crop import FaceTracker, crop_to_tensor, crop_transform
+from .crop import FaceDetector, FaceTracker, crop_to_tensor, crop_transform
 from .deca import DECA, Codes
 from .nets import CODE_LAYOUT
 from .retarget import AvatarRenderer, Prepared
@@ -83,12 +83,14 @@ class RetargetSession:
         self._times = times if times is not None else no_times
         self.renderer = AvatarRenderer(deca, avatar, layout, frame_size, pose_mode, decode_detail=decode_detail,
                                        reference=reference, times=times)
-        self.tracker = tracker if tracker is not None else FaceTracker()
+        self.source = make_source(codes_from, self.encode, deca, times)
+        # MediaPipe's attention refinement (lids and lips) costs a few ms a frame; only the landmark fit uses it
+        self._detector = None if tracker is not None else FaceDetector(refine=self.source.needs_landmarks)
+        self.tracker = tracker if tracker is not None else FaceTracker(self._detector)
         self.filter = CodeFilter() if smooth else None
         self.hold_seconds = hold_seconds
         self.keep_vertices = keep_vertices
         self._encode_flame = encode_flame
-        self.source = make_source(codes_from, self.encode, deca, times)
         self._last: Optional[tuple[Codes, np.ndarray, float]] = None  # codes, T, time of the last face
         self.counters = SessionCounters()
 
@@ -202,3 +204,5 @@ class RetargetSession:
 
     def close(self) -> None:
         self.tracker.close()
+        if self._detector is not None:
+            self._detector.close()
