@@ -189,15 +189,13 @@ class FitState:
     jaw: np.ndarray  # [3] jaw rotation, axis-angle
     exp: np.ndarray  # [n_exp]
     cam: np.ndarray  # [3] s, tx, ty
-    cost: float = 0.0
-    rms: float = 0.0  # RMS landmark error (crop NDC) of the weighted inliers
 
     @property
     def pose(self) -> np.ndarray:
         return np.concatenate([self.rotation, self.jaw])
 
     def copy(self) -> "FitState":
-        return FitState(self.rotation.copy(), self.jaw.copy(), self.exp.copy(), self.cam.copy(), self.cost, self.rms)
+        return FitState(self.rotation.copy(), self.jaw.copy(), self.exp.copy(), self.cam.copy())
 
 
 @dataclass
@@ -367,28 +365,24 @@ class LandmarkFitter:
         return (pred, J, offsets) if with_shape else (pred, J)
 
     # ------------------------------------------------------------------------------------------- solving
-    def _priors(self, with_shape: bool):
-        """Diagonal prior weights over the parameter vector and their means (zero / previous frame)."""
+    def _priors(self) -> np.ndarray:
+        """Diagonal prior weights over one frame's parameter vector (rotation | jaw | exp | cam)."""
         ne = self.b.n_exp
-        n = 9 + ne + (self.n_shape if with_shape else 0)
-        lam = np.zeros(n)
+        lam = np.zeros(9 + ne)
         lam[3:6] = self.cfg.jaw_prior
         lam[6:6 + ne] = self._exp_prior
-        if with_shape:
-            lam[9 + ne:] = self.cfg.shape_prior
         return lam
 
     def _solve_frame(self, target: np.ndarray, valid: np.ndarray, state: FitState, iterations: int,
                      previous: Optional[FitState], mean: Optional[FitState] = None) -> FitState:
         cfg, ne = self.cfg, self.b.n_exp
-        lam = self._priors(False)
+        lam = self._priors()
         x_mean = np.zeros(9 + ne) if mean is None else self._vector(mean)
         temporal = np.zeros_like(lam)
         if previous is not None:
             temporal[3:6 + ne] = cfg.temporal
         damping = 1e-3
         state = state.copy()
-        cost = None
         for _ in range(iterations):
             pred, J = self._jacobian(state, with_shape=False)
             r = pred - target  # [68, 2]
@@ -397,9 +391,6 @@ class LandmarkFitter:
             robust = self.weights * valid / (1.0 + e2 / c2)  # IRLS weights of the Cauchy loss
             x = self._vector(state)
             x_prev = self._vector(previous) if previous is not None else x
-            data = 0.5 * c2 * float(np.sum(self.weights * valid * np.log1p(e2 / c2)))
-            prior = 0.5 * float(np.sum(lam * (x - x_mean) ** 2) + np.sum(temporal * (x - x_prev) ** 2))
-            cost = data + prior
             J2 = J.reshape(-1, J.shape[-1])
             Jw = J2 * np.repeat(robust, 2)[:, None]
             H = Jw.T @ J2 + np.diag(lam + temporal)
@@ -412,10 +403,6 @@ class LandmarkFitter:
             state = self._apply(state, step)
             if np.abs(step).max() < 1e-6:
                 break
-        state.cost = float(cost or 0.0)
-        r = self.project(state) - target
-        inl = valid * self.weights > 0
-        state.rms = float(np.sqrt(np.mean((r[inl] ** 2).sum(1)))) if inl.any() else 0.0
         return state
 
     def _vector(self, state: FitState) -> np.ndarray:
@@ -524,7 +511,7 @@ class LandmarkFitter:
         if not self._reservoir:
             return
         cfg = self.cfg
-        lam_frame = self._priors(False)
+        lam_frame = self._priors()
         c2 = cfg.robust_scale ** 2
         frames = [(t, v, s.copy()) for t, v, s in self._reservoir]
         # global unknowns: shape (ns) then offsets (68 x 2), with their Gaussian priors
