@@ -27,17 +27,19 @@ from typing import Optional
 from .channels import ARKIT_NAMES, Channels
 
 TIMECODE_RATE = 60
-LIVE_LINK_FACE_BLENDSHAPES = (
-    "EyeBlinkLeft", "EyeLookDownLeft", "EyeLookInLeft", "EyeLookOutLeft", "EyeLookUpLeft", "EyeSquintLeft",
-    "EyeWideLeft", "EyeBlinkRight", "EyeLookDownRight", "EyeLookInRight", "EyeLookOutRight", "EyeLookUpRight",
-    "EyeSquintRight", "EyeWideRight", "JawForward", "JawRight", "JawLeft", "JawOpen", "MouthClose", "MouthFunnel",
-    "MouthPucker", "MouthRight", "MouthLeft", "MouthSmileLeft", "MouthSmileRight", "MouthFrownLeft",
-    "MouthFrownRight", "MouthDimpleLeft", "MouthDimpleRight", "MouthStretchLeft", "MouthStretchRight",
-    "MouthRollLower", "MouthRollUpper", "MouthShrugLower", "MouthShrugUpper", "MouthPressLeft", "MouthPressRight",
-    "MouthLowerDownLeft", "MouthLowerDownRight", "MouthUpperUpLeft", "MouthUpperUpRight", "BrowDownLeft",
-    "BrowDownRight", "BrowInnerUp", "BrowOuterUpLeft", "BrowOuterUpRight", "CheekPuff", "CheekSquintLeft",
-    "CheekSquintRight", "NoseSneerLeft", "NoseSneerRight", "TongueOut",
-)
+
+
+def _live_link_face_order() -> tuple[str, ...]:
+    """Live Link Face's CSV columns: ARKit's names capitalised, in ARKit's order but for two pairs the app writes
+    the other way round (JawRight before JawLeft, MouthRight before MouthLeft)."""
+    names = [n[0].upper() + n[1:] for n in ARKIT_NAMES]
+    for a, b in (("JawLeft", "JawRight"), ("MouthLeft", "MouthRight")):
+        i, j = names.index(a), names.index(b)
+        names[i], names[j] = names[j], names[i]
+    return tuple(names)
+
+
+LIVE_LINK_FACE_BLENDSHAPES = _live_link_face_order()
 LIVE_LINK_FACE_ANGLES = ("HeadYaw", "HeadPitch", "HeadRoll", "LeftEyeYaw", "LeftEyePitch", "LeftEyeRoll",
                          "RightEyeYaw", "RightEyePitch", "RightEyeRoll")
 LIVE_LINK_FACE_HEADER = ("Timecode", "BlendShapeCount") + LIVE_LINK_FACE_BLENDSHAPES + LIVE_LINK_FACE_ANGLES

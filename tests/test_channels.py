@@ -18,6 +18,23 @@ import torch
 from face_clips import make_face_clip
 
 
+
+# The header of a Live Link Face take, as the app writes it (its order swaps Jaw/Mouth Left/Right vs ARKit).
+LIVE_LINK_FACE_COLUMNS = (
+    "Timecode", "BlendShapeCount",
+    "EyeBlinkLeft", "EyeLookDownLeft", "EyeLookInLeft", "EyeLookOutLeft", "EyeLookUpLeft", "EyeSquintLeft",
+    "EyeWideLeft", "EyeBlinkRight", "EyeLookDownRight", "EyeLookInRight", "EyeLookOutRight", "EyeLookUpRight",
+    "EyeSquintRight", "EyeWideRight", "JawForward", "JawRight", "JawLeft", "JawOpen", "MouthClose",
+    "MouthFunnel", "MouthPucker", "MouthRight", "MouthLeft", "MouthSmileLeft", "MouthSmileRight",
+    "MouthFrownLeft", "MouthFrownRight", "MouthDimpleLeft", "MouthDimpleRight", "MouthStretchLeft",
+    "MouthStretchRight", "MouthRollLower", "MouthRollUpper", "MouthShrugLower", "MouthShrugUpper",
+    "MouthPressLeft", "MouthPressRight", "MouthLowerDownLeft", "MouthLowerDownRight", "MouthUpperUpLeft",
+    "MouthUpperUpRight", "BrowDownLeft", "BrowDownRight", "BrowInnerUp", "BrowOuterUpLeft", "BrowOuterUpRight",
+    "CheekPuff", "CheekSquintLeft", "CheekSquintRight", "NoseSneerLeft", "NoseSneerRight", "TongueOut",
+    "HeadYaw", "HeadPitch", "HeadRoll", "LeftEyeYaw", "LeftEyePitch", "LeftEyeRoll", "RightEyeYaw",
+    "RightEyePitch", "RightEyeRoll",
+)
+
 @pytest.fixture(scope="module")
 def channel_model(demo_pack):
     from capture.channels import ChannelModel
@@ -176,7 +193,7 @@ def test_video_writes_a_live_link_face_take_and_streams_vmc(tmp_path, demo_pack_
     assert header[:3] == ["Timecode", "BlendShapeCount", "EyeBlinkLeft"]
     assert header[-9:] == ["HeadYaw", "HeadPitch", "HeadRoll", "LeftEyeYaw", "LeftEyePitch", "LeftEyeRoll",
                            "RightEyeYaw", "RightEyePitch", "RightEyeRoll"]
-    assert tuple(header) == LIVE_LINK_FACE_HEADER and len(header) == 2 + 52 + 9
+    assert tuple(header) == LIVE_LINK_FACE_COLUMNS == LIVE_LINK_FACE_HEADER and len(header) == 2 + 52 + 9
     assert {h[0].lower() + h[1:] for h in header[2:54]} == set(ARKIT_NAMES)
     assert len(body) == len(pts)
     assert all(len(r) == len(header) and r[1] == "61" for r in body)
