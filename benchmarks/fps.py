@@ -272,7 +272,8 @@ def backend_present(name: str, device: torch.device) -> tuple[bool, str]:
     return BACKENDS[name].available(device.type)
 
 
-def make_engines(name: str, pack, device: torch.device, args, calibration: Callable[[], np.ndarray]) -> Engines:
+def make_engines(name: str, pack, device: torch.device, args, calibration: Callable[[], np.ndarray],
+                 codes_from: str = "network") -> Engines:
     from capture.backends import OnnxRuntimeBackend, TorchBackend, make_backend
 
     dev = str(device)
@@ -287,7 +288,7 @@ def make_engines(name: str, pack, device: torch.device, args, calibration: Calla
         from capture.backends.onnxruntime_backend import pipeline_threads
 
         # the product's setting unless --ort-threads says otherwise (capture.cli_common)
-        default = pipeline_threads(args.codes_from_resolved) if device.type == "cpu" else None
+        default = pipeline_threads(codes_from) if device.type == "cpu" else None
         opts = dict(threads=args.ort_threads or default, spinning=args.spinning)
         if name == "onnxruntime-int8":
             from capture.export import ensure_int8_onnx
@@ -384,7 +385,6 @@ class Bench:
         from capture.sources import choose_source
 
         self.codes_from, why = choose_source(args.codes_from, self.pack.synthetic)
-        args.codes_from_resolved = self.codes_from
         say(f"codes from {self.codes_from} ({why})")
         self.deca = DECA.from_pack(self.pack, device=self.device)
         with FaceDetector() as detector:
@@ -811,7 +811,7 @@ def main(argv=None) -> int:
             say(f"  {eager.fps:.2f} FPS")
         engines_by_name = {}
         for name in backends:
-            engines = make_engines(name, bench.pack, bench.device, args, bench.calibration)
+            engines = make_engines(name, bench.pack, bench.device, args, bench.calibration, bench.codes_from)
             engines_by_name[name] = engines
             say(f"{name}: {engines.description}: {bench.n_frames} frames")
             result = bench.run_pipeline(engines, folder)

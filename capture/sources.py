@@ -63,7 +63,7 @@ def codes_from_state(state: FitState, shape: np.ndarray, device, n_shape: int = 
     full_shape[: len(shape)] = shape[:n_shape]
     if template is None:
         zeros = lambda n: torch.zeros(1, n, device=device)  # noqa: E731
-        tex, light, detail = zeros(CODE_LAYOUT.sizes["tex"]), torch.zeros(1, 9, 3, device=device), zeros(128)
+        tex, light, detail = zeros(CODE_LAYOUT.n_tex), torch.zeros(1, 9, 3, device=device), zeros(CODE_LAYOUT.n_detail)
     else:
         tex, light, detail = template.tex, template.light, template.detail
     return Codes(shape=t(full_shape), tex=tex, exp=t(state.exp), pose=t(state.pose), cam=t(state.cam),
