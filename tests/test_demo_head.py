@@ -354,9 +354,13 @@ def test_blendshapes(any_head):
 
 def test_deterministic_per_seed(small):
     again = make_demo_head(seed=0, n_vertices=600, albedo_resolution=32)
-    for name in ("v_template", "faces", "shapedirs", "weights", "dynamic_lmk_bary_coords", "mean_texture",
-                 "albedo_basis"):
-        np.testing.assert_array_equal(getattr(small, name), getattr(again, name))
+    np.testing.assert_array_equal(small.faces, again.faces)
+    # Same seed, same head. Bit-identity is not promised: numpy's SIMD reductions may round differently with an
+    # array's memory alignment (CI saw 1e-17 differences in near-zero shapedirs entries), so floats are compared
+    # to 1e-12 of each array's scale -- nine orders of magnitude below what another seed changes.
+    for name in ("v_template", "shapedirs", "weights", "dynamic_lmk_bary_coords", "mean_texture", "albedo_basis"):
+        a, b = getattr(small, name), getattr(again, name)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * float(np.abs(a).max()), err_msg=name)
     other = make_demo_head(seed=1, n_vertices=600, albedo_resolution=32)
     np.testing.assert_array_equal(other.faces, small.faces)  # same topology
     change = np.abs(other.v_template - small.v_template).max()
