@@ -1,4 +1,4 @@
-"""DECA's camera (FORMATS.md 3.1) and the way from crop NDC back to the original frame.
+"""DECA's camera (docs/formats.md 3.1) and the way from crop NDC back to the original frame.
 
 The orthographic projection flips y and z (FLAME is y up, +z towards the viewer; crop NDC is y down, smaller z
 closer): that flip happens here and nowhere else. Crop NDC <-> pixel mapping: u = (x + 1) * S / 2 - 0.5, pixel

@@ -19,7 +19,7 @@ from capture.assets.pack import AlbedoModel
 from capture.camera import crop_to_image_ndc, orthographic
 from meshes import front_hemisphere
 
-# FORMATS.md 3.4, typed in from the document (independent of the module's own formulas)
+# docs/formats.md 3.4, typed in from the document (independent of the module's own formulas)
 C = [0.282095, 1.023327, 1.023327, 1.023327, 0.858086, 0.858086, 0.858086, 0.429043, 0.247708]
 
 
