@@ -17,8 +17,6 @@ import torch
 
 from face_clips import make_face_clip
 
-
-
 # The header of a Live Link Face take, as the app writes it (its order swaps Jaw/Mouth Left/Right vs ARKit).
 LIVE_LINK_FACE_COLUMNS = (
     "Timecode", "BlendShapeCount",

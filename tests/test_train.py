@@ -118,7 +118,8 @@ def test_photometric_and_regularisers_by_hand():
     assert L.light_regulariser(tinted).item() == pytest.approx(2 / 27)
     sym = torch.tensor([[[[1.0, 2.0, 2.0, 1.0]]]])
     assert L.symmetry_loss(sym, torch.ones(1, 1, 1, 4)).item() == 0.0
-    assert L.symmetry_loss(torch.tensor([[[[1.0, 0.0, 0.0, 0.0]]]]), torch.ones(1, 1, 1, 4)).item() == pytest.approx(0.5)
+    lopsided = torch.tensor([[[[1.0, 0.0, 0.0, 0.0]]]])
+    assert L.symmetry_loss(lopsided, torch.ones(1, 1, 1, 4)).item() == pytest.approx(0.5)
 
 
 def test_mrf_loss_prefers_matching_features():
@@ -174,8 +175,14 @@ class TinyVGG(nn.Module):
 
 
 def test_pretrained_networks_load_safely_and_skip_with_warning(tmp_path):
-    from capture.train.features import (IdentityNetwork, VGG19Features, WeightsError, load_identity_network,
-                                        load_vgg19, optional_network)
+    from capture.train.features import (
+        IdentityNetwork,
+        VGG19Features,
+        WeightsError,
+        load_identity_network,
+        load_vgg19,
+        optional_network,
+    )
 
     with pytest.warns(UserWarning, match="identity loss: it is skipped"):
         assert optional_network("", load_identity_network, "identity") is None

@@ -208,10 +208,9 @@ def test_output_that_is_a_hard_link_of_an_input_is_refused_by_every_command(tmp_
 
 
 def test_damaged_packet_is_skipped_counted_and_in_the_exit_status(tmp_path, pack_dir):
-    from face_clips import SIZE, _astronaut_frame
-
     from capture import video
     from capture.stream.clips import make_test_clip
+    from face_clips import SIZE, _astronaut_frame
 
     src = tmp_path / "cam.avi"
     make_test_clip(src, frames=10, size=SIZE, fps=25, codec="mjpeg", draw=lambda i, size: _astronaut_frame(i, size))
@@ -234,10 +233,9 @@ def test_live_missing_camera_is_one_line(tmp_path):
 def test_smoothing_reduces_jitter_on_a_steady_face(tmp_path, pack_dir):
     """A still face with sensor noise: --smooth must cut the frame-to-frame jitter of E_flame's codes. (The
     landmark source smooths its own points; benchmarks/jitter.py compares the sources.)"""
-    from face_clips import SIZE, _astronaut_frame
-
     from capture import video
     from capture.stream.clips import make_test_clip
+    from face_clips import SIZE, _astronaut_frame
 
     still = _astronaut_frame(0, SIZE).astype(np.int16)
     rng = np.random.default_rng(0)
