@@ -166,6 +166,7 @@ class _Receiver:
         self.server.server_close()
 
 
+@pytest.mark.slow
 def test_video_writes_a_live_link_face_take_and_streams_vmc(tmp_path, demo_pack_dir):
     from capture import video
     from capture.channels import ARKIT_NAMES

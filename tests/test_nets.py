@@ -322,6 +322,7 @@ def test_demo_checkpoint_has_official_keys_shapes_dtypes(demo):
             assert torch.isfinite(v.float()).all(), k
 
 
+@pytest.mark.slow
 def test_demo_checkpoint_is_deterministic_and_leaves_global_rng(demo):
     state = torch.random.get_rng_state()
     again = make_demo_checkpoint(0)
