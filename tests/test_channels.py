@@ -231,10 +231,11 @@ def test_absent_receiver_costs_no_error_and_no_wait():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     sender = VMCSender("127.0.0.1", port)
-    started = time.perf_counter()
+    # No wait, by construction rather than by a clock (a time limit fails on a loaded machine): the socket never
+    # blocks, so a full send buffer is one more counted error, not a stall of the pipeline.
+    assert not sender._sock.getblocking()
     for i in range(200):
         sender.send(Channels.neutral(), i / 30)  # never raises, whatever the network says
-    assert time.perf_counter() - started < 1.0
     assert sender.frames + sender.errors == 200
     sender.close()
     unreachable = VMCSender("192.0.2.1", 39539)  # TEST-NET-1: no route on most machines, never an exception
