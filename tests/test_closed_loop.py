@@ -63,6 +63,7 @@ def rendered(demo_pack):
     return deca, performer, frames, seq
 
 
+@pytest.mark.slow
 def test_landmark_source_recovers_blinks_jaw_smile_and_brows(rendered):
     deca, performer, frames, seq = rendered
     session = RetargetSession(deca, performer, SIZE, layout="avatar", codes_from="landmarks")
