@@ -291,7 +291,7 @@ def make_engines(name: str, pack, device: torch.device, args, calibration: Calla
         default = pipeline_threads(codes_from) if device.type == "cpu" else None
         opts = dict(threads=args.ort_threads or default, spinning=args.spinning)
         if name == "onnxruntime-int8":
-            from capture.export import ensure_int8_onnx
+            from capture.int8 import ensure_int8_onnx
 
             int8_path = ensure_int8_onnx(pack, "E_flame", calibration())
             flame = OnnxRuntimeBackend("E_flame", pack, dev, onnx_path=int8_path, **opts)
@@ -605,7 +605,8 @@ def compare(result: RunResult, eager: RunResult) -> dict:
 
 
 def int8_accuracy(bench: Bench, engines: Engines, crops: list) -> dict:
-    from capture.export import ensure_onnx, graph_spec, int8_error
+    from capture.export import ensure_onnx, graph_spec
+    from capture.int8 import int8_error
 
     spec = graph_spec("E_flame")
     inputs = np.stack(crops) if crops else bench.calibration()
