@@ -285,7 +285,8 @@ def make_engines(name: str, pack, device: torch.device, args, calibration: Calla
     options = {"torch": {"cuda_graphs": cuda, "half": half}, "onnxruntime": ort,
                "onnxruntime-int8": dict(ort, calibration=Calibration(INT8_CALIBRATION_SOURCE, calibration))}
     engines = InferenceEngines(pack, name, device=str(device), options=options)
-    flame, detail = engines.backend("E_flame"), engines.backend("D_detail")
+    flame = engines.backend("E_flame")
+    engines.backend("D_detail")  # made now, as the CLIs do: a failure shows before any frame
     int8_path = flame.onnx_path if isinstance(flame, OnnxRuntimeInt8Backend) else None
     if isinstance(flame, OnnxRuntimeBackend):
         threads = flame.session.get_session_options().intra_op_num_threads

@@ -80,7 +80,8 @@ def checkpoint_sha256(checkpoint: Mapping[str, Mapping[str, torch.Tensor]]) -> s
         if net not in NETWORK_NAMES:
             continue
         for key in sorted(checkpoint[net]):
-            t = checkpoint[net][key].detach().to("cpu").contiguous().reshape(-1)  # 0-d tensors cannot be viewed as bytes
+            # reshape: 0-d tensors cannot be viewed as bytes
+            t = checkpoint[net][key].detach().to("cpu").contiguous().reshape(-1)
             digest.update(f"{net}/{key}/{t.dtype}/{tuple(t.shape)}".encode())
             digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()

@@ -134,7 +134,7 @@ def export_graph(module: nn.Module, spec: GraphSpec, path: Union[str, Path], *, 
                     axes = {spec.input_name: {0: "batch"}, spec.output_name: {0: "batch"}}
                 torch.onnx.export(module, (example,), str(tmp), dynamo=False, dynamic_axes=axes,
                                   do_constant_folding=True, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - the exporters raise many types; re-raised with context
+    except Exception as exc:  # the exporters raise many types; re-raised with context
         raise ExportError(f"{spec.name}: torch.onnx.export ({exporter}, opset {opset}) failed: "
                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     return path
@@ -146,7 +146,7 @@ def check_graph(path: Union[str, Path]) -> None:
 
     try:
         onnx.checker.check_model(str(path), full_check=True)
-    except Exception as exc:  # noqa: BLE001 - onnx raises ValidationError and friends
+    except Exception as exc:  # onnx raises ValidationError and friends
         raise ExportError(f"{path}: onnx.checker rejected the graph: {exc}") from exc
 
 

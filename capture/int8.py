@@ -173,7 +173,7 @@ def quantize_int8(src: Union[str, Path], dst: Union[str, Path], calibration: np.
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
             quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    except Exception as exc:  # noqa: BLE001 - the quantiser raises many types; re-raised with context
+    except Exception as exc:  # the quantiser raises many types; re-raised with context
         raise ExportError(f"{spec.name}: INT8 quantisation of {src} failed: {type(exc).__name__}: {exc}") from exc
     finally:
         logger.setLevel(level)

@@ -96,8 +96,8 @@ class AvatarRenderer:
     and `finish` (D_detail, shading, rasterising, compositing) may run in two threads, one frame apart. (With
     E_flame before `prepare`, this split gives the two halves similar costs on a 2-core CPU.)
 
-    decode_detail: latent [B, 181] -> uv_z; None = DECA's own (`DECA.decode_detail`). reference: the DECA-style path (see the
-    module doc). times: a `capture.stream.pipeline.StepTimes` to record "LBS", "D_detail", "shading",
+    decode_detail: latent [B, 181] -> uv_z; None = DECA's (`DECA.decode_detail`). reference: the DECA-style
+    path (see the module doc). times: a `capture.stream.pipeline.StepTimes` to record "LBS", "D_detail", "shading",
     "rasterize" and "composite" in.
     """
 

@@ -230,7 +230,8 @@ def test_pack_weights_hash_falls_back_to_checkpoint_content():
     a = {"D_detail": {"w": torch.ones(2)}}
     b = {"D_detail": {"w": torch.tensor([1.0, 2.0])}}
     assert artifacts.pack_weights_sha256(MemoryPack(a)) != artifacts.pack_weights_sha256(MemoryPack(b))
-    assert artifacts.pack_weights_sha256(MemoryPack(a)) == artifacts.checkpoint_sha256({"D_detail": {"w": torch.ones(2)}})
+    assert artifacts.pack_weights_sha256(MemoryPack(a)) == (
+        artifacts.checkpoint_sha256({"D_detail": {"w": torch.ones(2)}}))
     assert artifacts.pack_weights_sha256(MemoryPack(a, {"weights_sha256": "ab"})) == "ab"
 
 

@@ -179,7 +179,8 @@ def test_int8_quantisation_of_a_small_graph(tmp_path):
     calibration = rng.random((8, 3, 16, 16)).astype(np.float32)
     side = quantize_int8(src, tmp_path / "tiny.int8.onnx", calibration, spec, source="random test images")
     assert side["precision"] == "int8" and read_sidecar(sidecar_path(tmp_path / "tiny.int8.onnx")) == side
-    assert side["calibration"] == {"source": "random test images", "count": 8, "sha256": calibration_sha256(calibration)}
+    assert side["calibration"] == {"source": "random test images", "count": 8,
+                                   "sha256": calibration_sha256(calibration)}
     # the error recorded in the sidecar is the error on the calibration images themselves
     recorded = dict(side["error_vs_fp32"])
     assert recorded.pop("measured_on") == "the calibration inputs"

@@ -176,9 +176,8 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
         ok, why = self.available(torch.device(device).type)
         if not ok:
             raise BackendUnavailable(f"onnxruntime-int8 backend on {device}: {why}")
-        from capture.int8 import INT8_NETWORKS, Calibration, describe_error, ensure_int8_onnx
-
         from capture.artifacts import read_sidecar, sidecar_path
+        from capture.int8 import INT8_NETWORKS, Calibration, describe_error, ensure_int8_onnx
 
         self.int8_sidecar: Optional[dict] = None
         onnx_path = None
@@ -195,7 +194,8 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
     @classmethod
     def available(cls, device: str = "cpu") -> tuple[bool, str]:
         if torch.device(device).type != "cpu":
-            return False, "INT8 runs on ONNX Runtime's CPU execution provider only (use onnxruntime or tensorrt on a GPU)"
+            return False, ("INT8 runs on ONNX Runtime's CPU execution provider only "
+                           "(use onnxruntime or tensorrt on a GPU)")
         ok, why = OnnxRuntimeBackend.available("cpu")
         if not ok:
             return ok, why
