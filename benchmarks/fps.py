@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 STAGES = ("decode", "crop", "E_flame", "fit", "LBS", "D_detail", "shading", "rasterize", "composite", "encode")
-EAGER = "eager"
+EAGER = "torch-eager"  # the registry's eager reference backend
 CPU_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
 GPU_BACKENDS = ("torch", "tensorrt", "onnxruntime")
 ALL_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
@@ -55,6 +55,7 @@ CLIP_FPS = 25.0
 COMPARE_FRAMES = 8  # frames whose pictures are compared with the eager reference's
 CALIBRATION_FRAMES = 48  # INT8 calibration crops, from a clip other than the benchmarked one
 INT8_CHECK_CROPS = 48  # benchmark crops on which the INT8 code error is measured
+INT8_CALIBRATION_SOURCE = "the synthetic performer rendered at another size/framing"
 _DEFAULT_TORCH_THREADS = torch.get_num_threads()
 
 
@@ -263,10 +264,6 @@ class Engines:
 def backend_present(name: str, device: torch.device) -> tuple[bool, str]:
     from capture.backends import BACKENDS
 
-    if name == "onnxruntime-int8":
-        if device.type != "cpu":
-            return False, "INT8 ONNX Runtime runs on the CPU execution provider only"
-        name = "onnxruntime"
     if name not in BACKENDS:
         return False, f"unknown backend {name!r}; choose from {', '.join(ALL_BACKENDS)}"
     return BACKENDS[name].available(device.type)
@@ -274,47 +271,35 @@ def backend_present(name: str, device: torch.device) -> tuple[bool, str]:
 
 def make_engines(name: str, pack, device: torch.device, args, calibration: Callable[[], np.ndarray],
                  codes_from: str = "network") -> Engines:
-    from capture.backends import OnnxRuntimeBackend, TorchBackend, make_backend
+    """The two per-frame networks of backend `name`, built by the registry exactly as `--backend name` builds
+    them in capture.video / capture.live, with this benchmark's options (--fp32, --ort-threads, --spinning;
+    INT8 calibrated on `calibration()`)."""
+    from capture.backends import InferenceEngines, OnnxRuntimeBackend, OnnxRuntimeInt8Backend, TorchBackend
+    from capture.backends.onnxruntime_backend import pipeline_threads
+    from capture.int8 import Calibration
 
-    dev = str(device)
-    if name == "torch":
-        cuda = device.type == "cuda"
-        half = cuda and not args.fp32
-        flame = TorchBackend("E_flame", pack, dev, cuda_graphs=cuda, half=half)
-        detail = TorchBackend("D_detail", pack, dev, cuda_graphs=cuda, half=half)
-        what = "PyTorch CUDA graphs " + ("fp16" if half else "fp32") if cuda else "PyTorch eager fp32"
-        settings = {"cuda_graphs": cuda, "half": half}
-    elif name in ("onnxruntime", "onnxruntime-int8"):
-        from capture.backends.onnxruntime_backend import pipeline_threads
-
-        # the product's setting unless --ort-threads says otherwise (capture.cli_common)
-        default = pipeline_threads(codes_from) if device.type == "cpu" else None
-        opts = dict(threads=args.ort_threads or default, spinning=args.spinning)
-        if name == "onnxruntime-int8":
-            from capture.export import ensure_int8_onnx
-
-            int8_path = ensure_int8_onnx(pack, "E_flame", calibration())
-            flame = OnnxRuntimeBackend("E_flame", pack, dev, onnx_path=int8_path, **opts)
-        else:
-            int8_path = None
-            flame = OnnxRuntimeBackend("E_flame", pack, dev, **opts)
-        detail = OnnxRuntimeBackend("D_detail", pack, dev, **opts)
+    cuda = device.type == "cuda"
+    half = cuda and not args.fp32
+    # the product's thread setting unless --ort-threads says otherwise (capture.cli_common)
+    ort = dict(threads=args.ort_threads or (None if cuda else pipeline_threads(codes_from)), spinning=args.spinning)
+    options = {"torch": {"cuda_graphs": cuda, "half": half}, "onnxruntime": ort,
+               "onnxruntime-int8": dict(ort, calibration=Calibration(INT8_CALIBRATION_SOURCE, calibration))}
+    engines = InferenceEngines(pack, name, device=str(device), options=options)
+    flame = engines.backend("E_flame")
+    engines.backend("D_detail")  # made now, as the CLIs do: a failure shows before any frame
+    int8_path = flame.onnx_path if isinstance(flame, OnnxRuntimeInt8Backend) else None
+    if isinstance(flame, OnnxRuntimeBackend):
         threads = flame.session.get_session_options().intra_op_num_threads
         what = f"ONNX Runtime {'E_flame int8' if int8_path else 'fp32'}, D_detail fp32, {threads} thread(s) each"
         settings = {"ort_threads": threads, "spinning": args.spinning, "e_flame_int8": int8_path is not None}
-        return Engines(name, _runner(flame, "image", "code"), _runner(detail, "latent", "uv_z"), what, settings,
-                       int8_path)
-    elif name == "tensorrt":
-        flame = make_backend("tensorrt", "E_flame", pack, dev)
-        detail = make_backend("tensorrt", "D_detail", pack, dev)
-        what, settings = "TensorRT", {}
+    elif isinstance(flame, TorchBackend):
+        what = ("PyTorch CUDA graphs " + ("fp16" if flame.half else "fp32") if flame.cuda_graphs
+                else "PyTorch eager fp32")
+        settings = {"cuda_graphs": flame.cuda_graphs, "half": flame.half}
     else:
-        raise ValueError(f"unknown backend {name!r}; choose from {', '.join(ALL_BACKENDS)}")
-    return Engines(name, _runner(flame, "image", "code"), _runner(detail, "latent", "uv_z"), what, settings)
-
-
-def _runner(backend, input_name: str, output_name: str) -> Callable:
-    return lambda x: backend.run({input_name: x})[output_name]
+        what, settings = "TensorRT", {}
+    return Engines(engines.choice["E_flame"], engines.encode_flame, engines.decode_detail, what, settings,
+                   int8_path)
 
 
 # ------------------------------------------------------------------------------------------------ one run
@@ -606,7 +591,8 @@ def compare(result: RunResult, eager: RunResult) -> dict:
 
 
 def int8_accuracy(bench: Bench, engines: Engines, crops: list) -> dict:
-    from capture.export import ensure_onnx, graph_spec, int8_error
+    from capture.export import ensure_onnx, graph_spec
+    from capture.int8 import int8_error
 
     spec = graph_spec("E_flame")
     inputs = np.stack(crops) if crops else bench.calibration()
@@ -616,7 +602,7 @@ def int8_accuracy(bench: Bench, engines: Engines, crops: list) -> dict:
     report["crops"] = int(len(inputs))
     report["crops_from"] = "benchmarked frames (eager run)" if crops else "calibration clip"
     report["calibration_crops"] = int(len(bench.calibration()))
-    report["calibration_from"] = "the synthetic performer rendered at another size/framing"
+    report["calibration_from"] = INT8_CALIBRATION_SOURCE
     report["int8_file"] = str(engines.int8_path)
     return report
 

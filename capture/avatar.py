@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .appearance import extract_texture, sh_shading
+from .artifacts import write_bytes_atomic
 from .camera import crop_to_image_ndc
 from .crop import FaceDetector
 from .deca import CROP_SIZE, DECA, Codes
@@ -153,12 +154,9 @@ def load_avatar(deca: DECA, target: str, detector: FaceDetector, cache_dir: Opti
         arrays = avatar.codes.numpy()
         if avatar.albedo_uv is not None:
             arrays["_albedo_uv"] = avatar.albedo_uv.cpu().numpy().astype(np.float32)
-        path.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         np.savez(buf, **arrays)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(buf.getvalue())
-        tmp.replace(path)
+        write_bytes_atomic(path, buf.getvalue())
     return avatar, False
 
 

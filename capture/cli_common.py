@@ -5,13 +5,15 @@ import argparse
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 
 from .assets import AssetError, open_pack
 from .assets.locate import cache_dir
 from .avatar import Avatar, load_avatar
+from .backends import NAMES as BACKEND_NAMES
+from .backends import describe_names
 from .crop import FaceDetector
 from .deca import DECA
 from .retarget import LAYOUTS, POSE_MODES
@@ -32,7 +34,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default="astronaut",
                         help="identity photo of the avatar (default: 'astronaut', skimage's public-domain photo)")
     parser.add_argument("--assets", default=None, help="model pack folder, or 'demo' (default: CAPTURE_ASSETS)")
-    parser.add_argument("--backend", default="auto", help="inference backend: auto, torch, onnxruntime, tensorrt")
+    add_backend_argument(parser)
     parser.add_argument("--device", default=None, choices=("cpu", "cuda"), help="default: cuda if available")
     parser.add_argument("--layout", default="side-by-side", choices=LAYOUTS)
     parser.add_argument("--pose", default="source", choices=POSE_MODES,
@@ -46,6 +48,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds to keep the last expression when the face is lost (default 0.5)")
 
 
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    """--backend: a name of the backend registry (capture.backends), the same list everywhere."""
+    parser.add_argument("--backend", default="auto", choices=BACKEND_NAMES, metavar="NAME",
+                        help=f"inference backend for the per-frame networks: {describe_names()} (default auto)")
+
+
 @dataclass
 class ModelSide:
     deca: DECA
@@ -57,8 +65,15 @@ class ModelSide:
     codes_from: str = "network"  # resolved code source: network, landmarks or hybrid
 
 
-def build_model_side(args, say: Callable[[str], None]) -> ModelSide:
-    """Pack -> DECA -> avatar -> inference backends, each failure as a CliError."""
+def build_model_side(args, say: Callable[[str], None],
+                     calibration_frames: Optional[Callable[[], Iterable]] = None) -> ModelSide:
+    """Pack -> DECA -> avatar -> inference backends, each failure as a CliError.
+
+    calibration_frames: the performer's first frames ([H, W, 3] uint8 each), read when `--backend
+    onnxruntime-int8` needs calibration crops; without them INT8 is calibrated on renders of the pack.
+    DECA's own networks (the target photo's E_flame and E_detail, run once and cached) stay the eager
+    reference whatever --backend says, so that the avatar cache does not depend on it.
+    """
     try:
         pack = open_pack(args.assets)
     except AssetError as exc:
@@ -80,25 +95,28 @@ def build_model_side(args, say: Callable[[str], None]) -> ModelSide:
                                          codes_from)
     except ImageError as exc:
         raise CliError(f"--target {exc}") from None
-    encode_flame = decode_detail = None
-    backend_name = "torch"
-    if args.backend != "torch":
-        from .backends import InferenceEngines
+    from .backends import InferenceEngines
+    from .backends.onnxruntime_backend import pipeline_threads
+    from .int8 import Calibration
 
-        from .backends.onnxruntime_backend import pipeline_threads
-
-        options = {"onnxruntime": {"threads": pipeline_threads(codes_from)}} if device == "cpu" else None
-        engines = InferenceEngines(pack, args.backend, device=device, options=options)
-        # E_flame runs per frame only when the codes come from it
-        networks = ("D_detail",) if codes_from == "landmarks" else ("E_flame", "D_detail")
-        try:
-            for network in networks:  # made now, so a bad choice fails before any frame
-                engines.backend(network)
-        except ValueError as exc:
-            raise CliError(f"--backend {args.backend}: {exc}") from None
-        encode_flame = None if codes_from == "landmarks" else engines.encode_flame
-        decode_detail = engines.decode_detail
-        backend_name = ", ".join(f"{n} {engines.backend(n).reason.split(';')[0]}" for n in networks)
+    renders = Calibration.pack_renders(deca=deca)
+    calibration = (renders if calibration_frames is None
+                   else Calibration.of_frames(calibration_frames, "the input's first frames", fallback=renders))
+    options = {"onnxruntime-int8": {"calibration": calibration}}
+    if device == "cpu":
+        for name in ("onnxruntime", "onnxruntime-int8"):
+            options.setdefault(name, {})["threads"] = pipeline_threads(codes_from)
+    engines = InferenceEngines(pack, args.backend, device=device, options=options)
+    # E_flame runs per frame only when the codes come from it
+    networks = ("D_detail",) if codes_from == "landmarks" else ("E_flame", "D_detail")
+    try:
+        for network in networks:  # made now, so a bad choice fails before any frame
+            engines.backend(network)
+    except ValueError as exc:
+        raise CliError(f"--backend {args.backend}: {exc}") from None
+    encode_flame = None if codes_from == "landmarks" else engines.encode_flame
+    decode_detail = engines.decode_detail
+    backend_name = ", ".join(f"{n} {engines.backend(n).reason.split(';')[0]}" for n in networks)
     return ModelSide(deca, avatar, cached, encode_flame, decode_detail, backend_name, codes_from)
 
 

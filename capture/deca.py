@@ -2,11 +2,12 @@
 
 `encode` turns 224x224 crops into `Codes`; `decode` turns codes into geometry, UV maps and pictures
 (docs/formats.md 2.6, 3). `DECA.geometry` / `DECA.detail` are the per-frame pieces the streaming path calls.
+The networks are not DECA's own: they run behind `capture.backends` (default: the eager torch reference).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
@@ -24,11 +25,15 @@ from .appearance import (
 from .assets.pack import ModelPack
 from .camera import crop_to_image_ndc, orthographic
 from .flame import FLAME
-from .nets import CODE_LAYOUT, build_networks, detail_input
+from .nets import CODE_LAYOUT, detail_input
 from .render import get_rasterizer
 from .views import Views, render_views
 
+if TYPE_CHECKING:
+    from .backends import InferenceEngines
+
 CROP_SIZE = 224
+REFERENCE_BACKEND = "torch-eager"  # DECA's networks unless it is given others
 
 
 @dataclass
@@ -91,12 +96,21 @@ class Reconstruction:
 
 
 class DECA:
-    """Networks + FLAME + appearance for one model pack, on one device."""
+    """Networks + FLAME + appearance for one model pack, on one device.
 
-    def __init__(self, pack: ModelPack, device: str | torch.device = "cpu", rasterizer: str = "auto"):
+    engines: the networks, a `capture.backends.InferenceEngines` (each network is made on first use); default
+    the registry's eager torch reference on `device`, as DECA's own code runs them.
+    """
+
+    def __init__(self, pack: ModelPack, device: str | torch.device = "cpu", rasterizer: str = "auto",
+                 engines: Optional["InferenceEngines"] = None):
         self.pack = pack
         self.device = torch.device(device)
-        self.nets = build_networks(pack.checkpoint).to(self.device)
+        if engines is None:
+            from .backends import InferenceEngines
+
+            engines = InferenceEngines(pack, REFERENCE_BACKEND, device=str(self.device))
+        self.engines = engines
         self.flame = FLAME(pack).to(self.device)
         self.lbs_backend = "torch"
         if self.device.type == "cuda":
@@ -123,8 +137,9 @@ class DECA:
             self.lbs_backend = f"torch ({how})"
 
     @classmethod
-    def from_pack(cls, pack: ModelPack, device: str | torch.device = "cpu", rasterizer: str = "auto") -> "DECA":
-        return cls(pack, device=device, rasterizer=rasterizer)
+    def from_pack(cls, pack: ModelPack, device: str | torch.device = "cpu", rasterizer: str = "auto",
+                  engines: Optional["InferenceEngines"] = None) -> "DECA":
+        return cls(pack, device=device, rasterizer=rasterizer, engines=engines)
 
     # ------------------------------------------------------------------------------------------- encode
     @torch.inference_mode()
@@ -133,8 +148,9 @@ class DECA:
         if images.dim() != 4 or images.shape[1:] != (3, CROP_SIZE, CROP_SIZE):
             raise ValueError(f"images must be [B, 3, {CROP_SIZE}, {CROP_SIZE}], got {tuple(images.shape)}")
         images = images.to(self.device, torch.float32)
-        flame_code = self.nets.e_flame(images)
-        detail = self.nets.e_detail(images) if with_detail else flame_code.new_zeros(images.shape[0], 128)
+        flame_code = self.engines.encode_flame(images).to(self.device)
+        detail = (self.engines.encode_detail(images).to(self.device) if with_detail
+                  else flame_code.new_zeros(images.shape[0], CODE_LAYOUT.n_detail))
         return Codes.from_network_outputs(flame_code, detail)
 
     # ------------------------------------------------------------------------------------------- decode
@@ -155,7 +171,11 @@ class DECA:
     @torch.inference_mode()
     def displacement(self, codes: Codes) -> torch.Tensor:
         """D_detail on (jaw, exp, detail) -> uv_z [B, 1, 256, 256]."""
-        return self.nets.d_detail(detail_input(codes.pose[:, 3:6], codes.exp, codes.detail))
+        return self.decode_detail(detail_input(codes.pose[:, 3:6], codes.exp, codes.detail))
+
+    def decode_detail(self, latent: torch.Tensor) -> torch.Tensor:
+        """D_detail: latent [B, 181] (`capture.nets.detail_input`) -> uv_z [B, 1, 256, 256] on `device`."""
+        return self.engines.decode_detail(latent).to(self.device)
 
     def albedo(self, codes: Codes) -> torch.Tensor:
         if self.pack.albedo is not None:

@@ -22,7 +22,7 @@ from . import video
 from .assets import ensure_demo_pack, load_pack
 from .assets.locate import cache_dir
 from .avatar import load_avatar
-from .cli_common import CliError, run_cli
+from .cli_common import CliError, add_backend_argument, run_cli
 from .crop import FaceDetector
 from .deca import DECA, Codes
 from .reconstruct import output_name, reconstruct_one
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=75)
     parser.add_argument("--size", default="640x360", help="performer clip size WxH")
     parser.add_argument("--fps", type=float, default=25.0)
-    parser.add_argument("--backend", default="auto")
+    add_backend_argument(parser)
     parser.add_argument("--codes-from", default="auto", choices=CODE_SOURCES,
                         help="code source of the retargeting run (auto: landmarks on the synthetic demo pack)")
     parser.add_argument("--reconstruct-dir", default="demo_reconstruct", help="where the astronaut's "

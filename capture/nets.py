@@ -4,6 +4,8 @@
 - `ResNet50Encoder`: E_flame (out 236) and E_detail (out 128); ResNet-50 in plain torch with torchvision's
   parameter names under `encoder.`, then a two-layer MLP under `layers.`.
 - `DetailGenerator`: D_detail, (jaw | exp | detail) -> UV displacement [B, 1, 256, 256] in FLAME metres.
+- `GRAPHS` / `graph_spec`: each network's input and output tensors (names, shapes), read by the exporter and
+  every inference backend.
 - `checkpoint_spec`, `validate_checkpoint`, `build_networks`: the key/shape contract of `deca_model.tar`
   and strict loading (DECA's own loader silently skips bad keys; this one refuses them).
 
@@ -12,7 +14,7 @@ Shape vocabulary: B batch, H/W image rows/columns. Images are RGB float32 in [0,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -96,6 +98,48 @@ class CodeLayout:
 
 
 CODE_LAYOUT = CodeLayout()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The networks' I/O contract: what each exported graph / inference backend takes and gives
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One network's tensors without the batch axis ([B, *input_shape] -> [B, *output_shape]), float32."""
+
+    name: str
+    input_name: str
+    input_shape: tuple[int, ...]
+    output_name: str
+    output_shape: tuple[int, ...]
+    attr: str  # attribute of `Networks`
+
+    def module(self, networks: "Networks") -> nn.Module:
+        return getattr(networks, self.attr)
+
+    def example(self, batch: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        """A plausible random input [batch, *input_shape] float32: images in [0, 1], latents ~ N(0, 1)."""
+        shape = (batch, *self.input_shape)
+        if self.input_name == "image":
+            return torch.rand(shape, generator=generator)
+        return torch.randn(shape, generator=generator)
+
+
+GRAPHS: dict[str, GraphSpec] = {
+    "E_flame": GraphSpec("E_flame", "image", (3, INPUT_SIZE, INPUT_SIZE), "code", (CODE_LAYOUT.total,), "e_flame"),
+    "E_detail": GraphSpec("E_detail", "image", (3, INPUT_SIZE, INPUT_SIZE), "detail", (CODE_LAYOUT.n_detail,),
+                          "e_detail"),
+    "D_detail": GraphSpec("D_detail", "latent", (DETAIL_LATENT,), "uv_z", (1, UV_SIZE, UV_SIZE), "d_detail"),
+}
+assert tuple(GRAPHS) == NETWORK_NAMES
+
+
+def graph_spec(name: str) -> GraphSpec:
+    """The contract of network `name`; ValueError naming the networks for any other name."""
+    if name not in GRAPHS:
+        raise ValueError(f"unknown network {name!r}; expected one of {list(GRAPHS)}")
+    return GRAPHS[name]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -96,8 +96,8 @@ class AvatarRenderer:
     and `finish` (D_detail, shading, rasterising, compositing) may run in two threads, one frame apart. (With
     E_flame before `prepare`, this split gives the two halves similar costs on a 2-core CPU.)
 
-    decode_detail: latent [B, 181] -> uv_z; None = the torch D_detail. reference: the DECA-style path (see the
-    module doc). times: a `capture.stream.pipeline.StepTimes` to record "LBS", "D_detail", "shading",
+    decode_detail: latent [B, 181] -> uv_z; None = DECA's (`DECA.decode_detail`). reference: the DECA-style
+    path (see the module doc). times: a `capture.stream.pipeline.StepTimes` to record "LBS", "D_detail", "shading",
     "rasterize" and "composite" in.
     """
 
@@ -164,7 +164,7 @@ class AvatarRenderer:
                 self.detail_reused += 1
                 return self._detail[1]
         with self._times("D_detail"):
-            uv_z = self.deca.nets.d_detail(latent) if self.decode_detail is None else self.decode_detail(latent)
+            uv_z = self.deca.decode_detail(latent) if self.decode_detail is None else self.decode_detail(latent)
         if not self.reference:
             self._detail = (latent, uv_z)
         return uv_z

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-from capture.export import (
+from capture.artifacts import (
     ExportError,
     file_sha256,
     read_sidecar,
     sidecar_path,
+    write_bytes_atomic,
     write_json_atomic,
 )
 
@@ -259,11 +260,7 @@ def build_serialized(parsed: ParsedNetwork, config) -> bytes:
 def save_timing_cache(config, path: Optional[Path]) -> None:
     if path is None:
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-    tmp.replace(path)
+    write_bytes_atomic(path, bytes(config.get_timing_cache().serialize()))
 
 
 def make_engine_sidecar(*, network: str, onnx_path: Path, onnx_sha256: str, gpu: str, compute_capability: str,
@@ -318,10 +315,7 @@ def build_engine(onnx_path: Union[str, Path], engine_path: Optional[Union[str, P
     plan = build_serialized(parsed, config)
     save_timing_cache(config, options.timing_cache)
 
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = engine_path.with_name(engine_path.name + ".tmp")
-    tmp.write_bytes(plan)
-    tmp.replace(engine_path)
+    write_bytes_atomic(engine_path, plan)
     gpu, cc = gpu_identity()
     sidecar = make_engine_sidecar(network=network_name, onnx_path=onnx_path, onnx_sha256=onnx_sha, gpu=gpu,
                                   compute_capability=cc, trt_version=tensorrt_version(), options=options,

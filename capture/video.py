@@ -131,7 +131,7 @@ def main(argv=None) -> int:
         reader = VideoReader(args.input, start=args.start, duration=args.duration)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    model = build_model_side(args, say)
+    model = build_model_side(args, say, lambda: calibration_frames(args.input, args.start, args.duration))
     frame_size = (reader.height, reader.width)
     session = RetargetSession(model.deca, model.avatar, frame_size, layout=args.layout, pose_mode=args.pose,
                               smooth=args.smooth, hold_seconds=args.hold, encode_flame=model.encode_flame,

@@ -12,7 +12,10 @@ import pytest
 import torch
 
 from capture.backends import (
+    AUTO_ORDER,
     BACKENDS,
+    DESCRIPTIONS,
+    NAMES,
     InferenceEngines,
     OnnxRuntimeBackend,
     TorchBackend,
@@ -97,7 +100,7 @@ def test_unknown_backend_is_a_clear_error():
         make_backend("openvino", "E_flame", memory_pack())
     message = str(info.value)
     assert "'openvino'" in message
-    for name in ("auto", "torch", "onnxruntime", "tensorrt"):
+    for name in ("auto", "torch", "torch-eager", "onnxruntime", "onnxruntime-int8", "tensorrt"):
         assert name in message
 
 
@@ -165,3 +168,124 @@ def test_torch_cuda_graph_replay_handles_two_shapes_and_fresh_outputs():
     assert len(backend._graphs) == 2
     assert torch.equal(a, a_again) and a.data_ptr() != a_again.data_ptr()
     assert rel_err(b.cpu().numpy(), reference_output("D_detail", 3)) <= 5e-3
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The registry is the only way to a network: every name builds, or says why it cannot here
+
+
+def _device_for(name: str) -> str:
+    cls = BACKENDS[name]
+    for device in cls.devices:  # best first
+        if cls.available(device)[0]:
+            return device
+    return cls.devices[-1]
+
+
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_every_registered_backend_builds_or_says_why(engines_dir, name):
+    device = _device_for(name)
+    ok, why = BACKENDS[name].available(device)
+    if not ok:
+        assert why  # an unavailable backend always says what is missing
+        with pytest.raises(ValueError, match=f"'{name}' is unavailable"):
+            make_backend(name, "D_detail", memory_pack(), device, engines_dir=engines_dir)
+        pytest.skip(f"{name} on {device}: {why}")
+    # D_detail: INT8 is made for E_flame only, so every backend here runs D_detail in float32
+    backend = make_backend(name, "D_detail", memory_pack(), device, engines_dir=engines_dir,
+                           options={"tensorrt": {"precision": "fp32", "max_batch": 4}})
+    assert backend.name == name and backend.reason.startswith(f"{name} on {backend.device}: requested explicitly")
+    value = backend.run({"latent": reference_input("D_detail", 3)})["uv_z"]
+    assert rel_err(value.cpu().numpy(), reference_output("D_detail", 3)) <= (1e-4 if device == "cpu" else 5e-3)
+
+
+def test_names_are_the_registry_keys_and_auto_never_picks_int8_or_the_reference():
+    assert NAMES == ("auto", *BACKENDS)
+    assert set(DESCRIPTIONS) == set(NAMES)
+    assert {"onnxruntime-int8", "torch-eager"}.isdisjoint(name for name, _ in AUTO_ORDER)
+    assert set(BACKENDS) == {name for name, _ in AUTO_ORDER} | {"onnxruntime-int8", "torch-eager"}
+
+
+def test_every_cli_with_a_backend_option_offers_every_registry_name():
+    import argparse
+
+    from capture import demo, live, video
+    from capture.cli_common import add_backend_argument
+
+    parser = argparse.ArgumentParser()
+    add_backend_argument(parser)
+    help_text = " ".join(parser.format_help().split())
+    for name in NAMES:
+        assert f"{name}:" in help_text
+        assert parser.parse_args(["--backend", name]).backend == name
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--backend", "openvino"])
+    for module, argv in ((video, ["in.mp4", "-o", "out.mp4"]), (live, [])):
+        assert module.parse_args([*argv, "--backend", "onnxruntime-int8"]).backend == "onnxruntime-int8"
+    assert "add_backend_argument(parser)" in open(demo.__file__).read()  # demo's main parses its own args
+
+
+def test_torch_eager_is_eager_float32_on_any_device():
+    backend = make_backend("torch-eager", "D_detail", memory_pack(), "cpu")
+    assert isinstance(backend, TorchBackend) and not backend.cuda_graphs and not backend.half
+    assert rel_err(backend.run({"latent": reference_input("D_detail", 1)})["uv_z"].numpy(),
+                   reference_output("D_detail", 1)) <= 1e-4
+    with pytest.raises(TypeError):
+        BACKENDS["torch-eager"]("D_detail", memory_pack(), "cpu", cuda_graphs=True)
+
+
+def test_int8_backend_refuses_the_gpu_and_runs_fp32_where_int8_is_not_made(engines_dir):
+    ok, why = BACKENDS["onnxruntime-int8"].available("cuda")
+    assert not ok and "CPU" in why
+    backend = make_backend("onnxruntime-int8", "D_detail", memory_pack(), "cpu", engines_dir=engines_dir)
+    assert backend.int8_sidecar is None and "fp32 (INT8 is made for E_flame only)" in backend.reason
+
+
+class _RecordingEngines:
+    """Stands in for InferenceEngines: fixed outputs, and a log of what was asked."""
+
+    def __init__(self):
+        self.calls = []
+
+    def encode_flame(self, images):
+        self.calls.append(("E_flame", tuple(images.shape)))
+        return torch.arange(236, dtype=torch.float32)[None].repeat(images.shape[0], 1)
+
+    def encode_detail(self, images):
+        self.calls.append(("E_detail", tuple(images.shape)))
+        return torch.full((images.shape[0], 128), 0.5)
+
+    def decode_detail(self, latent):
+        self.calls.append(("D_detail", tuple(latent.shape)))
+        return torch.zeros(latent.shape[0], 1, 256, 256)
+
+
+def test_deca_runs_the_networks_it_is_given(small_pack):
+    from capture.deca import DECA
+    from capture.nets import CODE_LAYOUT
+
+    engines = _RecordingEngines()
+    deca = DECA(small_pack, engines=engines)
+    codes = deca.encode(torch.rand(2, 3, 224, 224))
+    expected = CODE_LAYOUT.split(torch.arange(236, dtype=torch.float32)[None].repeat(2, 1))
+    assert torch.equal(codes.exp, expected["exp"]) and torch.equal(codes.light, expected["light"])
+    assert torch.equal(codes.detail, torch.full((2, 128), 0.5))
+    assert tuple(deca.displacement(codes).shape) == (2, 1, 256, 256)
+    assert engines.calls == [("E_flame", (2, 3, 224, 224)), ("E_detail", (2, 3, 224, 224)), ("D_detail", (2, 181))]
+    assert not hasattr(deca, "nets")  # DECA owns no networks of its own
+
+
+def test_deca_defaults_to_the_eager_reference_made_on_first_use(small_pack):
+    from capture.deca import DECA
+    from capture.nets import CODE_LAYOUT, build_networks
+
+    deca = DECA(small_pack)
+    assert deca.engines.choice == {"E_flame": "torch-eager", "E_detail": "torch-eager", "D_detail": "torch-eager"}
+    assert deca.engines.describe() == []  # nothing built until used
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        reference = build_networks(small_pack.checkpoint).e_flame.eval()(x)
+    codes = deca.encode(x, with_detail=False)
+    for key, value in CODE_LAYOUT.split(reference).items():
+        assert torch.equal(getattr(codes, key), value), key
+    assert [line.split(":")[0] for line in deca.engines.describe()] == ["E_flame"]

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from capture import artifacts
 from capture import export as ex
 from capture.nets import CODE_LAYOUT, DetailGenerator, Networks, ResNet50Encoder
 from capture.trt import ENGINE_FORMAT, EngineStatus, engine_status
@@ -215,7 +216,7 @@ def test_ensure_onnx_uses_fresh_files_and_exports_stale_ones_into_the_cache(expo
     side = json.loads((exported / "D_detail.onnx.json").read_text())
     (stale_dir / "D_detail.onnx.json").write_text(json.dumps({**side, "weights_sha256": "f" * 64}))
     path = ex.ensure_onnx(pack, "D_detail", engines_dir=stale_dir, networks=reference_networks())
-    assert path.parent == ex.onnx_cache_dir(pack.meta["weights_sha256"])
+    assert path.parent == artifacts.onnx_cache_dir(pack.meta["weights_sha256"])
     assert json.loads(ex.sidecar_path(path).read_text())["weights_sha256"] == pack.meta["weights_sha256"]
     (value,) = ex.cpu_session(path).run(["uv_z"], {"latent": reference_input("D_detail", 1).numpy()})
     assert rel_err(value, reference_output("D_detail", 1)) <= TOL
@@ -228,9 +229,10 @@ def test_ensure_onnx_uses_fresh_files_and_exports_stale_ones_into_the_cache(expo
 def test_pack_weights_hash_falls_back_to_checkpoint_content():
     a = {"D_detail": {"w": torch.ones(2)}}
     b = {"D_detail": {"w": torch.tensor([1.0, 2.0])}}
-    assert ex.pack_weights_sha256(MemoryPack(a)) != ex.pack_weights_sha256(MemoryPack(b))
-    assert ex.pack_weights_sha256(MemoryPack(a)) == ex.checkpoint_sha256({"D_detail": {"w": torch.ones(2)}})
-    assert ex.pack_weights_sha256(MemoryPack(a, {"weights_sha256": "ab"})) == "ab"
+    assert artifacts.pack_weights_sha256(MemoryPack(a)) != artifacts.pack_weights_sha256(MemoryPack(b))
+    assert artifacts.pack_weights_sha256(MemoryPack(a)) == (
+        artifacts.checkpoint_sha256({"D_detail": {"w": torch.ones(2)}}))
+    assert artifacts.pack_weights_sha256(MemoryPack(a, {"weights_sha256": "ab"})) == "ab"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -154,7 +154,9 @@ def test_int8_quantisation_of_a_small_graph(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from capture.export import GraphSpec, int8_error, quantize_int8, read_sidecar, sidecar_path
+    from capture.artifacts import read_sidecar, sidecar_path
+    from capture.int8 import calibration_sha256, int8_error, quantize_int8
+    from capture.nets import GraphSpec
 
     rng = np.random.default_rng(0)
     w = rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32)
@@ -175,8 +177,14 @@ def test_int8_quantisation_of_a_small_graph(tmp_path):
     onnx.save(model, src)
     spec = GraphSpec("Tiny", "image", (3, 16, 16), "code", (8,), "e_flame")
     calibration = rng.random((8, 3, 16, 16)).astype(np.float32)
-    side = quantize_int8(src, tmp_path / "tiny.int8.onnx", calibration, spec)
+    side = quantize_int8(src, tmp_path / "tiny.int8.onnx", calibration, spec, source="random test images")
     assert side["precision"] == "int8" and read_sidecar(sidecar_path(tmp_path / "tiny.int8.onnx")) == side
+    assert side["calibration"] == {"source": "random test images", "count": 8,
+                                   "sha256": calibration_sha256(calibration)}
+    # the error recorded in the sidecar is the error on the calibration images themselves
+    recorded = dict(side["error_vs_fp32"])
+    assert recorded.pop("measured_on") == "the calibration inputs"
+    assert recorded == pytest.approx(int8_error(src, tmp_path / "tiny.int8.onnx", calibration, spec))
     ops = {n.op_type for n in onnx.load(tmp_path / "tiny.int8.onnx").graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     # a smooth little network: 8-bit ranges keep the output within ~2% of its size

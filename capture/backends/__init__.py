@@ -5,12 +5,13 @@
 """
 from .base import Backend, BackendUnavailable
 from .engines import InferenceEngines
-from .onnxruntime_backend import OnnxRuntimeBackend
-from .registry import AUTO_ORDER, BACKENDS, NAMES, availability, make_backend
+from .onnxruntime_backend import OnnxRuntimeBackend, OnnxRuntimeInt8Backend
+from .registry import AUTO_ORDER, BACKENDS, DESCRIPTIONS, NAMES, availability, describe_names, make_backend
 from .tensorrt_backend import TensorRTBackend
-from .torch_backend import TorchBackend
+from .torch_backend import TorchBackend, TorchEagerBackend
 
 __all__ = [
-    "AUTO_ORDER", "BACKENDS", "NAMES", "Backend", "BackendUnavailable", "InferenceEngines", "OnnxRuntimeBackend",
-    "TensorRTBackend", "TorchBackend", "availability", "make_backend",
+    "AUTO_ORDER", "BACKENDS", "DESCRIPTIONS", "NAMES", "Backend", "BackendUnavailable", "InferenceEngines",
+    "OnnxRuntimeBackend", "OnnxRuntimeInt8Backend", "TensorRTBackend", "TorchBackend", "TorchEagerBackend",
+    "availability", "describe_names", "make_backend",
 ]

@@ -1,6 +1,6 @@
 """The one inference interface every backend implements: named inputs in, named outputs out.
 
-Shapes follow `capture.export.GRAPHS`: E_flame "image" [B, 3, 224, 224] -> "code" [B, 236]; E_detail "image"
+Shapes follow `capture.nets.GRAPHS`: E_flame "image" [B, 3, 224, 224] -> "code" [B, 236]; E_detail "image"
 -> "detail" [B, 128]; D_detail "latent" [B, 181] -> "uv_z" [B, 1, 256, 256]; all float32.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import ClassVar, Mapping, Union
 import numpy as np
 import torch
 
-from capture.export import GraphSpec, graph_spec
+from capture.nets import GraphSpec, graph_spec
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -23,7 +23,7 @@ class BackendUnavailable(RuntimeError):
 class Backend(ABC):
     """One network behind one runtime. Subclasses set `name` and implement `available` and `_run`.
 
-    Attributes: `name` ("torch" | "onnxruntime" | "tensorrt"), `network` ("E_flame" | ...), `device`
+    Attributes: `name` (its registry name, see `capture.backends.BACKENDS`), `network` ("E_flame" | ...), `device`
     (torch.device where outputs live), `spec` (the graph's tensor names and shapes), `reason` (why this backend
     was chosen, set by the registry).
     """

@@ -15,7 +15,8 @@ from .registry import make_backend
 class InferenceEngines:
     """E_flame, E_detail and D_detail behind one backend choice.
 
-    backend: "auto" | "torch" | "onnxruntime" | "tensorrt" for all three, or a dict {network: name}.
+    backend: a registry name ("auto" or a key of `capture.backends.BACKENDS`) for all three, or a dict
+    {network: name}; `options` go to `make_backend`.
     Each network's backend is made on first use (E_detail runs once per target, so a live session that never
     needs it pays nothing for it). Outputs are float32 tensors on the chosen backend's device.
     """

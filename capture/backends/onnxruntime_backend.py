@@ -77,7 +77,7 @@ def session_options(threads: Optional[int] = None, spinning: bool = False):
 class OnnxRuntimeBackend(Backend):
     """ONNX Runtime session over one network's ONNX graph.
 
-    onnx_path: use this file as is (no freshness check; e.g. an INT8 graph from `capture.export.ensure_int8_onnx`);
+    onnx_path: use this file as is (no freshness check; e.g. an INT8 graph from `capture.int8.ensure_int8_onnx`);
     default: `ensure_onnx(pack, network, engines_dir)`. threads: intra-op threads (default: physical cores);
     spinning: see `session_options`.
     CPU: numpy in, numpy out (zero-copy into torch). CUDA: io_binding straight onto torch CUDA tensors.
@@ -155,3 +155,52 @@ class OnnxRuntimeBackend(Backend):
         self.session.run_with_iobinding(binding)
         binding.synchronize_outputs()
         return out
+
+
+class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
+    """ONNX Runtime on the CPU with E_flame statically quantised to INT8 (`capture.int8`); the other networks
+    run their float32 graphs (INT8 is made for E_flame only; `.detail` says which ran).
+
+    calibration: a `capture.int8.Calibration` (face crops and what they are); default: renders of the pack.
+    The INT8 graph is cached beside the float32 one, keyed by that graph and the crops; its sidecar
+    (`.int8_sidecar`) records the calibration and the error against float32 on the same crops.
+    reduce_range, threads, spinning: as `capture.int8.quantize_int8` and `OnnxRuntimeBackend`.
+    """
+
+    name = "onnxruntime-int8"
+    devices = ("cpu",)
+
+    def __init__(self, network: str, pack, device: Union[str, torch.device] = "cpu", *, calibration=None,
+                 engines_dir: Optional[Union[str, Path]] = None, threads: Optional[int] = None,
+                 spinning: bool = False, reduce_range: bool = False):
+        ok, why = self.available(torch.device(device).type)
+        if not ok:
+            raise BackendUnavailable(f"onnxruntime-int8 backend on {device}: {why}")
+        from capture.artifacts import read_sidecar, sidecar_path
+        from capture.int8 import INT8_NETWORKS, Calibration, describe_error, ensure_int8_onnx
+
+        self.int8_sidecar: Optional[dict] = None
+        onnx_path = None
+        if network in INT8_NETWORKS:
+            calibration = calibration if calibration is not None else Calibration.pack_renders(pack)
+            onnx_path = ensure_int8_onnx(pack, network, calibration.crops(), engines_dir=engines_dir,
+                                         reduce_range=reduce_range, source=calibration.source)
+            self.int8_sidecar = read_sidecar(sidecar_path(onnx_path))
+        super().__init__(network, pack, device, onnx_path=onnx_path, engines_dir=engines_dir, threads=threads,
+                         spinning=spinning)
+        self.detail += (", " + describe_error(self.int8_sidecar) if self.int8_sidecar is not None
+                        else f", fp32 (INT8 is made for {', '.join(INT8_NETWORKS)} only)")
+
+    @classmethod
+    def available(cls, device: str = "cpu") -> tuple[bool, str]:
+        if torch.device(device).type != "cpu":
+            return False, ("INT8 runs on ONNX Runtime's CPU execution provider only "
+                           "(use onnxruntime or tensorrt on a GPU)")
+        ok, why = OnnxRuntimeBackend.available("cpu")
+        if not ok:
+            return ok, why
+        import importlib.util
+
+        if importlib.util.find_spec("onnx") is None:
+            return False, "the onnx package is missing (pip install onnx): ONNX Runtime's quantiser needs it"
+        return True, why.replace(" CPU,", " CPU with INT8 E_flame,")

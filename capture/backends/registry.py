@@ -1,4 +1,8 @@
-"""Backend registry: one table of names -> classes, `make_backend` with an explicit "auto" policy."""
+"""Backend registry: one table of names -> classes, `make_backend` with an explicit "auto" policy.
+
+Every inference path of the product and of the benchmarks is built here: a backend name on a command line
+(`--backend`) is a key of `BACKENDS` (or "auto").
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,14 +11,26 @@ from typing import Optional, Union
 import torch
 
 from .base import Backend
-from .onnxruntime_backend import OnnxRuntimeBackend
+from .onnxruntime_backend import OnnxRuntimeBackend, OnnxRuntimeInt8Backend
 from .tensorrt_backend import TensorRTBackend
-from .torch_backend import TorchBackend
+from .torch_backend import TorchBackend, TorchEagerBackend
 
-BACKENDS: dict[str, type[Backend]] = {
-    "tensorrt": TensorRTBackend,
-    "onnxruntime": OnnxRuntimeBackend,
-    "torch": TorchBackend,
+BACKENDS: dict[str, type[Backend]] = {cls.name: cls for cls in (
+    TensorRTBackend,
+    OnnxRuntimeBackend,
+    OnnxRuntimeInt8Backend,  # E_flame in INT8, calibrated on face crops (never chosen by "auto": it trades accuracy)
+    TorchBackend,  # CUDA graphs on a GPU, eager on the CPU
+    TorchEagerBackend,  # the eager reference (benchmarks; DECA's one-off networks)
+)}
+# What each name is, for --help.
+DESCRIPTIONS: dict[str, str] = {
+    "auto": "the fastest that works here",
+    "tensorrt": "TensorRT engines (CUDA)",
+    "onnxruntime": "ONNX Runtime, float32 (CPU, or CUDA with onnxruntime-gpu)",
+    "onnxruntime-int8": "ONNX Runtime CPU with E_flame in INT8, calibrated on the input's first frames "
+                        "(or renders of the pack)",
+    "torch": "PyTorch (CUDA graphs on a GPU, eager on the CPU)",
+    "torch-eager": "PyTorch eager, the reference",
 }
 # Fastest first. On CPU, ONNX Runtime runs ResNet-50 about 2x faster than eager torch (ENVIRONMENT.md).
 AUTO_ORDER: tuple[tuple[str, str], ...] = (
@@ -25,6 +41,12 @@ AUTO_ORDER: tuple[tuple[str, str], ...] = (
     ("torch", "cpu"),
 )
 NAMES = ("auto", *BACKENDS)
+assert set(DESCRIPTIONS) == set(NAMES)
+
+
+def describe_names() -> str:
+    """'auto: the fastest that works here; tensorrt: ...' for a --backend help text."""
+    return "; ".join(f"{n}: {DESCRIPTIONS[n]}" for n in NAMES)
 
 
 def availability(device: Optional[str] = None) -> list[tuple[str, str, bool, str]]:
@@ -47,7 +69,7 @@ def _default_device(cls: type[Backend]) -> str:
 
 def _construct(name: str, network: str, pack, device: str, engines_dir, options: Optional[dict]) -> Backend:
     kwargs = dict((options or {}).get(name, {}))
-    if name != "torch":  # the ONNX-fed backends look for engines_dir/<network>.onnx first
+    if not issubclass(BACKENDS[name], TorchBackend):  # the ONNX-fed ones look for engines_dir/<network>.onnx first
         kwargs.setdefault("engines_dir", engines_dir)
     return BACKENDS[name](network, pack, device, **kwargs)
 
@@ -56,12 +78,13 @@ def make_backend(name: str, network: str, pack, device: Optional[str] = None, *,
                  engines_dir: Optional[Union[str, Path]] = None, options: Optional[dict] = None) -> Backend:
     """A backend for `network` ("E_flame" | "E_detail" | "D_detail") built from `pack`.
 
-    name: "auto" | "torch" | "onnxruntime" | "tensorrt". device: "cpu", "cuda[:i]" or None (auto: any device;
+    name: "auto" or a key of BACKENDS. device: "cpu", "cuda[:i]" or None (auto: any device;
     a named backend: its best available device). "auto" tries AUTO_ORDER and takes the first that is available
     *and* constructs; `.reason` says which and why the faster ones were passed over. A named backend that is
     unknown or unavailable raises ValueError with the list of backends and their availability.
     engines_dir: where the ONNX/engine files are looked for (default `$CAPTURE_ENGINES` or ./engines).
-    options: per-backend constructor options, e.g. {"torch": {"cuda_graphs": False}, "tensorrt": {"max_batch": 4}}.
+    options: per-backend constructor options, e.g. {"torch": {"cuda_graphs": False}, "tensorrt": {"max_batch": 4},
+    "onnxruntime-int8": {"calibration": capture.int8.Calibration(...)}}.
     """
     if name not in NAMES:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(NAMES)}. Here: " + _summary(device))

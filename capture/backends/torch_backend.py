@@ -80,3 +80,25 @@ class TorchBackend(Backend):
         with torch.inference_mode(), torch.cuda.graph(graph):
             static_out = self._forward(static_in)
         return graph, static_in, static_out
+
+
+class TorchEagerBackend(TorchBackend):
+    """The eager reference: the network called one batch at a time in float32, no CUDA graphs, on any device.
+
+    What DECA's own code does, and what benchmarks/fps.py measures every other backend against. DECA's
+    one-off networks (E_flame and E_detail on the target photo) run here too, so that the avatar cache does
+    not depend on the per-frame backend.
+    """
+
+    name = "torch-eager"
+
+    def __init__(self, network: str, pack, device: Union[str, torch.device] = "cpu", *,
+                 module: Optional[nn.Module] = None):
+        super().__init__(network, pack, device, module=module, cuda_graphs=False, half=False)
+
+    @classmethod
+    def available(cls, device: str = "cpu") -> tuple[bool, str]:
+        ok, why = super().available(device)
+        if ok and torch.device(device).type == "cuda":
+            why = f"PyTorch eager on {torch.cuda.get_device_name(0)}"
+        return ok, why

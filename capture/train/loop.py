@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..artifacts import atomic_write
 from ..assets import load_pack
 from ..assets.official import PACK_FILES
 from ..nets import INPUT_SIZE, NETWORK_NAMES, ResNet50Encoder, build_networks
@@ -200,9 +201,8 @@ def write_run_pack(out: Path, base_pack_dir: Path, networks: dict[str, nn.Module
     (pack / "pack.json").write_text(json.dumps(meta, indent=2) + "\n")
     ckpt = {name: {k: v.detach().cpu().clone() for k, v in networks[name].state_dict().items()}
             for name in NETWORK_NAMES}
-    tmp = pack / (CHECKPOINT + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(pack / CHECKPOINT)
+    with atomic_write(pack / CHECKPOINT) as tmp:
+        torch.save(ckpt, tmp)
     return pack
 
 
