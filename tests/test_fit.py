@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from capture.camera import orthographic
+from capture.projection import orthographic
 from capture.fit import (FitConfig, FitState, LandmarkBases, LandmarkFitter, contour_row, right_jacobian, rotation_matrix,
                          rotation_to_axis_angle, yaw_degrees)
 from capture.flame import FLAME, contour_rows_from_yaw, rodrigues

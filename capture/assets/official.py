@@ -21,13 +21,13 @@ from .pack import (
     N_EXP_FLAME,
     N_JOINTS,
     N_SHAPE_FLAME,
-    UV_SIZE,
     AlbedoModel,
     FlameModel,
     LandmarkEmbedding,
     ModelPack,
     UVLayout,
 )
+from ..conventions import UV_SIZE
 from .safe_pickle import ForeignClassError, read_object_npy, restricted_loads, to_numpy
 
 N_TEX_USED = 50  # DECA uses the first 50 albedo components
