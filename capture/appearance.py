@@ -128,7 +128,7 @@ def uv_layout_pixels(uvcoords: np.ndarray, size: int) -> np.ndarray:
 
 
 def uv_layout_ndc(uvcoords: np.ndarray) -> np.ndarray:
-    """OBJ uv [T, 2] (v up) -> [T, 2] float32 y-down NDC (the flip lives in render.conventions)."""
+    """OBJ uv [T, 2] (v up) -> [T, 2] float32 y-down NDC (the flip lives in capture.conventions)."""
     return obj_uv_to_ndc(torch.as_tensor(np.asarray(uvcoords, dtype=np.float32))).numpy()
 
 

@@ -26,7 +26,7 @@ class ModelAssets:
     uvfaces: torch.Tensor  # [F, 3] int64 uv-vertex ids
     uv_ndc: torch.Tensor  # [T, 2] the UV layout in y-down NDC (`conventions.obj_uv_to_ndc`)
     uv_face: torch.Tensor  # [F, 3, 2] uv_ndc per face corner, contiguous
-    incidence: torch.Tensor  # [V, F] sparse CSR vertex-face incidence (`appearance.vertex_normals_fast`)
+    incidence: torch.Tensor  # [V, F] sparse CSR vertex-face incidence (`appearance.vertex_normals`)
     uv_sampler: UVSampler  # per-vertex data -> UV maps
     grid_faces: torch.Tensor  # [N, 3] texel-grid triangles of DECA's displacement2normal (`appearance.grid_triangles`)
     face_eye_mask: torch.Tensor  # [S, S] where details apply
