@@ -1,8 +1,9 @@
 """Albedo, spherical-harmonics light and detail normals, all in FLAME's UV space (FORMATS.md 1.6, 3.4, 3.6).
 
 Pure tensor functions; the one piece of state is `UVSampler`, the UV layout rasterised once (which texel lies
-in which triangle, with which barycentrics) so that moving per-vertex data into UV space each frame is a gather
-and a weighted sum instead of a rasterisation.
+in which triangle, with which barycentrics) so that moving per-vertex data into UV space each frame is one
+sparse product instead of a rasterisation. These are the drawing path's steps (`capture.views` composes them);
+DECA's straightforward versions of the same steps are the oracles in `capture.reference`.
 """
 from __future__ import annotations
 

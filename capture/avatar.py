@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from .appearance import extract_texture, sh_shading
-from .projection import crop_to_image_ndc
-from .crop import FaceDetector
 from .conventions import INPUT_SIZE
+from .crop import FaceDetector
 from .deca import DECA, Codes
+from .projection import crop_to_image_ndc
 from .stills import FaceCrop, ImageError, astronaut, crop_largest_face, load_image
 
 AVATAR_FORMAT = 2

@@ -62,8 +62,8 @@ def pixel_centers_ndc(size: Tuple[int, int], device=None, dtype=torch.float32) -
 
     x = (c + 0.5) * 2 / W - 1, y = (r + 0.5) * 2 / H - 1: the one pixel-centre grid (training's barycentrics)."""
     H, W = size
-    rows, cols = torch.meshgrid(torch.arange(H, device=device, dtype=dtype), torch.arange(W, device=device, dtype=dtype),
-                                indexing="ij")
+    rows, cols = torch.meshgrid(torch.arange(H, device=device, dtype=dtype),
+                                torch.arange(W, device=device, dtype=dtype), indexing="ij")
     return pixel_to_ndc(torch.stack([cols, rows], dim=-1), (H, W))
 
 

@@ -101,8 +101,9 @@ class DECA:
         return self.assets.lbs_backend
 
     @classmethod
-    def from_pack(cls, pack: ModelPack, device: str | torch.device = "cpu", rasterizer: str = "auto") -> "DECA":
-        return cls(pack, device=device, rasterizer=rasterizer)
+    def from_pack(cls, pack: ModelPack, device: str | torch.device = "cpu", rasterizer: str = "auto",
+                  assets: Optional[ModelAssets] = None) -> "DECA":
+        return cls(pack, device=device, rasterizer=rasterizer, assets=assets)
 
     # ------------------------------------------------------------------------------------------- encode
     @torch.inference_mode()

@@ -21,14 +21,14 @@ import torch
 from PIL import Image
 
 from .appearance import extract_texture
-from .avatar import fit_identity
 from .assets import AssetError, open_pack
-from .sources import CODE_SOURCES, choose_source
-from .projection import crop_to_image_ndc
-from .crop import FaceDetector
+from .avatar import fit_identity
 from .conventions import INPUT_SIZE
+from .crop import FaceDetector
 from .deca import DECA
 from .meshio import to_uint8_image, write_obj
+from .projection import crop_to_image_ndc
+from .sources import CODE_SOURCES, choose_source
 from .stills import IMAGE_SUFFIXES, ImageError, astronaut, crop_largest_face, load_image
 from .stream.writer import same_file
 from .views import composite

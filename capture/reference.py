@@ -124,7 +124,7 @@ class ReferenceDrawing(Drawing):
     """`views.Drawing` done DECA's way: triangle-list normals, displacement2normal, full-frame images; the
     displacement map is made for every frame."""
 
-    reuse_detail = False
+    reuses = False
 
     def normals(self, vertices: torch.Tensor) -> torch.Tensor:
         return vertex_normals(vertices, self.assets.faces)

@@ -159,7 +159,7 @@ class AvatarRenderer:
         (D_detail is a quarter of a frame's CPU time, and wrinkles follow the expression, nothing else of the
         frame); the reference drawing makes a fresh one every frame."""
         latent = detail_input(codes.pose[:, 3:6], codes.exp, codes.detail)
-        if self.drawing.reuse_detail and self._detail is not None and self._detail[0].shape == latent.shape:
+        if self.drawing.reuses and self._detail is not None and self._detail[0].shape == latent.shape:
             jaw_tol, exp_tol = DETAIL_REUSE
             moved = (latent - self._detail[0]).abs()
             if float(moved[:, :3].max()) <= jaw_tol and float(moved[:, 3:53].max()) <= exp_tol:
@@ -167,7 +167,7 @@ class AvatarRenderer:
                 return self._detail[1]
         with self._times("D_detail"):
             uv_z = self.decode_detail(latent)
-        if self.drawing.reuse_detail:
+        if self.drawing.reuses:
             self._detail = (latent, uv_z)
         return uv_z
 
@@ -205,7 +205,7 @@ class AvatarRenderer:
         with self._times("rasterize"):
             fragments = self.rasterizer.rasterize(prepared.screen, self.assets.faces, self.frame_size)
         with self._times("shading"):
-            albedo = self._albedo if self.drawing.reuse_detail else self._make_albedo()
+            albedo = self._albedo if self.drawing.reuses else self._make_albedo()
             normal_map = self.drawing.detail_map(uv_z, prepared.vertices, prepared.normals)
             return self.drawing.lit(self.rasterizer, fragments, prepared.screen, prepared.normals, albedo, normal_map,
                                     prepared.codes.light)

@@ -24,8 +24,8 @@ from .crop import image_points_to_crop
 from .deca import Codes
 from .fit import FitConfig, FitState, LandmarkBases, LandmarkFitter
 from .landmarks import LidCalibration, ibug68_from_mesh
-from .stream.filters import OneEuroFilter
 from .nets import CODE_LAYOUT
+from .stream.filters import OneEuroFilter
 
 CODE_SOURCES = ("auto", "network", "landmarks", "hybrid")
 N_SHAPE_PERFORMER = 10  # identity components estimated for a performer over the stream

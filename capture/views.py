@@ -20,8 +20,16 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F_nn
 
-from .appearance import (SH_CONSTANTS, SHAPE_GREY, SHAPE_LIGHT_INTENSITY, SHAPE_LIGHTS, detail_normals,
-                         directional_shading, sh_terms, vertex_normals)
+from .appearance import (
+    SH_CONSTANTS,
+    SHAPE_GREY,
+    SHAPE_LIGHT_INTENSITY,
+    SHAPE_LIGHTS,
+    detail_normals,
+    directional_shading,
+    sh_terms,
+    vertex_normals,
+)
 
 
 @dataclass
@@ -211,7 +219,8 @@ class Drawing:
     """The steps of one frame's picture that `AvatarRenderer` runs, in the product's way; the eager DECA-style
     baseline (`reference.ReferenceDrawing`) replaces the same three steps and nothing else."""
 
-    reuse_detail = True  # a displacement map may serve the next frames while the expression stays put
+    # Reuse what stays put: the avatar's albedo, and a displacement map while the expression barely moves.
+    reuses = True
 
     def __init__(self, assets):
         self.assets = assets

@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from ..conventions import UV_SIZE
 from .pack import (
     N_EXP_FLAME,
     N_JOINTS,
@@ -27,7 +28,6 @@ from .pack import (
     ModelPack,
     UVLayout,
 )
-from ..conventions import UV_SIZE
 from .safe_pickle import ForeignClassError, read_object_npy, restricted_loads, to_numpy
 
 N_TEX_USED = 50  # DECA uses the first 50 albedo components

@@ -14,8 +14,6 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..conventions import UV_SIZE
-
 N_SHAPE_FLAME = 300  # identity columns of FLAME 2020's shapedirs
 N_EXP_FLAME = 100  # expression columns, stored after the identity ones
 N_JOINTS = 5  # global(root), neck, jaw, left eye, right eye
