@@ -1,10 +1,11 @@
-# Quick start: `make demo` (whole pipeline on the built-in demo pack), `make test`.
+# Quick start: `make demo` (whole pipeline on the built-in demo pack), `make test` (lint + all tests),
+# `make test-fast` (everyday: the tests not marked slow), `make lint` (ruff).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo lint test test-fast install clean
 
 $(STAMP): requirements-cpu.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,8 +20,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m capture.demo
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+# The whole suite, after the linter (what CI runs). `make test-fast` leaves out the tests marked slow.
+test: lint
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

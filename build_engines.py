@@ -21,7 +21,8 @@ from capture.trt import TensorRTError, TensorRTUnavailable
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--onnx-dir", type=Path, default=Path("engines"), help="folder of the .onnx files (default engines/)")
+    ap.add_argument("--onnx-dir", type=Path, default=Path("engines"),
+                    help="folder of the .onnx files (default engines/)")
     precision = ap.add_mutually_exclusive_group()
     precision.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="FP16 (default)")
     precision.add_argument("--fp32", dest="precision", action="store_const", const="fp32", help="FP32")

@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> None:
     for result in results:
         spec = GRAPHS[result.name]
         io = result.sidecar
-        shapes = f"{io['inputs'][0]['name']} {io['inputs'][0]['shape']} -> {io['outputs'][0]['name']} {io['outputs'][0]['shape']}"
+        source, target = io["inputs"][0], io["outputs"][0]
+        shapes = f"{source['name']} {source['shape']} -> {target['name']} {target['shape']}"
         errors = check_parity(result.onnx_path, spec.module(networks), spec, parity_batches(batch),
                               tolerance=args.max_rel_err)
         worst = ", ".join(f"batch {b}: {e:.2e}" for b, e in errors.items())

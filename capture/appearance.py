@@ -1,4 +1,4 @@
-"""Albedo, spherical-harmonics light and detail normals, all in FLAME's UV space (FORMATS.md 1.6, 3.4, 3.6).
+"""Albedo, spherical-harmonics light and detail normals, all in FLAME's UV space (docs/formats.md 1.6, 3.4, 3.6).
 
 Pure tensor functions; the one piece of state is `UVSampler`, the UV layout rasterised once (which texel lies
 in which triangle, with which barycentrics) so that moving per-vertex data into UV space each frame is one
@@ -19,7 +19,7 @@ from .assets.pack import AlbedoModel
 from .conventions import UV_SIZE, ndc_to_pixel, obj_uv_to_ndc
 from .render.exact import rasterize_flat_exact
 
-# SH constants, FORMATS.md 3.4; basis order 1, x, y, z, xy, xz, yz, x^2-y^2, 3z^2-1
+# SH constants, docs/formats.md 3.4; basis order 1, x, y, z, xy, xz, yz, x^2-y^2, 3z^2-1
 SH_CONSTANTS = (
     1 / math.sqrt(4 * math.pi),
     (2 * math.pi / 3) * math.sqrt(3 / (4 * math.pi)),

@@ -22,7 +22,7 @@ MediaPipe gives neither FAN's points nor that box, so `FaceDetector` maps its ou
    w 0.88-0.93, h 0.87-0.92, dy +0.02..+0.034) and on `skimage.data.astronaut()` at four scales
    (w 0.97, h 0.93, dy +0.007). The residual spread (about 5 % of the side) is what the fallback costs.
 
-Crop (FORMATS.md 2.1, `kpt68` path, reproduced exactly by `crop_transform`): size0 = mean box side x 1.1,
+Crop (docs/formats.md 2.1, `kpt68` path, reproduced exactly by `crop_transform`): size0 = mean box side x 1.1,
 centre = box centre, side = int(size0 x 1.25); the square's top-left, bottom-left and top-right corners
 map to (0, 0), (0, size-1), (size-1, 0). T maps original pixels to crop pixels; `warp_crop` samples the
 crop bilinearly with 0 outside the image, as DECA's `skimage.transform.warp(image / 255, T^-1)` does.

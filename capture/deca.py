@@ -1,7 +1,7 @@
 """DECA's encode / decode, composed from the networks, FLAME, appearance and the rasteriser.
 
 `encode` turns 224x224 crops into `Codes`; `decode` turns codes into geometry, UV maps and pictures
-(FORMATS.md 2.6, 3). `DECA.geometry` / `DECA.detail` are the per-frame pieces the streaming path calls.
+(docs/formats.md 2.6, 3). `DECA.geometry` / `DECA.detail` are the per-frame pieces the streaming path calls.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from .views import Views, detail_normal_map, draw_views, mesh_normals
 
 @dataclass
 class Codes:
-    """DECA's code dict (FORMATS.md 2.3), batch-first tensors."""
+    """DECA's code dict (docs/formats.md 2.3), batch-first tensors."""
 
     shape: torch.Tensor  # [B, 100]
     tex: torch.Tensor  # [B, 50]

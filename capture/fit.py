@@ -1,6 +1,6 @@
 """FLAME fitted to 2D landmarks: head pose, jaw pose, expression and DECA's orthographic camera per frame.
 
-The model's 68 landmarks (DECA's embedding, FORMATS.md 1.3) are reduced once to per-landmark linear bases,
+The model's 68 landmarks (DECA's embedding, docs/formats.md 1.3) are reduced once to per-landmark linear bases,
 so a frame never touches the other vertices: with FLAME's neck and eye poses at zero (as in DECA), linear
 blend skinning of a landmark collapses exactly to
 

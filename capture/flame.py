@@ -5,7 +5,7 @@ the same math runs on CPU and GPU and a second implementation (the CUDA LBS kern
 with the very same signature. Shape vocabulary: B batch, V vertices, F faces, J joints (5 for FLAME),
 K blendshape components, L landmarks.
 
-Conventions are DECA's (FORMATS.md 1.2, 1.3): SMPL-X style linear blend skinning, pose feature =
+Conventions are DECA's (docs/formats.md 1.2, 1.3): SMPL-X style linear blend skinning, pose feature =
 (R_j - I) of the non-root joints, posedirs stored transposed as [36, V*3], full pose vector
 [global | neck | jaw | left eye | right eye] in axis-angle, 79-row dynamic jaw-contour table indexed by
 the integer head yaw in degrees.
@@ -194,7 +194,7 @@ def vertices_to_landmarks(
 
 
 def contour_rows_from_yaw(yaw_deg: torch.Tensor) -> torch.Tensor:
-    """DECA's yaw -> dynamic-contour row (FORMATS.md 1.3).
+    """DECA's yaw -> dynamic-contour row (docs/formats.md 1.3).
 
     yaw_deg [B] in degrees. Clamp to <= 39, round (half to even, as torch.round), then
     yaw 0..39 -> row yaw; yaw -1..-39 -> row 39 - yaw (40..78); yaw < -39 -> row 78. Returns [B] int64.

@@ -1,6 +1,6 @@
 """MediaPipe's face mesh in FLAME's terms: the 68 iBUG points that DECA's landmark embedding defines.
 
-DECA's `landmark_embedding.npy` puts the 68 iBUG-300W points on the head model (FORMATS.md 1.3): 17
+DECA's `landmark_embedding.npy` puts the 68 iBUG-300W points on the head model (docs/formats.md 1.3): 17
 yaw-dependent jaw-contour points (0..16) and 51 static ones (17..67: brows, nose, eyes, mouth). MediaPipe's
 face mesh (468 points, 478 with the iris refinement) has no such points, but it has vertices that sit where
 each of them sits. `MESH_TO_IBUG68[k]` is the mesh vertex standing in for iBUG point k; the table with its

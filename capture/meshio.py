@@ -1,4 +1,4 @@
-"""Mesh files: the textured OBJ + MTL + texture / normal-map PNGs that DECA's save_obj writes (FORMATS 3.8)."""
+"""Mesh files: the textured OBJ + MTL + texture / normal-map PNGs that DECA's save_obj writes (docs/formats.md 3.8)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""DECA's three networks and the layout of the coarse code (FORMATS.md sections 2.2-2.5, 8).
+"""DECA's three networks and the layout of the coarse code (docs/formats.md sections 2.2-2.5, 8).
 
 - `CODE_LAYOUT`: the one description of E_flame's 236-d output (shape | tex | exp | pose | cam | light).
 - `ResNet50Encoder`: E_flame (out 236) and E_detail (out 128); ResNet-50 in plain torch with torchvision's
@@ -196,7 +196,7 @@ class ResNet50Encoder(nn.Module):
 
 
 def detail_input(jaw: Tensor, exp: Tensor, detail: Tensor) -> Tensor:
-    """D_detail's latent in DECA's order: jaw [B,3] | exp [B,50] | detail [B,128] -> [B,181] (FORMATS 8.1)."""
+    """D_detail's latent in DECA's order: jaw [B,3] | exp [B,50] | detail [B,128] -> [B,181] (docs/formats.md 8.1)."""
     for name, t, n in (("jaw", jaw, 3), ("exp", exp, CODE_LAYOUT.n_exp), ("detail", detail, CODE_LAYOUT.n_detail)):
         if t.ndim != 2 or t.shape[1] != n:
             raise ValueError(f"detail_input: {name} must be [B, {n}], got {tuple(t.shape)}")
@@ -207,7 +207,7 @@ class DetailGenerator(nn.Module):
     """DECA's D_detail: latent [B, 181] (see `detail_input`) -> UV displacement [B, 1, 256, 256] in metres.
 
     Five bilinear x2 upsamplings from 8x8. The BatchNorms after the convs use eps 0.8 (DECA passes 0.8
-    positionally, FORMATS 8.2); the first one uses the default 1e-5.
+    positionally, docs/formats.md 8.2); the first one uses the default 1e-5.
     """
 
     def __init__(self):

@@ -1,4 +1,4 @@
-"""DECA's orthographic projection (FORMATS.md 3.1) and the way from crop NDC back to the original frame.
+"""DECA's orthographic projection (docs/formats.md 3.1) and the way from crop NDC back to the original frame.
 
 FLAME is y up with +z towards the viewer; crop NDC is y down with smaller z closer: the projection applies
 `conventions.flip_y_z`, the only y/z flip of the geometry. Crop NDC <-> pixels is `conventions.ndc_to_pixel`

@@ -1,4 +1,4 @@
-"""One frame of retargeting: the performer's codes -> the target avatar's picture (FORMATS.md section 4).
+"""One frame of retargeting: the performer's codes -> the target avatar's picture (docs/formats.md section 4).
 
 From the performer: expression and jaw pose (and, with pose mode 'source', global head rotation and camera).
 From the target: shape, albedo/texture, light and detail code, so D_detail regenerates the target's wrinkles

@@ -7,7 +7,7 @@ import os
 # bit-reproducible: test modules import numpy before capture, so it is set here, before anything loads it).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import pytest  # noqa: E402
+import pytest
 
 # Keep every cache (demo pack, avatar cache) inside the test session, never in the user's home.
 _SESSION_CACHE = None

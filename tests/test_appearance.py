@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 import torch
 
 from capture.appearance import UVSampler, albedo_from_model, grid_triangles, sh_shading
@@ -13,7 +12,7 @@ from capture.projection import crop_to_image_ndc, orthographic
 from capture.reference import displacement_to_normals, vertex_normals, world2uv
 from meshes import front_hemisphere
 
-# FORMATS.md 3.4, typed in from the document (independent of the module's own formulas)
+# docs/formats.md 3.4, typed in from the document (independent of the module's own formulas)
 C = [0.282095, 1.023327, 1.023327, 1.023327, 0.858086, 0.858086, 0.858086, 0.429043, 0.247708]
 
 

@@ -17,8 +17,6 @@ import torch
 
 from face_clips import make_face_clip
 
-
-
 # The header of a Live Link Face take, as the app writes it (its order swaps Jaw/Mouth Left/Right vs ARKit).
 LIVE_LINK_FACE_COLUMNS = (
     "Timecode", "BlendShapeCount",
@@ -168,6 +166,7 @@ class _Receiver:
         self.server.server_close()
 
 
+@pytest.mark.slow
 def test_video_writes_a_live_link_face_take_and_streams_vmc(tmp_path, demo_pack_dir):
     from capture import video
     from capture.channels import ARKIT_NAMES
@@ -232,10 +231,11 @@ def test_absent_receiver_costs_no_error_and_no_wait():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     sender = VMCSender("127.0.0.1", port)
-    started = time.perf_counter()
+    # No wait, by construction rather than by a clock (a time limit fails on a loaded machine): the socket never
+    # blocks, so a full send buffer is one more counted error, not a stall of the pipeline.
+    assert not sender._sock.getblocking()
     for i in range(200):
         sender.send(Channels.neutral(), i / 30)  # never raises, whatever the network says
-    assert time.perf_counter() - started < 1.0
     assert sender.frames + sender.errors == 200
     sender.close()
     unreachable = VMCSender("192.0.2.1", 39539)  # TEST-NET-1: no route on most machines, never an exception

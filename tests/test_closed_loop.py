@@ -24,7 +24,10 @@ SIZE = (360, 480)  # H, W
 
 def _sequence(n: int) -> dict[str, np.ndarray]:
     t = np.arange(n) / 12.0
-    blink = lambda centre: np.exp(-0.5 * ((t - centre) / 0.12) ** 2)  # noqa: E731
+
+    def blink(centre):
+        return np.exp(-0.5 * ((t - centre) / 0.12) ** 2)
+
     return {
         "jaw": 0.3 * np.clip(np.sin(2 * math.pi * t / 1.9), 0, None),
         "eyeClose_L": np.clip(blink(0.9) + blink(2.9), 0, 1),
@@ -60,13 +63,15 @@ def rendered(demo_pack):
     return deca, performer, frames, seq
 
 
+@pytest.mark.slow
 def test_landmark_source_recovers_blinks_jaw_smile_and_brows(rendered):
     deca, performer, frames, seq = rendered
     session = RetargetSession(deca, performer, SIZE, layout="avatar", codes_from="landmarks")
     session.calibrate(frames[::3])
     exp, jaw, yaw = [], [], []
     for i, image in enumerate(frames):
-        out = session.infer_codes(session.crop(Frame(index=i, image=image, pts=i, time_base=Fraction(1, 12), time=i / 12.0)))
+        frame = Frame(index=i, image=image, pts=i, time_base=Fraction(1, 12), time=i / 12.0)
+        out = session.infer_codes(session.crop(frame))
         assert out.prepared is not None, f"frame {i}: no face found in the render"
         codes = out.prepared.codes
         exp.append(codes.exp[0].numpy())
@@ -74,7 +79,10 @@ def test_landmark_source_recovers_blinks_jaw_smile_and_brows(rendered):
         yaw.append(float(codes.pose[0, 1]))
     session.close()
     exp = np.array(exp)
-    corr = lambda a, b: float(np.corrcoef(a, b)[0, 1])  # noqa: E731
+
+    def corr(a, b):
+        return float(np.corrcoef(a, b)[0, 1])
+
     got = {
         "jaw": corr(jaw, seq["jaw"]), "yaw": corr(yaw, seq["yaw"]),
         "eyeClose_L": corr(exp[:, COL["eyeClose_L"]], seq["eyeClose_L"]),

@@ -516,7 +516,10 @@ def test_columns_move_the_landmarks_they_should(head):
     assert press[51][1] < -1.5 * mm and press[57][1] > 1.5 * mm and press[51][2] < 0  # thinner, pulled in
     np.testing.assert_allclose(press[62], press[66], atol=1e-4)  # the lips stay together
     pucker = m["pucker"]
-    width = lambda d: (rest[54] + d[54] - rest[48] - d[48])[0]  # noqa: E731
+
+    def width(d):
+        return (rest[54] + d[54] - rest[48] - d[48])[0]
+
     assert width(pucker) < width(np.zeros_like(pucker)) - 12 * mm and pucker[51][2] > 3 * mm
     np.testing.assert_allclose(pucker[62], pucker[66], atol=1e-4)
     funnel = m["funnel"]

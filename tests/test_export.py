@@ -27,7 +27,7 @@ from capture.trt import ENGINE_FORMAT, EngineStatus, engine_status
 REPO = Path(__file__).resolve().parents[1]
 BATCHES = (1, 3)
 TOL = 1e-4
-# Written out by hand from FORMATS.md (2.2-2.5), not read from the code under test.
+# Written out by hand from docs/formats.md (2.2-2.5), not read from the code under test.
 EXPECTED_IO = {
     "E_flame": ("image", [3, 224, 224], "code", [236]),
     "E_detail": ("image", [3, 224, 224], "detail", [128]),

@@ -6,16 +6,27 @@ import numpy as np
 import pytest
 import torch
 
-from capture.projection import orthographic
-from capture.fit import (FitConfig, FitState, LandmarkBases, LandmarkFitter, contour_row, right_jacobian, rotation_matrix,
-                         rotation_to_axis_angle, yaw_degrees)
+from capture.fit import (
+    FitConfig,
+    FitState,
+    LandmarkBases,
+    LandmarkFitter,
+    contour_row,
+    right_jacobian,
+    rotation_matrix,
+    rotation_to_axis_angle,
+    yaw_degrees,
+)
 from capture.flame import FLAME, contour_rows_from_yaw, rodrigues
+from capture.projection import orthographic
 from test_flame import make_model
 
 
 def _flame_landmarks(flame: FLAME, shape, exp, rotation, jaw, cam) -> np.ndarray:
     """The reference: capture.flame (checked against smplx) + DECA's camera -> [68, 2] crop NDC."""
-    f32 = lambda a: torch.as_tensor(np.asarray(a, np.float32)[None])  # noqa: E731
+    def f32(a):
+        return torch.as_tensor(np.asarray(a, np.float32)[None])
+
     out = flame(f32(shape), f32(exp), f32(np.concatenate([rotation, jaw])))
     return orthographic(out.landmarks2d, f32(cam))[0, :, :2].double().numpy()
 
@@ -78,7 +89,7 @@ def test_landmark_model_equals_flame(which, request):
     flame, bases = request.getfixturevalue(which)
     fitter = LandmarkFitter(bases, n_shape=0)
     rng = np.random.default_rng(1)
-    for k in range(6):
+    for _ in range(6):
         shape = rng.normal(size=100) * 0.8
         exp = rng.normal(size=50) * 0.8
         rotation = _euler_y(rng.uniform(-50, 50), rng.uniform(-15, 15), rng.uniform(-10, 10))
@@ -116,7 +127,9 @@ def test_recovers_pose_jaw_and_expression_on_the_demo_head(demo, yaw):
     assert abs(state.cam[0] / truth.cam[0] - 1) < 0.04
     # The expression, by what it does to the face: landmarks of the fitted codes vs the true ones (both
     # frontal, same camera), outliers left out. Without the expression the error would be ~0.05 NDC.
-    frontal = lambda e, j: _flame_landmarks(flame, np.zeros(100), e, np.zeros(3), j, truth.cam)  # noqa: E731
+    def frontal(e, j):
+        return _flame_landmarks(flame, np.zeros(100), e, np.zeros(3), j, truth.cam)
+
     moved = np.linalg.norm(frontal(truth.exp, truth.jaw) - frontal(np.zeros(50), truth.jaw), axis=1)
     err = np.linalg.norm(frontal(state.exp, state.jaw) - frontal(truth.exp, truth.jaw), axis=1)
     keep = np.setdiff1d(np.arange(17, 68), bad)
@@ -163,7 +176,7 @@ def test_performer_shape_goes_to_shape_not_expression(demo):
         fitter = LandmarkFitter(bases, n_shape=10, config=config)
         fitter._next_shape_update = 1 if estimate_identity else 10 ** 9
         errors = []
-        for k, (target, exp, jaw) in enumerate(frames):
+        for k, (target, exp, _jaw) in enumerate(frames):
             state = fitter.fit(target)
             if k >= 60 and not exp.any():  # neutral frames after the shape has settled
                 errors.append(np.linalg.norm(fitter.project(state.copy()) - fitter.project(

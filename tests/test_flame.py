@@ -47,7 +47,7 @@ def _icosphere(subdivisions: int) -> tuple[np.ndarray, np.ndarray]:
     for _ in range(subdivisions):
         cache: dict[tuple[int, int], int] = {}
 
-        def mid(a: int, b: int) -> int:
+        def mid(a: int, b: int, cache: dict[tuple[int, int], int] = cache) -> int:
             key = (min(a, b), max(a, b))
             if key not in cache:
                 m = verts[a] + verts[b]
@@ -315,7 +315,7 @@ def test_errors_name_the_argument(model):
 
 
 # ----------------------------------------------------------------------------------------------
-# Dynamic contour rows (FORMATS.md 1.3)
+# Dynamic contour rows (docs/formats.md 1.3)
 # ----------------------------------------------------------------------------------------------
 
 # Integer yaw -45..45 -> row, written out from the table: < -39 and -39 -> 78, -38..-1 -> 77..40,
@@ -364,7 +364,7 @@ def test_dynamic_contour_rows_from_pure_yaw(dtype):
 
 
 def test_dynamic_contour_rows_composed_root_and_neck():
-    """R = R_root @ R_neck with general rotations, yaw by FORMATS' formula, rows by the hand table."""
+    """R = R_root @ R_neck with general rotations, yaw by the formula in docs/formats.md, rows by the hand table."""
     rng = np.random.default_rng(5)
     n = 400
     root = random_axis_angle(rng, n, 1.2)

@@ -197,6 +197,7 @@ def test_compare_counts_pixel_and_code_differences():
     assert out["frames_with_codes"] == 1
 
 
+@pytest.mark.slow
 def test_fps_runs_and_writes_every_stage_with_ratios(tmp_path, demo_pack_dir, capsys):
     fps = _load_fps()
     out = tmp_path / "fps.json"

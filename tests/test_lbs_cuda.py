@@ -293,7 +293,8 @@ def test_library_exceptions_are_translated():
             raise FakeCupyError("too many resources requested")
     with pytest.raises(CudaLBSError, match="load failed with CUDA_ERROR_NO_BINARY_FOR_GPU"):
         with L.translate_errors("load"):
-            raise RuntimeError("cuModuleLoadDataEx failed: no kernel image is available ... CUDA_ERROR_NO_BINARY_FOR_GPU")
+            raise RuntimeError("cuModuleLoadDataEx failed: no kernel image is available ... "
+                               "CUDA_ERROR_NO_BINARY_FOR_GPU")
     with pytest.raises(CudaLBSError, match=r"launch failed with CUDA_ERROR_ILLEGAL_ADDRESS"):
         with L.translate_errors("launch"):  # pycuda words it like cuGetErrorString
             raise RuntimeError("cuLaunchKernel failed: an illegal memory access was encountered (illegal address)")
@@ -347,8 +348,8 @@ def test_cuda_lbs_matches_torch_lbs(B):
         with torch.no_grad():
             v, j = impl(betas, pose)
         torch.cuda.synchronize()
-        torch.testing.assert_close(v, ref_v, atol=TOL, rtol=0, msg=lambda m: f"[{name}] {m}")
-        torch.testing.assert_close(j, ref_j, atol=TOL, rtol=0, msg=lambda m: f"[{name}] {m}")
+        torch.testing.assert_close(v, ref_v, atol=TOL, rtol=0, msg=lambda m, name=name: f"[{name}] {m}")
+        torch.testing.assert_close(j, ref_j, atol=TOL, rtol=0, msg=lambda m, name=name: f"[{name}] {m}")
 
 
 @pytest.mark.gpu
@@ -371,8 +372,8 @@ def test_cuda_lbs_from_flame_is_a_drop_in_and_follows_the_stream():
             v = v.clone()
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
-        torch.testing.assert_close(v, ref_v, atol=TOL, rtol=0, msg=lambda m: f"[{name}] {m}")
-        torch.testing.assert_close(j, ref_j, atol=TOL, rtol=0, msg=lambda m: f"[{name}] {m}")
+        torch.testing.assert_close(v, ref_v, atol=TOL, rtol=0, msg=lambda m, name=name: f"[{name}] {m}")
+        torch.testing.assert_close(j, ref_j, atol=TOL, rtol=0, msg=lambda m, name=name: f"[{name}] {m}")
         with pytest.raises(ValueError, match="shapedirs is not the tensor this CudaLBS was built from"):
             impl(betas, pose, flame.v_template, flame.shapedirs.clone())
         with pytest.raises(ValueError, match="no backward"):

@@ -1,7 +1,7 @@
 """DECA networks (capture.nets) and the demo checkpoint (capture.assets.demo_weights).
 
-References are independent of the code under test: key lists and shapes written out from FORMATS.md 2.5,
-forward passes written with torch.nn.functional from the architecture facts (FORMATS 2.2, 2.4).
+References are independent of the code under test: key lists and shapes written out from docs/formats.md 2.5,
+forward passes written with torch.nn.functional from the architecture facts (docs/formats.md 2.2, 2.4).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ WIDTHS = ((64, 256), (128, 512), (256, 1024), (512, 2048))
 
 
 def expected_encoder_keys(out: int) -> dict[str, tuple[int, ...]]:
-    """The E_flame / E_detail state dict written out from FORMATS.md 2.5."""
+    """The E_flame / E_detail state dict written out from docs/formats.md 2.5."""
     keys: dict[str, tuple[int, ...]] = {}
 
     def bn(prefix: str, n: int) -> None:
@@ -322,6 +322,7 @@ def test_demo_checkpoint_has_official_keys_shapes_dtypes(demo):
             assert torch.isfinite(v.float()).all(), k
 
 
+@pytest.mark.slow
 def test_demo_checkpoint_is_deterministic_and_leaves_global_rng(demo):
     state = torch.random.get_rng_state()
     again = make_demo_checkpoint(0)

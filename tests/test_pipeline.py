@@ -186,7 +186,8 @@ def test_truncated_source_is_written_then_error_raised(clip, tmp_path):
 
 def test_package_docstring_example(clip, tmp_path):
     """The example in capture/stream/__init__.py, run as written (with a concrete stage)."""
-    from capture.stream import VideoReader as VR, VideoWriter as VW  # noqa: N814
+    from capture.stream import VideoReader as VR
+    from capture.stream import VideoWriter as VW
     from capture.stream.reader import Frame
 
     def flip(f):

@@ -35,6 +35,7 @@ def scratch(tmp_path_factory, demo_pack_dir):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", usage_commands())
 def test_readme_command(command, scratch):
     argv = shlex.split(command)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from capture.projection import crop_to_image_ndc
 from capture.crop import FaceDetector, crop_to_tensor, crop_transform
 from capture.deca import DECA
+from capture.projection import crop_to_image_ndc
 from capture.stills import astronaut
 
 
@@ -47,6 +47,7 @@ def test_encode_decode_shapes_and_ranges(deca):
     assert x0 - 1 <= px.min() and px.max() <= x0 + side + 1
 
 
+@pytest.mark.slow
 def test_reconstruct_cli_writes_every_file(tmp_path, demo_pack_dir, demo_pack):
     from capture import reconstruct
 
@@ -71,6 +72,7 @@ def test_reconstruct_cli_writes_every_file(tmp_path, demo_pack_dir, demo_pack):
     assert photo.shape == (512, 512, 3)
 
 
+@pytest.mark.slow
 def test_reconstruct_into_the_photos_folder_never_writes_over_an_input(tmp_path, demo_pack_dir, capsys):
     """-o is the photos' own folder: face.png would be face's UV texture. Given as a folder, with a broken
     image and a hard link among them: every input survives byte for byte, the bad one costs one line."""

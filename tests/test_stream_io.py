@@ -16,14 +16,14 @@ import pytest
 
 from capture.stream import VideoError, VideoReader, VideoWriter, open_camera
 from capture.stream.camera import LiveSource, camera_input
-from capture.stream.clips import make_test_clip, read_frame_number, pattern_image
+from capture.stream.clips import make_test_clip, pattern_image, read_frame_number
 
 
 def _encoder(name: str) -> bool:
     try:
         av.codec.Codec(name, "w")
         return True
-    except Exception:
+    except av.codec.codec.UnknownCodecError:  # a ValueError: not in this build of FFmpeg
         return False
 
 

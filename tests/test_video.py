@@ -106,6 +106,7 @@ def test_clip_without_any_face(tmp_path, pack_dir):
     assert len(pts) == 6 and audio is not None
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_one_line(tmp_path, pack_dir):
     clip = make_face_clip(tmp_path / "in.mkv", 60, audio=True)
     data = Path(clip.path).read_bytes()
@@ -146,6 +147,7 @@ def _interrupt_when_working(cmd, out_file: Path, env=None, sig=signal.SIGINT):
     return proc.returncode, stdout, stderr
 
 
+@pytest.mark.slow
 def test_sigint_leaves_a_playable_partial_video(tmp_path, pack_dir):
     clip = make_face_clip(tmp_path / "long.mp4", 250, audio=True)
     out = tmp_path / "partial.mp4"
@@ -159,6 +161,7 @@ def test_sigint_leaves_a_playable_partial_video(tmp_path, pack_dir):
     assert audio is not None and audio <= len(pts) / 25 + 0.1
 
 
+@pytest.mark.slow
 def test_live_from_file_with_record_and_sigint(tmp_path, pack_dir):
     clip = make_face_clip(tmp_path / "cam.mp4", 750, audio=False)
     out = tmp_path / "live.mp4"
@@ -173,6 +176,7 @@ def test_live_from_file_with_record_and_sigint(tmp_path, pack_dir):
     assert "dropped" in stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module, sig", [("capture.video", signal.SIGTERM), ("capture.live", signal.SIGHUP)])
 def test_sigterm_and_sighup_finalise_a_playable_file_like_ctrl_c(tmp_path, pack_dir, module, sig):
     """kill, a process manager or a closed terminal: every processed frame kept, exit 128 + signal."""
@@ -195,6 +199,7 @@ def test_sigterm_and_sighup_finalise_a_playable_file_like_ctrl_c(tmp_path, pack_
         assert pts == in_pts[: len(pts)]
 
 
+@pytest.mark.slow
 def test_output_that_is_a_hard_link_of_an_input_is_refused_by_every_command(tmp_path, pack_dir):
     clip = make_face_clip(tmp_path / "in.mp4", 4, audio=False)
     before = Path(clip.path).read_bytes()
@@ -207,11 +212,11 @@ def test_output_that_is_a_hard_link_of_an_input_is_refused_by_every_command(tmp_
     assert Path(clip.path).read_bytes() == before
 
 
+@pytest.mark.slow
 def test_damaged_packet_is_skipped_counted_and_in_the_exit_status(tmp_path, pack_dir):
-    from face_clips import SIZE, _astronaut_frame
-
     from capture import video
     from capture.stream.clips import make_test_clip
+    from face_clips import SIZE, _astronaut_frame
 
     src = tmp_path / "cam.avi"
     make_test_clip(src, frames=10, size=SIZE, fps=25, codec="mjpeg", draw=lambda i, size: _astronaut_frame(i, size))
@@ -227,17 +232,18 @@ def test_damaged_packet_is_skipped_counted_and_in_the_exit_status(tmp_path, pack
     assert len(pts) == 9
 
 
+@pytest.mark.slow
 def test_live_missing_camera_is_one_line(tmp_path):
     assert_one_line_error(run_cli("capture.live", "--cam", "7", "--no-display"), "camera 7")
 
 
+@pytest.mark.slow
 def test_smoothing_reduces_jitter_on_a_steady_face(tmp_path, pack_dir):
     """A still face with sensor noise: --smooth must cut the frame-to-frame jitter of E_flame's codes. (The
     landmark source smooths its own points; benchmarks/jitter.py compares the sources.)"""
-    from face_clips import SIZE, _astronaut_frame
-
     from capture import video
     from capture.stream.clips import make_test_clip
+    from face_clips import SIZE, _astronaut_frame
 
     still = _astronaut_frame(0, SIZE).astype(np.int16)
     rng = np.random.default_rng(0)

@@ -1,6 +1,6 @@
 """The synthetic demo pack: the procedural head and seeded weights, written in the official file formats.
 
-Every file is written exactly as its official counterpart is laid out (FORMATS.md section 1): a Python-2-style
+Every file is written exactly as its official counterpart is laid out (docs/formats.md section 1): a Python-2-style
 pickle with chumpy arrays and a sparse J_regressor, an object `.npy` with torch tensors inside, a Wavefront OBJ,
 RGBA PNG masks, a `torch.save` checkpoint with the three state dicts. So the demo exercises the very loaders that
 users' real files go through. `pack.json` marks the pack as synthetic.

@@ -1,7 +1,7 @@
 """The procedural demo head: every array of the synthetic demo pack that stands in for FLAME 2020 + DECA's data.
 
 The official files need a registration, so the demo pack carries a head of our own in FLAME's layout
-(FORMATS.md 1.2-1.6); `capture.assets.demo` writes it in the official file formats.
+(docs/formats.md 1.2-1.6); `capture.assets.demo` writes it in the official file formats.
 
 How the head is made, in one paragraph. The surface is a smooth union of ellipsoids (cranium, face, jaw,
 chin, cheeks, brow ridge, lips, ears, neck) plus a nose, carved by two eye sockets. It is meshed by casting

@@ -1,4 +1,4 @@
-"""Readers for the official DECA / FLAME data files (FORMATS.md section 1) and `load_pack`.
+"""Readers for the official DECA / FLAME data files (docs/formats.md section 1) and `load_pack`.
 
 Every reader takes a path and returns plain arrays, or raises `FileProblem` with one line that names the file
 and what is wrong. `inspect_pack` runs them all and collects every problem (for `capture.assets check`);
@@ -319,7 +319,7 @@ def read_checkpoint(path: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def checkpoint_problems(loaded: dict) -> list[str]:
-    """Compare a loaded checkpoint with the architecture (FORMATS.md 2.5), one line per network at fault."""
+    """Compare a loaded checkpoint with the architecture (docs/formats.md 2.5), one line per network at fault."""
     from ..nets import NETWORK_NAMES, checkpoint_spec, state_dict_problems
 
     spec = checkpoint_spec()
