@@ -1,8 +1,9 @@
 """Albedo, spherical-harmonics light and detail normals, all in FLAME's UV space (docs/formats.md 1.6, 3.4, 3.6).
 
 Pure tensor functions; the one piece of state is `UVSampler`, the UV layout rasterised once (which texel lies
-in which triangle, with which barycentrics) so that moving per-vertex data into UV space each frame is a gather
-and a weighted sum instead of a rasterisation.
+in which triangle, with which barycentrics) so that moving per-vertex data into UV space each frame is one
+sparse product instead of a rasterisation. These are the drawing path's steps (`capture.views` composes them);
+DECA's straightforward versions of the same steps are the oracles in `capture.reference`.
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .assets.pack import UV_SIZE, AlbedoModel
-from .render.conventions import ndc_to_pixel, obj_uv_to_ndc
+from .assets.pack import AlbedoModel
+from .conventions import UV_SIZE, ndc_to_pixel, obj_uv_to_ndc
 from .render.exact import rasterize_flat_exact
 
 # SH constants, docs/formats.md 3.4; basis order 1, x, y, z, xy, xz, yz, x^2-y^2, 3z^2-1
@@ -32,10 +33,15 @@ SH_CONSTANTS = (
 )
 
 
+def sh_terms(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """The 9 SH basis polynomials of normal components x, y, z (any equal shapes), stacked along `dim`,
+    without their constants (`SH_CONSTANTS`): the one SH basis of the project."""
+    return torch.stack([torch.ones_like(x), x, y, z, x * y, x * z, y * z, x * x - y * y, 3 * z * z - 1], dim)
+
+
 def sh_basis(normals: torch.Tensor) -> torch.Tensor:
     """[..., 3] normals -> [..., 9] SH basis values, constants included."""
-    x, y, z = normals.unbind(-1)
-    basis = torch.stack([torch.ones_like(x), x, y, z, x * y, x * z, y * z, x * x - y * y, 3 * z * z - 1], -1)
+    basis = sh_terms(*normals.unbind(-1))
     return basis * basis.new_tensor(SH_CONSTANTS)
 
 
@@ -63,16 +69,6 @@ SHAPE_LIGHT_INTENSITY = 1.7
 SHAPE_GREY = 180.0 / 255.0
 
 
-def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Area-weighted vertex normals. vertices [B, V, 3], faces [F, 3] int64 -> [B, V, 3] unit (eps 1e-6)."""
-    v0, v1, v2 = (vertices[:, faces[:, i]] for i in range(3))
-    face_n = torch.cross(v1 - v0, v2 - v0, dim=-1)  # length = 2 x area: area weighting for free
-    normals = torch.zeros_like(vertices)
-    for i in range(3):
-        normals.index_add_(1, faces[:, i], face_n)
-    return F.normalize(normals, dim=-1, eps=1e-6)
-
-
 def _sparse_csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """A CSR matrix from COO triplets (duplicates summed). CSR @ dense is one pass over the non-zeros."""
     with warnings.catch_warnings():
@@ -82,7 +78,7 @@ def _sparse_csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, sh
 
 
 def face_incidence(faces: torch.Tensor, n_vertices: int) -> torch.Tensor:
-    """[V, F] sparse CSR matrix with a 1 where vertex v is a corner of face f (for `vertex_normals_fast`)."""
+    """[V, F] sparse CSR matrix with a 1 where vertex v is a corner of face f (for `vertex_normals`)."""
     n_faces = faces.shape[0]
     rows = faces.t().reshape(-1).to(torch.int64)
     cols = torch.arange(n_faces, device=faces.device).repeat(3)
@@ -90,10 +86,12 @@ def face_incidence(faces: torch.Tensor, n_vertices: int) -> torch.Tensor:
     return _sparse_csr(rows, cols, ones, (n_vertices, n_faces))
 
 
-def vertex_normals_fast(vertices: torch.Tensor, faces: torch.Tensor, incidence: torch.Tensor) -> torch.Tensor:
-    """`vertex_normals` with the scatter done as one sparse product: incidence = face_incidence(faces, V).
+def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor, incidence: torch.Tensor) -> torch.Tensor:
+    """Area-weighted vertex normals, the scatter done as one sparse product: incidence = face_incidence(faces, V).
 
-    vertices [B, V, 3], faces [F, 3] int64 -> [B, V, 3] unit (eps 1e-6). Same sums in another order (~1e-6).
+    vertices [B, V, 3], faces [F, 3] int64 -> [B, V, 3] unit (eps 1e-6). The one vertex-normal path (DECA's
+    triangle-list scatter is `capture.reference.vertex_normals`: same sums in another order, ~1e-6).
+    Differentiable in the vertices.
     """
     b, v, _ = vertices.shape
     v0, v1, v2 = (vertices.index_select(1, faces[:, i]) for i in range(3))
@@ -131,7 +129,7 @@ def uv_layout_pixels(uvcoords: np.ndarray, size: int) -> np.ndarray:
 
 
 def uv_layout_ndc(uvcoords: np.ndarray) -> np.ndarray:
-    """OBJ uv [T, 2] (v up) -> [T, 2] float32 y-down NDC (the flip lives in render.conventions)."""
+    """OBJ uv [T, 2] (v up) -> [T, 2] float32 y-down NDC (the flip lives in capture.conventions)."""
     return obj_uv_to_ndc(torch.as_tensor(np.asarray(uvcoords, dtype=np.float32))).numpy()
 
 
@@ -175,12 +173,6 @@ class UVSampler:
         """[S, S] bool: texels covered by the layout."""
         return (self.weights.sum(-1) > 0).view(self.size, self.size)
 
-    def __call__(self, attributes: torch.Tensor) -> torch.Tensor:
-        """Per-vertex attributes [B, V, C] -> UV map [B, C, S, S] (DECA's world2uv)."""
-        gathered = attributes[:, self.vertex_ids]  # [B, S*S, 3, C]
-        texels = (gathered * self.weights[None, :, :, None]).sum(2)
-        return texels.permute(0, 2, 1).reshape(attributes.shape[0], -1, self.size, self.size)
-
     def matrix(self, n_vertices: int) -> torch.Tensor:
         """[S*S, V] sparse CSR interpolation matrix (3 weights per covered texel), built once per V."""
         if n_vertices not in self._matrices:
@@ -190,7 +182,9 @@ class UVSampler:
         return self._matrices[n_vertices]
 
     def sample(self, attributes: torch.Tensor) -> torch.Tensor:
-        """Same as calling the sampler ([B, V, C] -> [B, C, S, S]), as one sparse product (~8x faster on CPU)."""
+        """Per-vertex attributes [B, V, C] -> UV map [B, C, S, S] (DECA's world2uv), as one sparse product.
+
+        The one UV-sampling path; DECA's gather-and-sum is `capture.reference.world2uv` (~8x slower on CPU)."""
         b, v, c = attributes.shape
         flat = attributes.permute(1, 0, 2).reshape(v, b * c)
         texels = self.matrix(v).to(attributes.dtype) @ flat  # [S*S, B*C]
@@ -211,44 +205,11 @@ def grid_triangles(size: int, margin_x: int = 2, margin_y: int = 5) -> torch.Ten
     return triangles[:, [0, 2, 1]]
 
 
-@dataclass
-class DetailMaps:
-    uv_detail_normals: torch.Tensor  # [B, 3, S, S] world-space normal map
-    displacement_map: torch.Tensor  # [B, 1, S, S] uv_z + fixed displacement (metres)
-    uv_coarse_normals: torch.Tensor  # [B, 3, S, S]
-    uv_positions: torch.Tensor  # [B, 3, S, S] detailed surface positions
-
-
-def displacement_to_normals(uv_z: torch.Tensor, vertices: torch.Tensor, normals: torch.Tensor,
-                            sampler: UVSampler, face_eye_mask: torch.Tensor, fixed_displacement: torch.Tensor,
-                            grid_faces: torch.Tensor) -> DetailMaps:
-    """DECA's displacement2normal.
-
-    uv_z [B, 1, S, S] predicted displacement (metres); vertices/normals [B, V, 3] coarse mesh (world);
-    face_eye_mask [S, S]; fixed_displacement [S, S]; grid_faces from `grid_triangles(S)`.
-    """
-    batch, size = uv_z.shape[0], sampler.size
-    uv_positions = sampler(vertices)
-    uv_normals = sampler(normals)  # interpolated, deliberately not re-normalised (as DECA)
-    mask = face_eye_mask.to(uv_z)[None, None]
-    offset = uv_z * mask + fixed_displacement.to(uv_z)[None, None]
-    detailed = uv_positions + offset * uv_normals
-    dense = vertex_normals(detailed.reshape(batch, 3, -1).permute(0, 2, 1), grid_faces)
-    dense = dense.permute(0, 2, 1).reshape(batch, 3, size, size)
-    detail_normals = dense * mask + uv_normals * (1 - mask)
-    return DetailMaps(
-        uv_detail_normals=detail_normals,
-        displacement_map=uv_z + fixed_displacement.to(uv_z)[None, None],
-        uv_coarse_normals=uv_normals,
-        uv_positions=detailed,
-    )
-
-
 def grid_normals(positions: torch.Tensor, margin_x: int = 2, margin_y: int = 5) -> torch.Tensor:
     """Area-weighted vertex normals of the texel grid of `grid_triangles(S, margin_x, margin_y)`, by slicing.
 
     positions [B, 3, S, S] -> [B, 3, S, S] unit normals (zero where no grid triangle touches a texel).
-    Equals `vertex_normals(positions as [B, S*S, 3], grid_triangles(S))` up to summation order (~1e-6):
+    Equals `reference.vertex_normals(positions as [B, S*S, 3], grid_triangles(S))` up to summation order:
     every cell (y, x) holds the triangles (here, down, right) and (right, down, diag), whose cross products
     are formed from the grid's row and column differences and added to their corners with shifted slices.
     """
@@ -282,7 +243,9 @@ def _cross_channels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def detail_normals(uv_z: torch.Tensor, uv_positions: torch.Tensor, uv_normals: torch.Tensor,
                    face_eye_mask: torch.Tensor, fixed_displacement: torch.Tensor) -> torch.Tensor:
-    """The detail normal map of `displacement_to_normals` (its `uv_detail_normals`), computed fast.
+    """DECA's displacement2normal: the detail normal map of a displacement on the coarse surface.
+
+    The one detail-normal path; `capture.reference.displacement_to_normals` is DECA's triangle-list version.
 
     uv_z [B, 1, S, S]; uv_positions / uv_normals [B, 3, S, S] (the coarse mesh in UV, e.g. from
     `UVSampler.sample`); face_eye_mask, fixed_displacement [S, S]. Returns [B, 3, S, S] world-space normals.
@@ -301,9 +264,7 @@ def extract_texture(image: torch.Tensor, screen: torch.Tensor, sampler: UVSample
     fallback [B, 3, S, S] used outside the mask (albedo x SH, or grey 0.7 without an albedo model).
     No occlusion handling, as in DECA.
     """
-    import torch.nn.functional as F
-
-    grid = sampler(screen[..., :2]).permute(0, 2, 3, 1)  # [B, S, S, 2] NDC
+    grid = sampler.sample(screen[..., :2]).permute(0, 2, 3, 1)  # [B, S, S, 2] NDC
     sampled = F.grid_sample(image, grid, mode="bilinear", align_corners=False)
     mask = face_eye_mask.to(image)[None, None]
     return sampled * mask + fallback * (1 - mask)

@@ -18,9 +18,10 @@ import torch
 
 from .appearance import extract_texture, sh_shading
 from .artifacts import write_bytes_atomic
-from .camera import crop_to_image_ndc
+from .conventions import INPUT_SIZE
 from .crop import FaceDetector
-from .deca import CROP_SIZE, DECA, Codes
+from .deca import DECA, Codes
+from .projection import crop_to_image_ndc
 from .stills import FaceCrop, ImageError, astronaut, crop_largest_face, load_image
 
 AVATAR_FORMAT = 2
@@ -106,14 +107,15 @@ def build_avatar(deca: DECA, image: np.ndarray, detector: FaceDetector, source: 
     T = torch.as_tensor(face.image_to_crop, dtype=torch.float32, device=deca.device)
     geo = deca.geometry(codes)
     photo = torch.as_tensor(image, dtype=torch.float32, device=deca.device).permute(2, 0, 1)[None] / 255.0
-    screen = crop_to_image_ndc(geo.screen, T, CROP_SIZE, (h, w))
-    coarse_uv_normals = deca.uv_sampler(geo.normals)
+    screen = crop_to_image_ndc(geo.screen, T, INPUT_SIZE, (h, w))
+    assets = deca.assets
+    coarse_uv_normals = assets.uv_sampler.sample(geo.normals)
     shading = sh_shading(coarse_uv_normals, codes.light)
     if deca.pack.albedo is not None:
         fallback = deca.albedo(codes) * shading
     else:
         fallback = torch.full_like(photo[:, :, :1, :1].expand(-1, -1, *shading.shape[-2:]), GREY_ALBEDO) * shading
-    texture_lit = extract_texture(photo, screen, deca.uv_sampler, deca.face_eye_mask, fallback.clamp(0, 1))
+    texture_lit = extract_texture(photo, screen, assets.uv_sampler, assets.face_eye_mask, fallback.clamp(0, 1))
     albedo = texture_lit / shading.clamp(min=DELIGHT_FLOOR)
     return Avatar(codes=codes, albedo_uv=albedo.clamp(0, 1.5), source=source, key=key)
 

@@ -28,7 +28,7 @@ map to (0, 0), (0, size-1), (size-1, 0). T maps original pixels to crop pixels; 
 crop bilinearly with 0 outside the image, as DECA's `skimage.transform.warp(image / 255, T^-1)` does.
 
 Crop pixels <-> DECA's crop NDC (x right, y down, +-1 at the crop's outer borders) is
-u = (x + 1) * size / 2 - 0.5: `ndc_to_crop_pixels` / `crop_pixels_to_ndc` are the only place for it.
+u = (x + 1) * size / 2 - 0.5: `capture.conventions.ndc_to_pixel` / `pixel_to_ndc` are the only place for it.
 (DECA's own visualiser uses (x + 1) * size / 2, half a pixel off this convention.)
 """
 from __future__ import annotations
@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+
+from .conventions import INPUT_SIZE
 
 # Face-mesh (468/478-point topology) vertices standing in for iBUG-68 points; see the module docstring.
 JAW_MESH_IDX = (127, 234, 93, 132, 58, 136, 150, 176, 152, 400, 379, 365, 288, 361, 323, 454, 356)
@@ -47,7 +49,6 @@ KPT68_MESH_IDX = JAW_MESH_IDX + BROW_MESH_IDX
 DETECTION_TO_KPT68 = {"dx": 0.0, "dy": 0.02, "sw": 0.93, "sh": 0.91}
 
 DECA_SCALE = 1.25  # TestData's `scale`
-DECA_SIZE = 224  # E_flame input side
 
 
 # --------------------------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ class Face:
 # --------------------------------------------------------------------------------------------------
 
 
-def crop_transform(box, scale: float = DECA_SCALE, size: int = DECA_SIZE) -> np.ndarray:
+def crop_transform(box, scale: float = DECA_SCALE, size: int = INPUT_SIZE) -> np.ndarray:
     """DECA's `kpt68` crop of a face box -> [3, 3] float64 T mapping original pixels to crop pixels.
 
     The similarity that takes the square's top-left, bottom-left and top-right corners to (0, 0),
@@ -204,17 +205,7 @@ def crop_points_to_image(points_crop_px, T: np.ndarray):
     return _apply_affine(points_crop_px, np.linalg.inv(np.asarray(T, dtype=np.float64)))
 
 
-def ndc_to_crop_pixels(points_ndc, size: int = DECA_SIZE):
-    """DECA crop NDC [..., 2] (x right, y down, +-1 at the crop's outer borders) -> crop pixels (centres at integers)."""
-    return (points_ndc + 1.0) * (size / 2.0) - 0.5
-
-
-def crop_pixels_to_ndc(points_crop_px, size: int = DECA_SIZE):
-    """Crop pixels [..., 2] -> DECA crop NDC [..., 2]; inverse of `ndc_to_crop_pixels`."""
-    return (points_crop_px + 0.5) * (2.0 / size) - 1.0
-
-
-def warp_crop(image: np.ndarray, T: np.ndarray, size: int = DECA_SIZE) -> np.ndarray:
+def warp_crop(image: np.ndarray, T: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     """Sample the crop: image [H, W, 3] uint8 (grey/RGBA converted), T [3, 3] -> [size, size, 3] float32 in [0, 1].
 
     Bilinear, 0 outside the image, same as skimage `warp(image / 255, inverse_map=T^-1)`. Written with
@@ -270,7 +261,7 @@ def _warp_general(img: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray
     return out
 
 
-def crop_to_tensor(image: np.ndarray, T: np.ndarray, size: int = DECA_SIZE):
+def crop_to_tensor(image: np.ndarray, T: np.ndarray, size: int = INPUT_SIZE):
     """`warp_crop` as a torch tensor [3, size, size] float32 in [0, 1] (E_flame's input layout, no batch)."""
     import torch
 

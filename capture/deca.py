@@ -12,27 +12,18 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 import torch
 
-from .appearance import (
-    UVSampler,
-    albedo_from_model,
-    displacement_to_normals,
-    grid_triangles,
-    mean_texture_albedo,
-    sh_shading,
-    uv_layout_ndc,
-    vertex_normals,
-)
+from .appearance import sh_shading
 from .assets.pack import ModelPack
-from .camera import crop_to_image_ndc, orthographic
-from .flame import FLAME
+from .conventions import INPUT_SIZE
+from .model_assets import ModelAssets
 from .nets import CODE_LAYOUT, detail_input
+from .projection import crop_to_image_ndc, orthographic
 from .render import get_rasterizer
-from .views import Views, render_views
+from .views import Views, detail_normal_map, draw_views, mesh_normals
 
 if TYPE_CHECKING:
     from .backends import InferenceEngines
 
-CROP_SIZE = 224
 REFERENCE_BACKEND = "torch-eager"  # DECA's networks unless it is given others
 
 
@@ -96,14 +87,14 @@ class Reconstruction:
 
 
 class DECA:
-    """Networks + FLAME + appearance for one model pack, on one device.
+    """Networks + the model's constants (`ModelAssets`) + a rasteriser for one model pack, on one device.
 
     engines: the networks, a `capture.backends.InferenceEngines` (each network is made on first use); default
     the registry's eager torch reference on `device`, as DECA's own code runs them.
-    """
+    assets: the pack's `ModelAssets` on `device`, when the caller already has them (built here otherwise)."""
 
     def __init__(self, pack: ModelPack, device: str | torch.device = "cpu", rasterizer: str = "auto",
-                 engines: Optional["InferenceEngines"] = None):
+                 engines: Optional["InferenceEngines"] = None, assets: Optional[ModelAssets] = None):
         self.pack = pack
         self.device = torch.device(device)
         if engines is None:
@@ -111,42 +102,27 @@ class DECA:
 
             engines = InferenceEngines(pack, REFERENCE_BACKEND, device=str(self.device))
         self.engines = engines
-        self.flame = FLAME(pack).to(self.device)
-        self.lbs_backend = "torch"
-        if self.device.type == "cuda":
-            self._use_cuda_lbs()
+        if assets is not None and (assets.pack is not pack or assets.device != self.device):
+            raise ValueError("DECA: assets were built for another pack or device")
+        self.assets = assets if assets is not None else ModelAssets.build(pack, self.device)
+        self.flame = self.assets.flame
         self.rasterizer = get_rasterizer(rasterizer, device=self.device)
-        self.faces = torch.as_tensor(pack.uv.faces, dtype=torch.int64, device=self.device)
-        self.uvfaces = torch.as_tensor(pack.uv.uvfaces, dtype=torch.int64, device=self.device)
-        self.uv_ndc = torch.as_tensor(uv_layout_ndc(pack.uv.uvcoords), device=self.device)
-        self.uv_sampler = UVSampler.build(pack.uv.uvcoords, pack.uv.uvfaces, pack.uv.faces).to(self.device)
-        self.grid_faces = grid_triangles(self.uv_sampler.size).to(self.device)
-        self.face_eye_mask = torch.as_tensor(pack.face_eye_mask, device=self.device)
-        self.fixed_displacement = torch.as_tensor(pack.fixed_displacement, device=self.device)
-        self._mean_albedo = mean_texture_albedo(pack.mean_texture).to(self.device)
 
-    def _use_cuda_lbs(self) -> None:
-        """Swap in the fused CUDA LBS kernel when pycuda or CuPy can launch it; torch LBS stays otherwise."""
-        from .lbs_cuda import CudaLBS, cuda_lbs_available
-
-        ok, how = cuda_lbs_available()
-        if ok:
-            self.flame.lbs_impl = CudaLBS.from_flame(self.flame)
-            self.lbs_backend = f"cuda kernel ({how})"
-        else:
-            self.lbs_backend = f"torch ({how})"
+    @property
+    def lbs_backend(self) -> str:
+        return self.assets.lbs_backend
 
     @classmethod
     def from_pack(cls, pack: ModelPack, device: str | torch.device = "cpu", rasterizer: str = "auto",
-                  engines: Optional["InferenceEngines"] = None) -> "DECA":
-        return cls(pack, device=device, rasterizer=rasterizer, engines=engines)
+                  engines: Optional["InferenceEngines"] = None, assets: Optional[ModelAssets] = None) -> "DECA":
+        return cls(pack, device=device, rasterizer=rasterizer, engines=engines, assets=assets)
 
     # ------------------------------------------------------------------------------------------- encode
     @torch.inference_mode()
     def encode(self, images: torch.Tensor, with_detail: bool = True) -> Codes:
         """images [B, 3, 224, 224] RGB in 0..1 (no normalisation) -> Codes."""
-        if images.dim() != 4 or images.shape[1:] != (3, CROP_SIZE, CROP_SIZE):
-            raise ValueError(f"images must be [B, 3, {CROP_SIZE}, {CROP_SIZE}], got {tuple(images.shape)}")
+        if images.dim() != 4 or images.shape[1:] != (3, INPUT_SIZE, INPUT_SIZE):
+            raise ValueError(f"images must be [B, 3, {INPUT_SIZE}, {INPUT_SIZE}], got {tuple(images.shape)}")
         images = images.to(self.device, torch.float32)
         flame_code = self.engines.encode_flame(images).to(self.device)
         detail = (self.engines.encode_detail(images).to(self.device) if with_detail
@@ -157,13 +133,12 @@ class DECA:
     @torch.inference_mode()
     def geometry(self, codes: Codes) -> Geometry:
         out = self.flame(codes.shape, codes.exp, codes.pose)
-        normals = vertex_normals(out.vertices, self.faces)
         screen = orthographic(out.vertices, codes.cam)
         return Geometry(
             vertices=out.vertices,
-            normals=normals,
+            normals=mesh_normals(self.assets, out.vertices),
             screen=screen,
-            screen_normals=vertex_normals(screen, self.faces),
+            screen_normals=mesh_normals(self.assets, screen),
             landmarks2d=orthographic(out.landmarks2d, codes.cam),
             landmarks3d=orthographic(out.landmarks3d, codes.cam),
         )
@@ -178,9 +153,7 @@ class DECA:
         return self.engines.decode_detail(latent).to(self.device)
 
     def albedo(self, codes: Codes) -> torch.Tensor:
-        if self.pack.albedo is not None:
-            return albedo_from_model(self.pack.albedo, codes.tex[:, : self.pack.albedo.basis.shape[1]])
-        return self._mean_albedo.expand(codes.batch, -1, -1, -1)
+        return self.assets.albedo(codes.tex)
 
     @torch.inference_mode()
     def decode(self, codes: Codes, *, image_size: Optional[tuple[int, int]] = None,
@@ -195,18 +168,18 @@ class DECA:
         codes = codes.to(self.device)
         geo = self.geometry(codes)
         uv_z = self.displacement(codes)
-        maps = displacement_to_normals(uv_z, geo.vertices, geo.normals, self.uv_sampler, self.face_eye_mask,
-                                       self.fixed_displacement, self.grid_faces)
+        uv_detail_normals = detail_normal_map(self.assets, uv_z, geo.vertices, geo.normals)
         albedo = albedo_uv if albedo_uv is not None else self.albedo(codes)
-        uv_texture = albedo * sh_shading(maps.uv_detail_normals, codes.light)
+        uv_texture = albedo * sh_shading(uv_detail_normals, codes.light)
         if image_size is None:
-            screen, size = geo.screen, (CROP_SIZE, CROP_SIZE)
+            screen, size = geo.screen, (INPUT_SIZE, INPUT_SIZE)
         else:
-            screen = crop_to_image_ndc(geo.screen, image_to_crop.to(self.device), CROP_SIZE, image_size)
+            screen = crop_to_image_ndc(geo.screen, image_to_crop.to(self.device), INPUT_SIZE, image_size)
             size = image_size
-        views = render_views(self.rasterizer, screen, self.faces, self.uv_ndc, self.uvfaces, geo.normals,
-                             geo.screen_normals, size, albedo_uv=albedo, light=codes.light,
-                             detail_normals_uv=maps.uv_detail_normals, want_shape=want_shape)
-        return Reconstruction(geometry=geo, uv_z=uv_z, displacement_map=maps.displacement_map,
-                              uv_detail_normals=maps.uv_detail_normals, albedo=albedo, uv_texture=uv_texture,
+        fragments = self.rasterizer.rasterize(screen, self.assets.faces, size)
+        views = draw_views(fragments, self.assets, geo.normals, geo.screen_normals, albedo_uv=albedo,
+                           light=codes.light, detail_normals_uv=uv_detail_normals, want_shape=want_shape)
+        displacement_map = uv_z + self.assets.fixed_displacement.to(uv_z)[None, None]
+        return Reconstruction(geometry=geo, uv_z=uv_z, displacement_map=displacement_map,
+                              uv_detail_normals=uv_detail_normals, albedo=albedo, uv_texture=uv_texture,
                               views=views)

@@ -19,11 +19,11 @@ from typing import Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-INPUT_SIZE = 224  # the fixed 7x7 average pool only fits a 224x224 input
+from .conventions import INPUT_SIZE, UV_SIZE  # noqa: F401  (UV_SIZE: D_detail's output side, for callers)
+
 FEATURE_DIM = 2048
 DETAIL_LATENT = 181  # jaw 3 + exp 50 + detail 128
 DETAIL_OUT_SCALE = 0.01  # tanh output x 0.01 -> +-1 cm in FLAME metres
-UV_SIZE = 256
 NETWORK_NAMES = ("E_flame", "E_detail", "D_detail")
 
 

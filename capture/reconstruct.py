@@ -21,13 +21,14 @@ import torch
 from PIL import Image
 
 from .appearance import extract_texture
-from .avatar import fit_identity
 from .assets import AssetError, open_pack
-from .sources import CODE_SOURCES, choose_source
-from .camera import crop_to_image_ndc
+from .avatar import fit_identity
+from .conventions import INPUT_SIZE
 from .crop import FaceDetector
-from .deca import CROP_SIZE, DECA
+from .deca import DECA
 from .meshio import to_uint8_image, write_obj
+from .projection import crop_to_image_ndc
+from .sources import CODE_SOURCES, choose_source
 from .stills import IMAGE_SUFFIXES, ImageError, astronaut, crop_largest_face, load_image
 from .stream.writer import same_file
 from .views import composite
@@ -92,8 +93,9 @@ def reconstruct_one(deca: DECA, detector: FaceDetector, image: np.ndarray, name:
         written.append(path)
 
     # texture from the full-resolution photo, like DECA's uv_texture_gt
-    screen = crop_to_image_ndc(rec.geometry.screen, T, CROP_SIZE, (h, w))
-    texture = extract_texture(photo, screen, deca.uv_sampler, deca.face_eye_mask, rec.uv_texture.clamp(0, 1))
+    screen = crop_to_image_ndc(rec.geometry.screen, T, INPUT_SIZE, (h, w))
+    texture = extract_texture(photo, screen, deca.assets.uv_sampler, deca.assets.face_eye_mask,
+                              rec.uv_texture.clamp(0, 1))
     normal_map = to_uint8_image((rec.uv_detail_normals[0] * 0.5 + 0.5).cpu().numpy())
     written += write_obj(out_dir / f"{name}.obj", rec.geometry.vertices[0].cpu().numpy(), deca.pack.uv.faces,
                          deca.pack.uv.uvcoords, deca.pack.uv.uvfaces, texture=to_uint8_image(texture[0].cpu().numpy()),

@@ -4,12 +4,11 @@ From the performer: expression and jaw pose (and, with pose mode 'source', globa
 From the target: shape, albedo/texture, light and detail code, so D_detail regenerates the target's wrinkles
 for the performer's expression on every frame.
 
-Two implementations of the same picture. The default one does per frame only what changes: the albedo is
-the target's (computed once), UV sampling and vertex normals are sparse products, the detail normals come
-from shifted slices of the UV position map, and shading and compositing touch the head's pixels only.
-`reference=True` is the straightforward DECA-style path (full-frame float images, the triangle-list
-normals), kept as the eager baseline of `benchmarks/fps.py` and as the oracle the fast path is tested
-against; both agree to float rounding.
+One drawing path (`capture.views`), which does per frame only what changes: the albedo is the target's
+(computed once), UV sampling and vertex normals are sparse products, the detail normals come from shifted
+slices of the UV position map, and shading and compositing touch the head's pixels only. `reference=True`
+swaps those steps for DECA's straightforward versions (`capture.reference`: full-frame float images, the
+triangle-list normals), the eager baseline of `benchmarks/fps.py`; both agree to float rounding.
 """
 from __future__ import annotations
 
@@ -19,13 +18,15 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .appearance import detail_normals, displacement_to_normals, face_incidence, vertex_normals_fast
 from .avatar import Avatar
-from .camera import crop_to_image_ndc, orthographic
-from .deca import CROP_SIZE, DECA, Codes
+from .conventions import INPUT_SIZE
+from .deca import DECA, Codes
+from .model_assets import ModelAssets
 from .nets import detail_input
+from .projection import crop_to_image_ndc, orthographic
+from .reference import ReferenceDrawing
 from .stream.pipeline import no_times
-from .views import LitPixels, composite, lit_pixels, render_views
+from .views import Drawing, LitPixels
 
 LAYOUTS = ("avatar", "side-by-side", "overlay")
 POSE_MODES = ("source", "target")
@@ -64,7 +65,7 @@ def view_transform(frame_size: tuple[int, int], fill: float = VIEW_FILL, drop: f
     h, w = frame_size
     side = fill * min(h, w)
     x0, y0 = (w - side) / 2, (h - side) / 2 + drop * side
-    k = CROP_SIZE / side
+    k = INPUT_SIZE / side
     return np.array([[k, 0, (0.5 - x0) * k - 0.5], [0, k, (0.5 - y0) * k - 0.5], [0, 0, 1]], dtype=np.float64)
 
 
@@ -87,107 +88,102 @@ class Prepared:
     vertices: torch.Tensor  # [B, V, 3] world (FLAME metres)
     normals: torch.Tensor  # [B, V, 3] world vertex normals
     screen: torch.Tensor  # [B, V, 3] NDC of the output frame
-    screen_normals: Optional[torch.Tensor] = None  # [B, V, 3] crop-NDC normals (reference path only)
     uv_z: Optional[torch.Tensor] = None  # [B, 1, S, S] D_detail's map, when `AvatarRenderer.detail` made it
 
 
 class AvatarRenderer:
-    """Draws the avatar for one frame in the chosen layout. Not thread-safe per call, but `prepare` (merge, LBS)
-    and `finish` (D_detail, shading, rasterising, compositing) may run in two threads, one frame apart. (With
-    E_flame before `prepare`, this split gives the two halves similar costs on a 2-core CPU.)
+    """Draws the avatar for one frame in the chosen layout. Not thread-safe per call, but `prepare` (merge, LBS),
+    `detail` (D_detail) and `finish` (shading, rasterising, compositing) may run in separate threads, one frame
+    apart. (With E_flame before `prepare`, this split gives the halves similar costs on a 2-core CPU.)
 
-    decode_detail: latent [B, 181] -> uv_z; None = DECA's (`DECA.decode_detail`). reference: the DECA-style
-    path (see the module doc). times: a `capture.stream.pipeline.StepTimes` to record "LBS", "D_detail", "shading",
-    "rasterize" and "composite" in.
+    Every frame takes the same path (`capture.views`): pose the mesh, D_detail, rasterise, shade the covered
+    pixels, composite in uint8. reference: draw its normals, detail normal map and lit pixels with DECA's
+    straightforward implementations instead (`capture.reference.ReferenceDrawing`, the eager baseline of
+    `benchmarks/fps.py`), with a fresh displacement map and albedo every frame.
+    decode_detail: latent [B, 181] -> uv_z; None = DECA's (`DECA.decode_detail`). times: a
+    `capture.stream.pipeline.StepTimes` to record "LBS", "D_detail", "shading", "rasterize" and "composite" in.
     """
 
     def __init__(self, deca: DECA, avatar: Avatar, layout: str, frame_size: tuple[int, int],
                  pose_mode: str = "source", decode_detail=None, *, reference: bool = False, times=None):
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        self.deca, self.avatar, self.layout, self.pose_mode = deca, avatar.to(deca.device), layout, pose_mode
+        self.assets: ModelAssets = deca.assets
+        self.rasterizer = deca.rasterizer
+        self.device = self.assets.device
+        self.avatar, self.layout, self.pose_mode = avatar.to(self.device), layout, pose_mode
         self.frame_size = frame_size
         self.out_size = output_size(layout, frame_size)
-        self.decode_detail = decode_detail
+        self.decode_detail = decode_detail if decode_detail is not None else deca.decode_detail
         self.reference = bool(reference)
+        self.drawing = ReferenceDrawing(self.assets) if self.reference else Drawing(self.assets)
         self._times = times if times is not None else no_times
-        self._view_T = torch.as_tensor(view_transform(frame_size), dtype=torch.float32, device=deca.device)
-        self._template: Optional[np.ndarray] = None  # the fast path's background picture, made on first use
+        self._view_T = torch.as_tensor(view_transform(frame_size), dtype=torch.float32, device=self.device)
+        self._template: Optional[np.ndarray] = None  # the background picture, made on first use
         self._detail: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (latent, uv_z) of the last D_detail run
         self.detail_reused = 0  # frames that reused the last displacement map
-        if not self.reference:
+        with torch.inference_mode():
             # Constant per avatar: the merge always takes tex (hence the albedo) from the target.
-            with torch.inference_mode():
-                self._albedo = (self.avatar.albedo_uv if self.avatar.albedo_uv is not None
-                                else deca.albedo(self.avatar.codes))
-                self._uv_face = deca.uv_ndc[deca.uvfaces].contiguous()  # [F, 3, 2]
-                self._incidence = face_incidence(deca.faces, deca.flame.v_template.shape[0])
-                self._background = _to_uint8(torch.full((1, 3, 1, 1), BACKGROUND))[0, 0]  # as the reference rounds
+            self._albedo = self._make_albedo()
+            self._background = _to_uint8(torch.full((1, 3, 1, 1), BACKGROUND))[0, 0]  # as a float picture rounds
+
+    def _make_albedo(self) -> torch.Tensor:
+        if self.avatar.albedo_uv is not None:
+            return self.avatar.albedo_uv
+        return self.assets.albedo(self.avatar.codes.tex)
 
     def codes_for(self, source: Codes) -> Codes:
-        return merge_codes(source.to(self.deca.device), self.avatar.codes, self.pose_mode)
+        return merge_codes(source.to(self.device), self.avatar.codes, self.pose_mode)
 
-    # ------------------------------------------------------------------------------------ the two halves
+    # ------------------------------------------------------------------------------------ the three steps
     @torch.inference_mode()
     def prepare(self, source: Codes, image_to_crop: Optional[np.ndarray]) -> Prepared:
         """Performer codes (batch 1) -> merged codes and the posed mesh (world and frame NDC)."""
         return self._prepare_merged(self.codes_for(source), image_to_crop)
 
     def _prepare_merged(self, codes: Codes, image_to_crop: Optional[np.ndarray]) -> Prepared:
-        deca = self.deca
         if self.layout == "overlay" and image_to_crop is not None:
-            T = torch.as_tensor(image_to_crop, dtype=torch.float32, device=deca.device)
+            T = torch.as_tensor(image_to_crop, dtype=torch.float32, device=self.device)
         else:
             T = self._view_T
         with self._times("LBS"):
-            if self.reference:
-                geo = deca.geometry(codes)
-                vertices, normals, screen, screen_normals = geo.vertices, geo.normals, geo.screen, geo.screen_normals
-            else:
-                vertices = deca.flame(codes.shape, codes.exp, codes.pose).vertices
-                normals = vertex_normals_fast(vertices, deca.faces, self._incidence)
-                screen, screen_normals = orthographic(vertices, codes.cam), None
-            screen = crop_to_image_ndc(screen, T, CROP_SIZE, self.frame_size)
-        return Prepared(codes=codes, vertices=vertices, normals=normals, screen=screen, screen_normals=screen_normals)
+            vertices = self.assets.flame(codes.shape, codes.exp, codes.pose).vertices
+            normals = self.drawing.normals(vertices)
+            screen = crop_to_image_ndc(orthographic(vertices, codes.cam), T, INPUT_SIZE, self.frame_size)
+        return Prepared(codes=codes, vertices=vertices, normals=normals, screen=screen)
 
     def _displacement(self, codes: Codes) -> torch.Tensor:
         """D_detail on (jaw, exp, target detail code) -> uv_z [B, 1, S, S].
 
-        The fast path reuses the last map while jaw and expression have moved less than `DETAIL_REUSE` since it
-        was made (D_detail is a quarter of a frame's CPU time, and wrinkles follow the expression, nothing else
-        of the frame); the reference path always runs it."""
+        Reuses the last map while jaw and expression have moved less than `DETAIL_REUSE` since it was made
+        (D_detail is a quarter of a frame's CPU time, and wrinkles follow the expression, nothing else of the
+        frame); the reference drawing makes a fresh one every frame."""
         latent = detail_input(codes.pose[:, 3:6], codes.exp, codes.detail)
-        if not self.reference and self._detail is not None and self._detail[0].shape == latent.shape:
+        if self.drawing.reuses and self._detail is not None and self._detail[0].shape == latent.shape:
             jaw_tol, exp_tol = DETAIL_REUSE
             moved = (latent - self._detail[0]).abs()
             if float(moved[:, :3].max()) <= jaw_tol and float(moved[:, 3:53].max()) <= exp_tol:
                 self.detail_reused += 1
                 return self._detail[1]
         with self._times("D_detail"):
-            uv_z = self.deca.decode_detail(latent) if self.decode_detail is None else self.decode_detail(latent)
-        if not self.reference:
+            uv_z = self.decode_detail(latent)
+        if self.drawing.reuses:
             self._detail = (latent, uv_z)
         return uv_z
 
     @torch.inference_mode()
     def detail(self, prepared: Prepared) -> Prepared:
-        """D_detail for a prepared frame (fast path; the reference path runs it in `finish`): a step of its own,
-        so that a pipeline can give it a thread between `prepare` and `finish`."""
-        if not self.reference:
-            prepared.uv_z = self._displacement(prepared.codes)
+        """D_detail for a prepared frame: a step of its own, so that a pipeline can give it a thread between
+        `prepare` and `finish` (which runs it when this was skipped)."""
+        prepared.uv_z = self._displacement(prepared.codes)
         return prepared
 
     @torch.inference_mode()
     def finish(self, frame: np.ndarray, prepared: Prepared) -> FrameResult:
         """The picture of a prepared frame in the layout: frame [H, W, 3] uint8 -> FrameResult."""
-        if self.reference:
-            colour, alpha = self._draw_reference(prepared)
-            with self._times("composite"):
-                image = self._composite_reference(frame, colour, alpha)
-        else:
-            pixels = self._lit_pixels(prepared)
-            with self._times("composite"):
-                image = self._composite(frame, pixels)
+        pixels = self._lit_pixels(prepared)
+        with self._times("composite"):
+            image = self._composite(frame, pixels)
         return FrameResult(image, prepared.codes)
 
     # ------------------------------------------------------------------------------------ whole frames
@@ -200,26 +196,23 @@ class AvatarRenderer:
     @torch.inference_mode()
     def draw(self, codes: Codes, image_to_crop: Optional[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Merged codes -> (colour [1, 3, H, W] in 0..1, alpha [1, 1, H, W]) in frame coordinates."""
-        prepared = self._prepare_merged(codes, image_to_crop)
-        if self.reference:
-            return self._draw_reference(prepared)
-        lit, alpha = self._lit_pixels(prepared).images()
+        lit, alpha = self._lit_pixels(self._prepare_merged(codes, image_to_crop)).images()
         return lit.clamp(0, 1), alpha
 
-    # ------------------------------------------------------------------------------------ fast path
+    # ------------------------------------------------------------------------------------ drawing
     def _lit_pixels(self, prepared: Prepared) -> LitPixels:
-        deca = self.deca
         uv_z = prepared.uv_z if prepared.uv_z is not None else self._displacement(prepared.codes)
         with self._times("rasterize"):
-            fragments = deca.rasterizer.rasterize(prepared.screen, deca.faces, self.frame_size)
+            fragments = self.rasterizer.rasterize(prepared.screen, self.assets.faces, self.frame_size)
         with self._times("shading"):
-            uv = deca.uv_sampler.sample(torch.cat([prepared.vertices, prepared.normals], -1))
-            normals_uv = detail_normals(uv_z, uv[:, 0:3], uv[:, 3:6], deca.face_eye_mask,
-                                        deca.fixed_displacement)
-            return lit_pixels(fragments, self._uv_face, self._albedo, normals_uv, prepared.codes.light)
+            albedo = self._albedo if self.drawing.reuses else self._make_albedo()
+            normal_map = self.drawing.detail_map(uv_z, prepared.vertices, prepared.normals)
+            return self.drawing.lit(self.rasterizer, fragments, prepared.screen, prepared.normals, albedo, normal_map,
+                                    prepared.codes.light)
 
     def _composite(self, frame: np.ndarray, pixels: LitPixels) -> np.ndarray:
-        """uint8 compositing of the covered pixels over the frame or the grey background (batch 1)."""
+        """uint8 compositing of the covered pixels over the frame or the grey background (batch 1). The same
+        bytes as compositing float pictures (alpha is 0 or 1) and rounding them to uint8."""
         h, w = self.frame_size
         colour = (pixels.colour.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
         index = pixels.index
@@ -235,32 +228,6 @@ class AvatarRenderer:
                 index = torch.div(index, w, rounding_mode="floor") * (2 * w) + w + index % w
         out.reshape(-1, 3)[index.cpu().numpy()] = colour
         return out
-
-    # ------------------------------------------------------------------------------------ reference path
-    def _draw_reference(self, prepared: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
-        deca, codes = self.deca, prepared.codes
-        uv_z = self._displacement(codes)
-        with self._times("rasterize"):
-            fragments = deca.rasterizer.rasterize(prepared.screen, deca.faces, self.frame_size)
-        with self._times("shading"):
-            maps = displacement_to_normals(uv_z, prepared.vertices, prepared.normals, deca.uv_sampler,
-                                           deca.face_eye_mask, deca.fixed_displacement, deca.grid_faces)
-            albedo = self.avatar.albedo_uv if self.avatar.albedo_uv is not None else deca.albedo(codes)
-            views = render_views(deca.rasterizer, prepared.screen, deca.faces, deca.uv_ndc, deca.uvfaces,
-                                 prepared.normals, prepared.screen_normals, self.frame_size, albedo_uv=albedo,
-                                 light=codes.light, detail_normals_uv=maps.uv_detail_normals, want_shape=False,
-                                 fragments=fragments)
-        return views.lit.clamp(0, 1), views.alpha
-
-    def _composite_reference(self, frame: np.ndarray, colour: torch.Tensor, alpha: torch.Tensor) -> np.ndarray:
-        frame_t = torch.from_numpy(frame).to(self.deca.device).permute(2, 0, 1)[None].float() / 255.0
-        if self.layout == "overlay":
-            picture = composite(colour, alpha, frame_t)
-        else:
-            picture = composite(colour, alpha, torch.full_like(frame_t, BACKGROUND))
-            if self.layout == "side-by-side":
-                picture = torch.cat([frame_t, picture], dim=3)
-        return _to_uint8(picture)
 
     def _pass_through(self, frame: np.ndarray) -> np.ndarray:
         if self.layout == "side-by-side":

@@ -19,12 +19,13 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .crop import crop_pixels_to_ndc, image_points_to_crop
-from .deca import CROP_SIZE, Codes
+from .conventions import INPUT_SIZE, pixel_to_ndc
+from .crop import image_points_to_crop
+from .deca import Codes
 from .fit import FitConfig, FitState, LandmarkBases, LandmarkFitter
 from .landmarks import LidCalibration, ibug68_from_mesh
-from .stream.filters import OneEuroFilter
 from .nets import CODE_LAYOUT
+from .stream.filters import OneEuroFilter
 
 CODE_SOURCES = ("auto", "network", "landmarks", "hybrid")
 N_SHAPE_PERFORMER = 10  # identity components estimated for a performer over the stream
@@ -52,7 +53,7 @@ def choose_source(requested: str, synthetic_pack: bool) -> tuple[str, str]:
 def landmarks_to_crop_ndc(mesh_px: np.ndarray, image_to_crop: np.ndarray) -> np.ndarray:
     """Face-mesh points in frame pixels [468+, 2] -> the 68 iBUG points in the crop's NDC [68, 2]."""
     crop_px = image_points_to_crop(ibug68_from_mesh(mesh_px), np.asarray(image_to_crop, np.float64))
-    return crop_pixels_to_ndc(crop_px, CROP_SIZE)
+    return pixel_to_ndc(crop_px, INPUT_SIZE)
 
 
 def codes_from_state(state: FitState, shape: np.ndarray, device, n_shape: int = 100,

@@ -1,19 +1,35 @@
-"""Pictures of a posed head: albedo, SH-lit colour, DECA's grey shape render (coarse and detailed).
+"""The one drawing path: posed mesh -> normals -> detail normal map -> rasterised pixels -> lit colour.
 
-Input is the mesh already in screen NDC of the target image (crop NDC, or the original frame's NDC after
-`camera.crop_to_image_ndc`). One rasterisation serves every view.
+    normals = mesh_normals(assets, vertices)                       # appearance.vertex_normals (sparse)
+    normal_map = detail_normal_map(assets, uv_z, vertices, normals)  # UVSampler.sample + appearance.detail_normals
+    fragments = rasterizer.rasterize(screen, assets.faces, (H, W))
+    pixels = lit_pixels(fragments, assets.uv_face, albedo_uv, normal_map, light)   # the product's picture
+    views = draw_views(fragments, assets, ...)                     # every picture DECA draws (decode)
+
+`retarget.AvatarRenderer` (the product), `deca.DECA.decode` and training's `train.renderer.TrainRenderer` draw
+through these functions; only the covered pixels are shaded (a head covers a fraction of a frame), with one SH
+basis (`appearance.sh_terms`). The input mesh is already in the target image's NDC (crop NDC, or the frame's
+after `projection.crop_to_image_ndc`). DECA's straightforward full-frame versions of the same steps are the
+test oracles in `capture.reference`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F_nn
 
-from .appearance import (SH_CONSTANTS, SHAPE_GREY, SHAPE_LIGHT_INTENSITY, SHAPE_LIGHTS, directional_shading,
-                         sh_shading)
-from .render import texture
+from .appearance import (
+    SH_CONSTANTS,
+    SHAPE_GREY,
+    SHAPE_LIGHT_INTENSITY,
+    SHAPE_LIGHTS,
+    detail_normals,
+    directional_shading,
+    sh_terms,
+    vertex_normals,
+)
 
 
 @dataclass
@@ -26,46 +42,90 @@ class Views:
     visible: Optional[torch.Tensor] = None  # [B, 1, H, W] front-facing pixels (screen normal z < 0.15)
 
 
-def render_views(rasterizer, screen_vertices: torch.Tensor, faces: torch.Tensor, uv_ndc: torch.Tensor,
-                 uvfaces: torch.Tensor, world_normals: torch.Tensor, screen_normals: torch.Tensor,
-                 size: tuple[int, int], *, albedo_uv: Optional[torch.Tensor] = None,
-                 light: Optional[torch.Tensor] = None, detail_normals_uv: Optional[torch.Tensor] = None,
-                 want_shape: bool = True, fragments=None) -> Views:
-    """Rasterise once and build the requested views.
+# ------------------------------------------------------------------------------------------------ geometry
+def mesh_normals(assets, vertices: torch.Tensor) -> torch.Tensor:
+    """[B, V, 3] -> area-weighted unit vertex normals [B, V, 3] (world, or of the projected mesh)."""
+    return vertex_normals(vertices, assets.faces, assets.incidence)
 
-    screen_vertices [B, V, 3] NDC; faces [F, 3]; uv_ndc [T, 2] (uv layout in NDC, `appearance.uv_layout_ndc`);
-    uvfaces [F, 3]; world_normals / screen_normals [B, V, 3]; albedo_uv [B, 3, S, S]; light [B, 9, 3];
-    detail_normals_uv [B, 3, S, S] world-space. fragments: this mesh already rasterised at `size` (skips it).
-    """
-    batch = screen_vertices.shape[0]
-    frags = fragments if fragments is not None else rasterizer.rasterize(screen_vertices, faces, size)
-    alpha = frags.mask[:, None].to(screen_vertices.dtype)
-    uv_face = uv_ndc[uvfaces][None].expand(batch, -1, -1, -1)  # [B, F, 3, 2]
-    normal_face = torch.cat([world_normals, screen_normals], -1)[:, faces]  # [B, F, 3, 6]
-    attrs = rasterizer.interpolate_face_attributes(torch.cat([uv_face, normal_face], -1), frags)  # [B,H,W,8]
-    grid = attrs[..., 0:2]
-    world_n = attrs[..., 2:5].permute(0, 3, 1, 2)
-    screen_nz = attrs[..., 7][:, None]
-    visible = alpha * (screen_nz < 0.15).to(alpha)
-    views = Views(alpha=alpha, visible=visible)
 
-    normals_for_light = world_n
-    if detail_normals_uv is not None:
-        normals_for_light = texture(detail_normals_uv, grid) * alpha
-    if albedo_uv is not None:
-        views.albedo = texture(albedo_uv.expand(batch, -1, -1, -1), grid) * alpha
-        if light is not None:
-            views.lit = views.albedo * sh_shading(normals_for_light, light)
-    if want_shape:
-        views.shape = _grey(world_n, visible)
-        if detail_normals_uv is not None:
-            views.shape_detail = _grey(normals_for_light, visible)
-    return views
+def detail_normal_map(assets, uv_z: torch.Tensor, vertices: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
+    """D_detail's displacement uv_z [B, 1, S, S] on the coarse mesh (vertices, normals [B, V, 3], world)
+    -> world-space detail normal map [B, 3, S, S] (DECA's displacement2normal)."""
+    uv = assets.uv_sampler.sample(torch.cat([vertices, normals], -1))
+    return detail_normals(uv_z, uv[:, 0:3], uv[:, 3:6], assets.face_eye_mask, assets.fixed_displacement)
+
+
+# ------------------------------------------------------------------------------------------------ pixels
+@dataclass
+class CoveredPixels:
+    """The pixel centres a rasterised mesh covers: where they are and which triangle, with which weights."""
+
+    index: torch.Tensor  # [N] int64, flat pixel index b * H * W + y * W + x
+    face: torch.Tensor  # [N] int64 covering face
+    bary: torch.Tensor  # [N, 3] barycentrics of faces[face]'s corners
+    size: tuple[int, int]  # (H, W)
+    batch: int
+
+    @classmethod
+    def of(cls, fragments) -> "CoveredPixels":
+        batch, h, w = fragments.face_id.shape
+        face_id = fragments.face_id.reshape(-1)
+        index = (face_id >= 0).nonzero().squeeze(1)
+        return cls(index=index, face=face_id.index_select(0, index),
+                   bary=fragments.bary.reshape(-1, 3).index_select(0, index), size=(h, w), batch=batch)
+
+    def interpolate(self, face_attrs: torch.Tensor) -> torch.Tensor:
+        """Per-face-corner attributes [F, 3, C] -> [N, C] at the covered pixels (barycentric)."""
+        bary = self.bary.to(face_attrs.dtype)
+        return (bary.unsqueeze(-1) * face_attrs.index_select(0, self.face)).sum(dim=-2)
+
+    def interpolate_vertices(self, attributes: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+        """Per-vertex attributes [B, V, C] (one mesh per frame) -> [N, C] at the covered pixels."""
+        b, v, c = attributes.shape
+        corners = faces.index_select(0, self.face)  # [N, 3]
+        if b > 1:
+            corners = corners + (self.owner() * v)[:, None]
+        values = attributes.reshape(b * v, c).index_select(0, corners.reshape(-1)).view(-1, 3, c)
+        return (self.bary.to(attributes.dtype).unsqueeze(-1) * values).sum(dim=-2)
+
+    def owner(self) -> torch.Tensor:
+        """[N] the frame of the batch each covered pixel belongs to."""
+        h, w = self.size
+        return torch.div(self.index, h * w, rounding_mode="floor")
+
+    def frames(self) -> Iterator[tuple[int, Optional[torch.Tensor]]]:
+        """(b, positions of frame b's pixels among the N, or None when the batch is one frame)."""
+        if self.batch == 1:
+            yield 0, None
+            return
+        owner = self.owner()
+        for b in range(self.batch):
+            yield b, (owner == b).nonzero().squeeze(1)
+
+    def images(self, values: torch.Tensor) -> torch.Tensor:
+        """[N, C] values at the covered pixels -> [B, C, H, W] images, zeros elsewhere."""
+        h, w = self.size
+        out = values.new_zeros(self.batch * h * w, values.shape[1])
+        out[self.index] = values
+        return out.view(self.batch, h, w, -1).permute(0, 3, 1, 2)
+
+
+def sample_uv_maps(uv: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """Bilinear look-up of UV maps [1, C, S, S] at uv [n, 2] (NDC of the maps) -> [C, n] (rows contiguous)."""
+    grid = uv.view(1, 1, -1, 2).to(maps.dtype)
+    return F_nn.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, :, 0]
+
+
+def sh_rows(normals: torch.Tensor, light: torch.Tensor) -> torch.Tensor:
+    """SH shading of normals given as rows [3, n] under light [9, 3] -> [3, n] (no clamping, DECA's
+    add_SHlight), with the basis of `appearance.sh_terms` and its constants folded into the light."""
+    basis = sh_terms(normals[0], normals[1], normals[2], dim=0)  # [9, n]
+    return (light * light.new_tensor(SH_CONSTANTS)[:, None]).t() @ basis
 
 
 @dataclass
 class LitPixels:
-    """The lit colour of the covered pixels only: what `render_views(...).lit` holds there, without the
+    """The lit colour of the covered pixels only: what `draw_views(...).lit` holds there, without the
     full-frame images (the head covers a fraction of a video frame; everything else is background)."""
 
     index: torch.Tensor  # [N] int64, flat pixel index b * H * W + y * W + x
@@ -74,7 +134,7 @@ class LitPixels:
     batch: int
 
     def images(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(lit [B, 3, H, W], alpha [B, 1, H, W]) as `render_views` gives them (zeros where uncovered)."""
+        """(lit [B, 3, H, W], alpha [B, 1, H, W]) as `draw_views` gives them (zeros where uncovered)."""
         h, w = self.size
         lit = self.colour.new_zeros(self.batch * h * w, 3)
         lit[self.index] = self.colour
@@ -84,49 +144,103 @@ class LitPixels:
                 alpha.view(self.batch, 1, h, w))
 
 
+def _sample(pixels: CoveredPixels, uv: torch.Tensor, *maps: torch.Tensor) -> list[torch.Tensor]:
+    """UV maps [1 or B, C_i, S, S] at the covered pixels' uv [N, 2] -> one [C_i, N] per map: one grid_sample
+    per frame of the batch over the maps stacked (batch 1 in the streaming path)."""
+    widths = [m.shape[1] for m in maps]
+    out = [uv.new_empty(c, uv.shape[0]) for c in widths]
+    for b, sel in pixels.frames():
+        stacked = torch.cat([m[b if m.shape[0] > 1 else 0][None].to(maps[0]) for m in maps], 1)
+        sampled = sample_uv_maps(uv if sel is None else uv.index_select(0, sel), stacked).split(widths)
+        if sel is None:
+            return list(sampled)
+        for target, part in zip(out, sampled):
+            target[:, sel] = part
+    return out
+
+
+def _shade(pixels: CoveredPixels, albedo: torch.Tensor, normals: torch.Tensor, light: torch.Tensor) -> torch.Tensor:
+    """albedo x SH(normals) at the covered pixels: [3, N] rows -> [N, 3]."""
+    colour = albedo.new_empty(albedo.shape[1], 3)
+    for b, sel in pixels.frames():
+        if sel is None:
+            return (albedo * sh_rows(normals, light[b])).t()
+        colour[sel] = (albedo[:, sel] * sh_rows(normals[:, sel], light[b])).t()
+    return colour
+
+
 def lit_pixels(fragments, uv_face: torch.Tensor, albedo_uv: torch.Tensor, detail_normals_uv: torch.Tensor,
                light: torch.Tensor) -> LitPixels:
-    """`render_views(...).lit` (albedo x SH of the detail normals) for the covered pixels only.
+    """Albedo x SH of the detail normals for the covered pixels only: the product's picture.
 
     fragments: from `rasterizer.rasterize`; uv_face [F, 3, 2] the UV layout per face corner in NDC
-    (`uv_ndc[uvfaces]`); albedo_uv [1 or B, 3, S, S]; detail_normals_uv [B, 3, S, S]; light [B, 9, 3].
-    Same arithmetic as `render_views` per pixel (barycentric UVs, bilinear `grid_sample`, SH), so results
-    agree to float rounding; the work scales with the head's pixels instead of the frame's.
+    (`ModelAssets.uv_face`); albedo_uv [1 or B, 3, S, S]; detail_normals_uv [B, 3, S, S]; light [B, 9, 3].
+    The work scales with the head's pixels instead of the frame's.
     """
-    batch, h, w = fragments.face_id.shape
-    face_id = fragments.face_id.reshape(-1)
-    index = (face_id >= 0).nonzero().squeeze(1)
-    faces = face_id.index_select(0, index)
-    bary = fragments.bary.reshape(-1, 3).index_select(0, index).to(uv_face.dtype)
-    uv = (bary.unsqueeze(-1) * uv_face.index_select(0, faces)).sum(dim=-2)  # [N, 2]
-    owner = torch.div(index, h * w, rounding_mode="floor") if batch > 1 else None
-    colour = uv.new_empty(index.numel(), 3)
-    constants = light.new_tensor(SH_CONSTANTS)[:, None]
-    for b in range(batch):  # one grid_sample per frame of the batch (batch 1 in the streaming path)
-        sel = None if owner is None else (owner == b).nonzero().squeeze(1)
-        grid = (uv if sel is None else uv.index_select(0, sel)).view(1, 1, -1, 2)
-        albedo = albedo_uv[b if albedo_uv.shape[0] > 1 else 0][None]
-        textures = torch.cat([albedo, detail_normals_uv[b][None].to(albedo)], 1)  # one sampling pass for both
-        sampled = F_nn.grid_sample(textures, grid.to(textures.dtype), mode="bilinear", padding_mode="zeros",
-                                   align_corners=False)[0, :, 0]  # [6, n], channel rows stay contiguous
-        x, y, z = sampled[3], sampled[4], sampled[5]
-        # The SH basis of appearance.sh_basis, as rows, with its constants folded into the light.
-        basis = torch.stack([torch.ones_like(x), x, y, z, x * y, x * z, y * z, x * x - y * y, 3 * z * z - 1])
-        shade = (light[b] * constants).t() @ basis  # [3, n]
-        value = (sampled[0:3] * shade).t()
-        if sel is None:
-            colour = value
-        else:
-            colour[sel] = value
-    return LitPixels(index=index, colour=colour, size=(h, w), batch=batch)
+    pixels = CoveredPixels.of(fragments)
+    albedo, normals = _sample(pixels, pixels.interpolate(uv_face), albedo_uv, detail_normals_uv)
+    return LitPixels(index=pixels.index, colour=_shade(pixels, albedo, normals, light), size=pixels.size,
+                     batch=pixels.batch)
 
 
-def _grey(normals: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-    b, _, h, w = normals.shape
-    flat = normals.permute(0, 2, 3, 1).reshape(b, -1, 3)
-    lights = flat.new_tensor(SHAPE_LIGHTS)
-    shading = directional_shading(flat, lights, SHAPE_LIGHT_INTENSITY).view(b, 1, h, w)
-    return (shading * SHAPE_GREY).expand(-1, 3, -1, -1) * visible
+def draw_views(fragments, assets, world_normals: torch.Tensor, screen_normals: torch.Tensor, *,
+               albedo_uv: Optional[torch.Tensor] = None, light: Optional[torch.Tensor] = None,
+               detail_normals_uv: Optional[torch.Tensor] = None, want_shape: bool = True) -> Views:
+    """Every picture DECA draws of one rasterised mesh (the views of `deca.DECA.decode`).
+
+    fragments: the mesh (`assets.faces`) rasterised at the target size; world_normals / screen_normals
+    [B, V, 3] (vertex normals of the world and of the projected mesh); albedo_uv [1 or B, 3, S, S];
+    light [B, 9, 3]; detail_normals_uv [B, 3, S, S] world-space. Lit colour = `lit_pixels`' arithmetic.
+    """
+    pixels = CoveredPixels.of(fragments)
+    ones = fragments.bary.new_ones(pixels.index.shape[0], 1)
+    screen_nz = pixels.interpolate_vertices(screen_normals[..., 2:3], assets.faces)
+    front = (screen_nz < 0.15).to(ones)
+    views = Views(alpha=pixels.images(ones), visible=pixels.images(front))
+    world_n = pixels.interpolate_vertices(world_normals, assets.faces).t()  # [3, N]
+    normals_for_light = world_n
+    maps = [m for m in (albedo_uv, detail_normals_uv) if m is not None]
+    if maps:
+        sampled = _sample(pixels, pixels.interpolate(assets.uv_face), *maps)
+        if detail_normals_uv is not None:
+            normals_for_light = sampled[-1]
+        if albedo_uv is not None:
+            views.albedo = pixels.images(sampled[0].t())
+            if light is not None:
+                views.lit = pixels.images(_shade(pixels, sampled[0], normals_for_light, light))
+    if want_shape:
+        views.shape = pixels.images(_grey(pixels, world_n) * front)
+        if detail_normals_uv is not None:
+            views.shape_detail = pixels.images(_grey(pixels, normals_for_light) * front)
+    return views
+
+
+class Drawing:
+    """The steps of one frame's picture that `AvatarRenderer` runs, in the product's way; the eager DECA-style
+    baseline (`reference.ReferenceDrawing`) replaces the same three steps and nothing else."""
+
+    # Reuse what stays put: the avatar's albedo, and a displacement map while the expression barely moves.
+    reuses = True
+
+    def __init__(self, assets):
+        self.assets = assets
+
+    def normals(self, vertices: torch.Tensor) -> torch.Tensor:
+        return mesh_normals(self.assets, vertices)
+
+    def detail_map(self, uv_z: torch.Tensor, vertices: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
+        return detail_normal_map(self.assets, uv_z, vertices, normals)
+
+    def lit(self, rasterizer, fragments, screen: torch.Tensor, normals: torch.Tensor, albedo_uv: torch.Tensor,
+            normal_map: torch.Tensor, light: torch.Tensor) -> LitPixels:
+        return lit_pixels(fragments, self.assets.uv_face, albedo_uv, normal_map, light)
+
+
+def _grey(pixels: CoveredPixels, normals: torch.Tensor) -> torch.Tensor:
+    """DECA's grey five-light shape render of normals [3, N] -> [N, 3]."""
+    lights = normals.new_tensor(SHAPE_LIGHTS)
+    shading = directional_shading(normals.t()[None], lights, SHAPE_LIGHT_INTENSITY)[0]  # [N]
+    return (shading * SHAPE_GREY)[:, None].expand(-1, 3)
 
 
 def composite(foreground: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor) -> torch.Tensor:

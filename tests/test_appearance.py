@@ -4,19 +4,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 import torch
 
-from capture.appearance import (
-    UVSampler,
-    albedo_from_model,
-    displacement_to_normals,
-    grid_triangles,
-    sh_shading,
-    vertex_normals,
-)
+from capture.appearance import UVSampler, albedo_from_model, grid_triangles, sh_shading
 from capture.assets.pack import AlbedoModel
-from capture.camera import crop_to_image_ndc, orthographic
+from capture.projection import crop_to_image_ndc, orthographic
+from capture.reference import displacement_to_normals, vertex_normals, world2uv
 from meshes import front_hemisphere
 
 # docs/formats.md 3.4, typed in from the document (independent of the module's own formulas)
@@ -57,7 +50,7 @@ def test_albedo_model_layout_bgr_and_nearest_resize():
 def test_uv_sampler_reproduces_linear_attribute():
     verts, faces, uv = front_hemisphere()
     sampler = UVSampler.build(uv, faces, faces, size=64)
-    out = sampler(torch.as_tensor(verts)[None])  # [1, 3, 64, 64]
+    out = world2uv(sampler, torch.as_tensor(verts)[None])  # [1, 3, 64, 64]
     cover = sampler.coverage
     # x varies linearly with u: x = 2u - 1, sampled at texel centres; row 0 is v = 1 (y = +top)
     cols = (np.arange(64) + 0.5) / 64

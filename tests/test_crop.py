@@ -12,6 +12,7 @@ import torch
 from skimage.transform import estimate_transform, warp
 
 from capture import crop as C
+from capture.conventions import ndc_to_pixel, pixel_to_ndc
 
 # Hand-measured on astronaut() (512x512) from a 4x zoom with a pixel ruler: brows' top edge y ~ 88,
 # chin y ~ 176, cheek/jaw sides x ~ 181 and ~ 270 (the iBUG-68 extremes). Loose bounds around that.
@@ -211,11 +212,11 @@ def test_points_round_trip_and_corners(astro_face):
 
 def test_ndc_pixel_mapping():
     ndc = np.array([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]])
-    px = C.ndc_to_crop_pixels(ndc, 224)
+    px = ndc_to_pixel(ndc, 224)
     # +-1 at the outer borders of the 224 crop, whose pixel centres are 0..223.
     assert np.allclose(px, [[-0.5, -0.5], [223.5, 223.5], [111.5, 111.5]])
-    assert np.allclose(C.crop_pixels_to_ndc(px, 224), ndc)
-    assert torch.allclose(C.crop_pixels_to_ndc(C.ndc_to_crop_pixels(torch.tensor(ndc), 224), 224), torch.tensor(ndc))
+    assert np.allclose(pixel_to_ndc(px, 224), ndc)
+    assert torch.allclose(pixel_to_ndc(ndc_to_pixel(torch.tensor(ndc), 224), 224), torch.tensor(ndc))
 
 
 # ------------------------------------------------------------------------------------------------ tracker

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from capture.camera import orthographic
 from capture.fit import (
     FitConfig,
     FitState,
@@ -19,6 +18,7 @@ from capture.fit import (
     yaw_degrees,
 )
 from capture.flame import FLAME, contour_rows_from_yaw, rodrigues
+from capture.projection import orthographic
 from test_flame import make_model
 
 

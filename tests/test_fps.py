@@ -15,19 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from capture.appearance import (
-    UVSampler,
-    detail_normals,
-    displacement_to_normals,
-    face_incidence,
-    grid_normals,
-    grid_triangles,
-    vertex_normals,
-    vertex_normals_fast,
-)
+from capture.appearance import UVSampler, detail_normals, face_incidence, grid_normals, grid_triangles, vertex_normals
+from capture.reference import displacement_to_normals, render_views, world2uv
+from capture.reference import vertex_normals as reference_vertex_normals
 from capture.render import get_rasterizer
 from capture.stream.pipeline import StepTimes, no_times
-from capture.views import lit_pixels, render_views
+from capture.views import lit_pixels
 from meshes import front_hemisphere
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +55,7 @@ def test_grid_normals_match_the_triangle_list_normals():
     ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
     positions = torch.stack([xs, ys, 0.3 * torch.sin(3 * xs) * ys])[None] + 0.01 * torch.randn(1, 3, size, size,
                                                                                                 generator=gen)
-    reference = vertex_normals(positions.reshape(1, 3, -1).permute(0, 2, 1), grid_triangles(size))
+    reference = reference_vertex_normals(positions.reshape(1, 3, -1).permute(0, 2, 1), grid_triangles(size))
     fast = grid_normals(positions).reshape(1, 3, -1).permute(0, 2, 1)
     torch.testing.assert_close(fast, reference, atol=1e-5, rtol=0)
 
@@ -72,18 +65,18 @@ def test_vertex_normals_fast_and_uv_sample_match_the_plain_ones():
     v = torch.as_tensor(verts)[None].repeat(2, 1, 1)
     v[1] *= torch.tensor([1.0, 0.5, 2.0])  # two different meshes in one batch
     f = torch.as_tensor(faces)
-    fast = vertex_normals_fast(v, f, face_incidence(f, v.shape[1]))
-    torch.testing.assert_close(fast, vertex_normals(v, f), atol=1e-5, rtol=0)
+    fast = vertex_normals(v, f, face_incidence(f, v.shape[1]))
+    torch.testing.assert_close(fast, reference_vertex_normals(v, f), atol=1e-5, rtol=0)
     sampler = UVSampler.build(uv, faces, faces, size=32)
     attrs = torch.cat([v, fast], -1)
-    torch.testing.assert_close(sampler.sample(attrs), sampler(attrs), atol=1e-6, rtol=0)
+    torch.testing.assert_close(sampler.sample(attrs), world2uv(sampler, attrs), atol=1e-6, rtol=0)
 
 
 def test_detail_normals_match_displacement_to_normals():
     verts, faces, uv = front_hemisphere(extent=0.9)
     v = torch.as_tensor(verts)[None]
     f = torch.as_tensor(faces)
-    normals = vertex_normals(v, f)
+    normals = reference_vertex_normals(v, f)
     sampler = UVSampler.build(uv, faces, faces, size=64)
     gen = torch.Generator().manual_seed(1)
     uv_z = 0.01 * torch.randn(1, 1, 64, 64, generator=gen)
@@ -104,7 +97,7 @@ def test_lit_pixels_match_render_views():
     albedo = torch.rand(1, 3, 32, 32, generator=gen)
     normals_uv = torch.nn.functional.normalize(torch.randn(1, 3, 32, 32, generator=gen), dim=1)
     light = torch.randn(1, 9, 3, generator=gen)
-    wn = vertex_normals(v, f)
+    wn = reference_vertex_normals(v, f)
     views = render_views(rast, v, f, uv_ndc, f, wn, wn, (48, 64), albedo_uv=albedo, light=light,
                          detail_normals_uv=normals_uv, want_shape=False)
     pixels = lit_pixels(rast.rasterize(v, f, (48, 64)), uv_ndc[f], albedo, normals_uv, light)

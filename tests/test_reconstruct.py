@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from capture.camera import crop_to_image_ndc
 from capture.crop import FaceDetector, crop_to_tensor, crop_transform
 from capture.deca import DECA
+from capture.projection import crop_to_image_ndc
 from capture.stills import astronaut
 
 
@@ -36,7 +36,7 @@ def test_encode_decode_shapes_and_ranges(deca):
     assert 0.1 < rec.views.alpha.mean() < 0.9
     # detail normals are unit length inside the face-eye mask (but at UV seams, where DECA's grid normals
     # mix both sides of the cut)
-    norms = rec.uv_detail_normals[0].norm(dim=0)[(deca.face_eye_mask > 0.99) & deca.uv_sampler.coverage]
+    norms = rec.uv_detail_normals[0].norm(dim=0)[(deca.assets.face_eye_mask > 0.99) & deca.assets.uv_sampler.coverage]
     assert ((norms - 1).abs() < 1e-3).float().mean() > 0.98
     # the same codes rendered in the original frame land inside the detected face's crop square
     h, w = image.shape[:2]

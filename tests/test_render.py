@@ -10,10 +10,19 @@ import numpy as np
 import pytest
 import torch
 
+from capture.conventions import (
+    DEPTH_FAR,
+    DEPTH_NEAR,
+    clip_z_to_ndc,
+    image_to_tensor,
+    ndc_to_clip,
+    ndc_to_pixel,
+    obj_uv_to_ndc,
+    pixel_centers_ndc,
+    pixel_to_ndc,
+    tensor_to_image,
+)
 from capture.render import CpuRasterizer, Fragments, get_rasterizer, texture
-from capture.render.conventions import (DEPTH_FAR, DEPTH_NEAR, clip_z_to_ndc, image_to_tensor, ndc_to_clip,
-                                        ndc_to_pixel, obj_uv_to_ndc, pixel_centers_ndc, pixel_to_ndc,
-                                        tensor_to_image)
 from capture.render.cpu import c_kernel_error
 
 KERNELS = [

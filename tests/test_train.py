@@ -133,15 +133,16 @@ def test_mrf_loss_prefers_matching_features():
 
 def test_barycentrics_match_the_rasterizer(demo_pack):
     from capture.deca import Codes
+    from capture.model_assets import ModelAssets
     from capture.train.renderer import TrainRenderer, barycentrics
 
-    r = TrainRenderer(demo_pack, 48)
+    r = TrainRenderer(ModelAssets.build(demo_pack), 48)
     codes = Codes(shape=torch.zeros(1, 100), tex=torch.zeros(1, 50), exp=torch.zeros(1, 50),
                   pose=torch.tensor([[0.0, 0.3, 0, 0.1, 0, 0]]), cam=torch.tensor([[8.0, 0, 0.02]]),
                   light=torch.zeros(1, 9, 3), detail=torch.zeros(1, 128))
     geo = r.geometry(codes)
-    frags = r.rasterizer.rasterize(geo.screen, r.faces, (48, 48))
-    bary = barycentrics(geo.screen[..., :2], r.faces, frags.face_id)
+    frags = r.rasterizer.rasterize(geo.screen, r.assets.faces, (48, 48))
+    bary = barycentrics(geo.screen[..., :2], r.assets.faces, frags.face_id)
     covered = frags.mask
     assert covered.sum() > 300
     # the CPU rasteriser's weights come from fixed-point edge functions: equal to a few 1e-3
@@ -206,11 +207,12 @@ def test_pretrained_networks_load_safely_and_skip_with_warning(tmp_path):
 # ------------------------------------------------------------------------------------------------ detail consistency
 def test_detail_consistency_zero_for_same_code_positive_for_different(demo_pack):
     from capture.deca import Codes
+    from capture.model_assets import ModelAssets
     from capture.nets import build_networks
     from capture.train.detail import detail_consistency, render_with_detail
     from capture.train.renderer import TrainRenderer
 
-    r = TrainRenderer(demo_pack, 64)
+    r = TrainRenderer(ModelAssets.build(demo_pack), 64)
     d_detail = build_networks(demo_pack.checkpoint).d_detail
     g = torch.Generator().manual_seed(3)
     light = torch.zeros(2, 9, 3)

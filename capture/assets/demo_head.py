@@ -63,12 +63,13 @@ from typing import Optional
 import numpy as np
 import scipy.sparse
 
+from ..conventions import UV_SIZE
+
 N_SHAPE = 300  # identity columns of shapedirs
 N_EXP = 100  # expression columns, after the identity ones
 N_POSE_FEATURES = 36  # (R_j - I) of the four non-root joints
 N_ALBEDO = 50  # albedo basis columns written (DECA uses 50 of BFM's 199)
 N_YAW_ROWS = 79  # dynamic contour rows: yaw 0..39 then -1..-39 degrees
-UV_SIZE = 256
 TEXTURE_SIZE = 512
 ROOT_PARENT = 4294967295  # -1 as uint32, as FLAME's kintree_table stores it
 JAW, LEFT_EYE, RIGHT_EYE = 2, 3, 4

@@ -17,11 +17,11 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from ..conventions import UV_SIZE
 from .pack import (
     N_EXP_FLAME,
     N_JOINTS,
     N_SHAPE_FLAME,
-    UV_SIZE,
     AlbedoModel,
     FlameModel,
     LandmarkEmbedding,

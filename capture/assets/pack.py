@@ -17,7 +17,6 @@ import torch
 N_SHAPE_FLAME = 300  # identity columns of FLAME 2020's shapedirs
 N_EXP_FLAME = 100  # expression columns, stored after the identity ones
 N_JOINTS = 5  # global(root), neck, jaw, left eye, right eye
-UV_SIZE = 256
 
 
 @dataclass

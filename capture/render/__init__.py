@@ -6,7 +6,7 @@
     uv_img = rast.interpolate_face_attributes(face_uvs, frags)     # [B, H, W, 2]
     albedo_img = texture(albedo_uv, uv_img)                        # [B, 3, H, W]
 
-Conventions (NDC, pixel centres, UV v-flip, depth): docs/conventions.md and `render.conventions`.
+Conventions (NDC, pixel centres, UV v-flip, depth): docs/conventions.md and `capture.conventions`.
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F_nn
 
-from .conventions import DEPTH_FAR, DEPTH_NEAR
+from ..conventions import DEPTH_FAR, DEPTH_NEAR
 
 # Pixel coordinates are limited so that the CPU rasterizer's fixed-point edge functions fit in int64.
 MAX_IMAGE_SIDE = 1 << 15

@@ -36,7 +36,7 @@ from typing import Optional, Tuple
 import torch
 
 from .base import Fragments, Rasterizer, check_rasterize_inputs, empty_fragments
-from .conventions import DEPTH_FAR, DEPTH_NEAR, ndc_to_pixel
+from ..conventions import DEPTH_FAR, DEPTH_NEAR, ndc_to_pixel
 
 log = logging.getLogger(__name__)
 

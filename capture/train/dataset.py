@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..crop import crop_pixels_to_ndc, image_points_to_crop, warp_crop
+from ..conventions import pixel_to_ndc
+from ..crop import image_points_to_crop, warp_crop
 
 N_LANDMARKS = 68
 LABELS = "labels.csv"
@@ -212,7 +213,7 @@ class FaceDataset:
         T = training_crop(points, scale, self.render_size)
         crop = warp_crop(image, T, self.render_size)
         mask_crop = warp_crop(np.repeat(mask[..., None], 3, axis=2), T, self.render_size)[..., 0]
-        lmk = crop_pixels_to_ndc(image_points_to_crop(points.astype(np.float64), T), self.render_size)
+        lmk = pixel_to_ndc(image_points_to_crop(points.astype(np.float64), T), self.render_size)
         return (torch.from_numpy(crop).permute(2, 0, 1).contiguous(), torch.as_tensor(lmk, dtype=torch.float32),
                 torch.from_numpy(np.ascontiguousarray(mask_crop))[None])
 

@@ -64,9 +64,9 @@ def detail_terms(renderer: TrainRenderer, d_detail: DetailGenerator, codes: Code
     terms = {"photo": L.photometric_loss(rend.image, batch.images, mask)}
     if vgg is not None:
         terms["mrf"] = L.mrf_loss(vgg, L.composite(rend.image, rend.alpha, batch.images), batch.images, mrf_layers)
-    face = renderer.face_eye_mask
+    face = renderer.assets.face_eye_mask
     with torch.no_grad():  # hidden texels (normal facing away from the camera) lean most on symmetry
-        facing = renderer.uv_sampler(geo.normals)[:, 2:3].clamp(0, 1)
+        facing = renderer.assets.uv_sampler.sample(geo.normals)[:, 2:3].clamp(0, 1)
     terms["sym"] = L.symmetry_loss(uv_z, face[None, None] * (1 - facing))
     terms["reg_z"] = L.displacement_regulariser(uv_z, face)
     terms["reg_diff"] = L.displacement_smoothness(uv_z, face)

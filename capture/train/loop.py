@@ -341,7 +341,8 @@ class StageInputs:
 
 def prepare_stage(data_dir, cfg: dict, *, assets: Optional[str], init, resume) -> StageInputs:
     """Base pack, weights (resume > init > the pack's own), dataset with the config's crops, renderer."""
-    from .renderer import TrainRenderer  # imported here: the renderer module pulls in the whole render stack
+    from ..model_assets import ModelAssets  # imported here: these pull in the whole render stack
+    from .renderer import TrainRenderer
 
     pack_dir, pack = load_base_pack(assets)
     start_from = resume if resume is not None else (init if init is not None else pack_dir)
@@ -350,5 +351,6 @@ def prepare_stage(data_dir, cfg: dict, *, assets: Optional[str], init, resume) -
     data = FaceDataset(data_dir, k=dcfg["k_per_identity"], render_size=dcfg["render_size"],
                        scale_min=dcfg["scale_min"], scale_max=dcfg["scale_max"],
                        crops_per_image=dcfg["crops_per_image"], seed=dcfg["seed"])
-    return StageInputs(pack_dir, pack, networks, data, TrainRenderer(pack, dcfg["render_size"]))
+    renderer = TrainRenderer(ModelAssets.build(pack, fused_lbs=False), dcfg["render_size"])
+    return StageInputs(pack_dir, pack, networks, data, renderer)
 

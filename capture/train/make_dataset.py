@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..assets import load_pack, resolve_pack_dir
-from ..crop import ndc_to_crop_pixels
+from ..conventions import ndc_to_pixel
 from ..deca import Codes
+from ..model_assets import ModelAssets
 from ..nets import build_networks
 from .dataset import LABELS
 from .detail import render_with_detail
@@ -54,7 +55,7 @@ def make_dataset(out: str | Path, *, assets: Optional[str] = None, identities: i
         (out / sub).mkdir(parents=True, exist_ok=True)
     pack = load_pack(resolve_pack_dir(assets or "demo"))
     nets = build_networks(pack.checkpoint)
-    renderer = TrainRenderer(pack, size)
+    renderer = TrainRenderer(ModelAssets.build(pack, fused_lbs=False), size)
     face_mask = torch.as_tensor(pack.face_mask)[None, None]
     rng = np.random.default_rng(seed)
     rows = []
@@ -74,7 +75,7 @@ def make_dataset(out: str | Path, *, assets: Optional[str] = None, identities: i
             Image.fromarray((picture.permute(1, 2, 0).clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()).save(
                 out / "images" / f"{stem}.png")
             Image.fromarray(((skin[j, 0] > 0.5).to(torch.uint8) * 255).numpy()).save(out / "masks" / f"{stem}.png")
-            np.savetxt(out / "landmarks" / f"{stem}.txt", ndc_to_crop_pixels(geo.landmarks[j].numpy(), size), fmt="%.3f")
+            np.savetxt(out / "landmarks" / f"{stem}.txt", ndc_to_pixel(geo.landmarks[j].numpy(), size), fmt="%.3f")
             np.savez(out / "truth" / f"{stem}.npz", **codes.select(slice(j, j + 1)).numpy())
             rows.append((f"{stem}.png", f"person{i:02d}"))
     with open(out / LABELS, "w", newline="") as fh:

@@ -13,13 +13,13 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..appearance import (UVSampler, albedo_from_model, detail_normals, mean_texture_albedo, sh_shading,
-                          uv_layout_ndc, vertex_normals)
-from ..assets.pack import ModelPack
-from ..camera import orthographic
+from ..appearance import detail_normals, sh_shading
+from ..conventions import pixel_centers_ndc
 from ..deca import Codes
-from ..flame import FLAME
+from ..model_assets import ModelAssets
+from ..projection import orthographic
 from ..render import get_rasterizer
+from ..views import mesh_normals
 
 
 @dataclass
@@ -37,13 +37,6 @@ class Rendered:
     uv: torch.Tensor  # [B, S, S, 2] UV position of each pixel (NDC of the UV maps), for `grid_sample`
 
 
-def pixel_centres(size: int, device=None) -> torch.Tensor:
-    """[S, S, 2] crop NDC (x, y) of the pixel centres: (i + 0.5) * 2 / S - 1."""
-    c = (torch.arange(size, dtype=torch.float32, device=device) + 0.5) * (2.0 / size) - 1.0
-    y, x = torch.meshgrid(c, c, indexing="ij")
-    return torch.stack([x, y], -1)
-
-
 def barycentrics(screen_xy: torch.Tensor, faces: torch.Tensor, face_id: torch.Tensor) -> torch.Tensor:
     """Screen-space barycentrics of the pixel centres in their covering triangle, differentiable in the vertices.
 
@@ -53,7 +46,7 @@ def barycentrics(screen_xy: torch.Tensor, faces: torch.Tensor, face_id: torch.Te
     corners = faces[face_id.clamp(min=0)]  # [B, S, S, 3]
     batch = torch.arange(b, device=face_id.device).view(b, 1, 1, 1)
     tri = screen_xy[batch, corners]  # [B, S, S, 3, 2]
-    p = pixel_centres(s, screen_xy.device)[None]
+    p = pixel_centers_ndc((s, s), screen_xy.device)[None]
     v0, v1, v2 = tri.unbind(-2)
 
     def cross(a, c):
@@ -68,58 +61,55 @@ def barycentrics(screen_xy: torch.Tensor, faces: torch.Tensor, face_id: torch.Te
 
 
 class TrainRenderer:
-    """FLAME + albedo + SH light for one model pack, rendering square crops of side `size`."""
+    """Albedo x SH light of one model pack's head (its `ModelAssets`), rendering square crops of side `size`.
 
-    def __init__(self, pack: ModelPack, size: int, device: str | torch.device = "cpu"):
-        self.pack, self.size, self.device = pack, int(size), torch.device(device)
-        self.flame = FLAME(pack).to(self.device)
+    The steps are the drawing path's (`capture.views.mesh_normals`, `UVSampler.sample`, `appearance.detail_normals`,
+    one SH basis); what is training's own is what gradients need: barycentrics recomputed from the projected
+    corners, and full images (every pixel a loss looks at)."""
+
+    def __init__(self, assets: ModelAssets, size: int):
+        self.assets, self.size, self.device = assets, int(size), assets.device
+        self.pack = assets.pack
         self.rasterizer = get_rasterizer("cpu")
-        self.faces = torch.as_tensor(pack.uv.faces, dtype=torch.int64, device=self.device)
-        self.uvfaces = torch.as_tensor(pack.uv.uvfaces, dtype=torch.int64, device=self.device)
-        self.uv_face = torch.as_tensor(uv_layout_ndc(pack.uv.uvcoords), device=self.device)[self.uvfaces]
-        self.uv_sampler = UVSampler.build(pack.uv.uvcoords, pack.uv.uvfaces, pack.uv.faces)
-        self.uv_sampler = self.uv_sampler.to(self.device)
-        self.face_eye_mask = torch.as_tensor(pack.face_eye_mask, device=self.device)
-        self.fixed_displacement = torch.as_tensor(pack.fixed_displacement, device=self.device)
-        self._mean_albedo = mean_texture_albedo(pack.mean_texture).to(self.device)
 
     def geometry(self, codes: Codes) -> TrainGeometry:
-        out = self.flame(codes.shape, codes.exp, codes.pose)
-        return TrainGeometry(vertices=out.vertices, normals=vertex_normals(out.vertices, self.faces),
+        out = self.assets.flame(codes.shape, codes.exp, codes.pose)
+        return TrainGeometry(vertices=out.vertices, normals=mesh_normals(self.assets, out.vertices),
                              screen=orthographic(out.vertices, codes.cam),
                              landmarks=orthographic(out.landmarks2d, codes.cam)[..., :2])
 
     def albedo(self, tex: torch.Tensor) -> torch.Tensor:
         """tex [B, 50] -> UV albedo [B, 3, 256, 256] (the pack's albedo model, else its mean texture)."""
-        if self.pack.albedo is not None:
-            return albedo_from_model(self.pack.albedo, tex[:, : self.pack.albedo.basis.shape[1]])
-        return self._mean_albedo.expand(tex.shape[0], -1, -1, -1) + 0 * tex.sum()
+        albedo = self.assets.albedo(tex)
+        return albedo if self.pack.albedo is not None else albedo + 0 * tex.sum()  # keep tex in the graph
 
     def uv_geometry(self, geo: TrainGeometry) -> tuple[torch.Tensor, torch.Tensor]:
         """The coarse surface in UV: (positions, normals) [B, 3, 256, 256] (DECA's world2uv)."""
-        return self.uv_sampler.sample(geo.vertices), self.uv_sampler.sample(geo.normals)
+        sampler = self.assets.uv_sampler
+        return sampler.sample(geo.vertices), sampler.sample(geo.normals)
 
     def detail_normals(self, uv_geometry: tuple[torch.Tensor, torch.Tensor], uv_z: torch.Tensor) -> torch.Tensor:
         """uv_z [B, 1, 256, 256] metres on the coarse surface of `uv_geometry` -> detail normal map [B, 3, 256, 256]
         (world space; `appearance.detail_normals`, the same map as DECA's displacement2normal)."""
         positions, normals = uv_geometry
-        return detail_normals(uv_z, positions, normals, self.face_eye_mask, self.fixed_displacement)
+        return detail_normals(uv_z, positions, normals, self.assets.face_eye_mask, self.assets.fixed_displacement)
 
     def render(self, geo: TrainGeometry, albedo_uv: torch.Tensor, light: torch.Tensor,
                detail_normals_uv: Optional[torch.Tensor] = None) -> Rendered:
         """Albedo x SH(normals) at every covered pixel: coarse vertex normals, or the detail normal map."""
+        faces = self.assets.faces
         with torch.no_grad():
-            frags = self.rasterizer.rasterize(geo.screen.detach(), self.faces, (self.size, self.size))
+            frags = self.rasterizer.rasterize(geo.screen.detach(), faces, (self.size, self.size))
         face_id = frags.face_id.to(self.device)
-        bary = barycentrics(geo.screen[..., :2], self.faces, face_id)  # [B, S, S, 3]
+        bary = barycentrics(geo.screen[..., :2], faces, face_id)  # [B, S, S, 3]
         b = face_id.shape[0]
         fid = face_id.clamp(min=0)
         batch = torch.arange(b, device=self.device).view(b, 1, 1)
-        uv = (bary[..., None] * self.uv_face[fid]).sum(-2)  # [B, S, S, 2]
+        uv = (bary[..., None] * self.assets.uv_face[fid]).sum(-2)  # [B, S, S, 2]
         alpha = (face_id >= 0)[:, None].to(bary)
         albedo = F.grid_sample(albedo_uv, uv, mode="bilinear", align_corners=False)
         if detail_normals_uv is None:
-            corner_normals = geo.normals[batch[..., None], self.faces[fid]]  # [B, S, S, 3, 3]
+            corner_normals = geo.normals[batch[..., None], faces[fid]]  # [B, S, S, 3, 3]
             normals = (bary[..., None] * corner_normals).sum(-2).permute(0, 3, 1, 2)
         else:
             normals = F.grid_sample(detail_normals_uv, uv, mode="bilinear", align_corners=False)

@@ -1,8 +1,8 @@
-"""Every coordinate flip and re-mapping of the rendering layer, one named function each.
+"""Every coordinate flip, re-mapping and fixed size of `capture`, one named function or constant each.
 
-The conventions themselves are written down in `docs/conventions.md`; this module is their code. Other
-modules call these functions instead of writing `2 * u - 1` or `-y` inline, so that a flip happens once,
-at a boundary, and can be found by name.
+The conventions themselves are written down in `docs/conventions.md`; this module is their code. Crop,
+projection, rendering and training call these functions instead of writing `2 * u - 1`, `-y` or `224`
+inline, so that a flip happens once, at a boundary, and can be found by name.
 
 Vocabulary: B batch, V vertices, H x W output image, "NDC" = DECA's crop NDC (x right, y down, -1..+1
 across the image, +-1 at the outer pixel borders), "pixel coordinates" = (column, row) with pixel centres
@@ -10,10 +10,13 @@ at integers.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Tuple, Union
 
 import numpy as np
 import torch
+
+INPUT_SIZE = 224  # side of DECA's face crop, the only input size of E_flame / E_detail (AvgPool2d(7))
+UV_SIZE = 256  # side of FLAME's UV maps (albedo, masks, displacement, normal maps)
 
 # Depth range handed to nvdiffrast (its clip z must lie in [-1, 1]); fragments outside it are dropped by
 # both rasterizers so that they agree. Wide enough for DECA's z (about +-2 for a head at scale 8-10) with
@@ -22,31 +25,53 @@ DEPTH_NEAR = -100.0
 DEPTH_FAR = 100.0
 
 
-def ndc_to_pixel(xy: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+def _per_axis(points, size) -> tuple:
+    """(H, W) of `size` (an int means a square) and whether both sides are equal."""
+    h, w = (size, size) if isinstance(size, (int, np.integer)) else size
+    return int(h), int(w)
+
+
+def _axis_values(points, x: float, y: float):
+    """(x, y) as an array/tensor of `points`' type, to scale the last axis per coordinate."""
+    if isinstance(points, torch.Tensor):
+        return points.new_tensor([x, y])
+    dtype = points.dtype if isinstance(points, np.ndarray) and points.dtype.kind == "f" else np.float64
+    return np.asarray([x, y], dtype=dtype)
+
+
+def ndc_to_pixel(xy, size: Union[int, Tuple[int, int]]):
     """NDC (x, y) -> pixel coordinates (column u, row v), pixel centres at integers.
 
-    xy: [..., 2] float (x right, y down); size: (H, W). Returns [..., 2] in xy's dtype:
-    u = (x + 1) * W / 2 - 0.5, v = (y + 1) * H / 2 - 0.5 (pytorch3d-compatible).
+    xy: [..., 2] tensor or array (x right, y down); size: (H, W), or S for a square S x S image (the crop).
+    u = (x + 1) * W / 2 - 0.5, v = (y + 1) * H / 2 - 0.5 (pytorch3d-compatible). The one place for it.
     """
-    H, W = size
-    scale = xy.new_tensor([W / 2.0, H / 2.0])
+    h, w = _per_axis(xy, size)
+    scale = w / 2.0 if h == w else _axis_values(xy, w / 2.0, h / 2.0)
     return (xy + 1.0) * scale - 0.5
 
 
-def pixel_to_ndc(uv: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Pixel coordinates (column u, row v) -> NDC (x, y); the inverse of `ndc_to_pixel`."""
-    H, W = size
-    scale = uv.new_tensor([2.0 / W, 2.0 / H])
+def pixel_to_ndc(uv, size: Union[int, Tuple[int, int]]):
+    """Pixel coordinates (column u, row v) -> NDC (x, y); the inverse of `ndc_to_pixel` (same `size`)."""
+    h, w = _per_axis(uv, size)
+    scale = 2.0 / w if h == w else _axis_values(uv, 2.0 / w, 2.0 / h)
     return (uv + 0.5) * scale - 1.0
 
 
 def pixel_centers_ndc(size: Tuple[int, int], device=None, dtype=torch.float32) -> torch.Tensor:
-    """NDC position of every pixel centre: [H, W, 2] (x, y) with x = (2c+1)/W - 1, y = (2r+1)/H - 1."""
+    """NDC position of every pixel centre: [H, W, 2] (x, y) = `pixel_to_ndc` of (column, row), in `dtype`.
+
+    x = (c + 0.5) * 2 / W - 1, y = (r + 0.5) * 2 / H - 1: the one pixel-centre grid (training's barycentrics)."""
     H, W = size
-    x = (2.0 * torch.arange(W, device=device, dtype=torch.float64) + 1.0) / W - 1.0
-    y = (2.0 * torch.arange(H, device=device, dtype=torch.float64) + 1.0) / H - 1.0
-    grid = torch.stack(torch.meshgrid(x, y, indexing="xy"), dim=-1)
-    return grid.to(dtype)
+    rows, cols = torch.meshgrid(torch.arange(H, device=device, dtype=dtype),
+                                torch.arange(W, device=device, dtype=dtype), indexing="ij")
+    return pixel_to_ndc(torch.stack([cols, rows], dim=-1), (H, W))
+
+
+def flip_y_z(points: torch.Tensor) -> torch.Tensor:
+    """FLAME's axes (y up, +z towards the viewer) -> crop NDC axes (y down, smaller z closer): (x, -y, -z).
+
+    points [..., 3]. The only y/z flip of the geometry (`capture.projection.orthographic` applies it)."""
+    return torch.cat([points[..., 0:1], -points[..., 1:3]], dim=-1)
 
 
 def obj_uv_to_ndc(uv: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,101 @@
+"""The drawing path (`capture.views`) against DECA's straightforward implementations (`capture.reference`).
+
+On one fixed frame of the demo head (a posed expression, decoded by D_detail), every step the product takes is
+compared with the oracle that does the same thing DECA's way: vertex normals, the detail normal map, and every
+picture `DECA.decode` draws. Tolerances are float32 rounding of sums taken in another order.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from capture import reference
+from capture.avatar import demo_identity
+from capture.deca import DECA
+from capture.model_assets import ModelAssets
+from capture.projection import orthographic
+from capture.views import detail_normal_map, draw_views, lit_pixels, mesh_normals
+
+
+@pytest.fixture(scope="module")
+def frame(demo_pack):
+    deca = DECA(demo_pack, assets=ModelAssets.build(demo_pack))
+    avatar = demo_identity(deca)
+    gen = torch.Generator().manual_seed(7)
+    codes = avatar.codes.replace(exp=0.8 * torch.randn(1, 50, generator=gen),
+                                 pose=torch.tensor([[0.05, 0.25, 0.0, 0.12, 0.0, 0.0]]))
+    with torch.inference_mode():
+        vertices = deca.assets.flame(codes.shape, codes.exp, codes.pose).vertices
+        uv_z = deca.displacement(codes)
+    return deca, codes, vertices, uv_z
+
+
+def test_normals_match_the_oracles(frame):
+    deca, codes, vertices, uv_z = frame
+    a = deca.assets
+    normals = mesh_normals(a, vertices)
+    torch.testing.assert_close(normals, reference.vertex_normals(vertices, a.faces), atol=2e-6, rtol=0)
+    torch.testing.assert_close(a.uv_sampler.sample(vertices), reference.world2uv(a.uv_sampler, vertices),
+                               atol=1e-6, rtol=0)
+    product = detail_normal_map(a, uv_z, vertices, normals)
+    oracle = reference.displacement_to_normals(uv_z, vertices, normals, a.uv_sampler, a.face_eye_mask,
+                                               a.fixed_displacement, a.grid_faces).uv_detail_normals
+    # Same sums in another order. Where a texel's grid triangles are tiny (their summed cross product below
+    # F.normalize's eps of 1e-6, e.g. in the UV-compressed eye and lip corners) the map is not unit length and
+    # keeps the sums' rounding, scaled up by 1 / eps: a few dozen texels differ by up to ~1e-4 there.
+    diff = (product - oracle).abs().amax(1)
+    assert float(diff.max()) < 1e-3
+    assert float((diff > 1e-5).float().mean()) < 1e-3
+    assert (a.face_eye_mask > 0.5).sum() > 1000 and uv_z.abs().max() > 1e-4  # real detail, not a flat map
+
+
+def test_pictures_match_render_views(frame):
+    deca, codes, vertices, uv_z = frame
+    a = deca.assets
+    normals = mesh_normals(a, vertices)
+    screen = orthographic(vertices, codes.cam)
+    screen_normals = mesh_normals(a, screen)
+    normal_map = detail_normal_map(a, uv_z, vertices, normals)
+    albedo = deca.albedo(codes)
+    fragments = deca.rasterizer.rasterize(screen, a.faces, (224, 224))
+    kw = dict(albedo_uv=albedo, light=codes.light, detail_normals_uv=normal_map)
+    product = draw_views(fragments, a, normals, screen_normals, **kw)
+    oracle = reference.render_views(deca.rasterizer, screen, a.faces, a.uv_ndc, a.uvfaces, normals, screen_normals,
+                                    (224, 224), fragments=fragments, **kw)
+    assert 0.1 < float(oracle.alpha.mean()) < 0.9
+    torch.testing.assert_close(product.alpha, oracle.alpha, atol=0, rtol=0)
+    # visible: screen normal z < 0.15, the same interpolation; a pixel exactly at the threshold could differ
+    assert int((product.visible != oracle.visible).sum()) <= 2
+    both = (product.visible == oracle.visible).expand(-1, 3, -1, -1)
+    for name in ("albedo", "lit", "shape", "shape_detail"):
+        p, o = getattr(product, name), getattr(oracle, name)
+        if name.startswith("shape"):
+            p, o = p[both], o[both]
+        torch.testing.assert_close(p, o, atol=1e-5, rtol=1e-5, msg=name)
+    # the product's picture (covered pixels only) is the same lit colour
+    lit, alpha = lit_pixels(fragments, a.uv_face, albedo, normal_map, codes.light).images()
+    torch.testing.assert_close(alpha, oracle.alpha, atol=0, rtol=0)
+    torch.testing.assert_close(lit, oracle.lit, atol=1e-5, rtol=1e-5)
+
+
+def test_decode_is_the_drawing_path_end_to_end(frame):
+    """DECA.decode (product normals and detail map, draw_views) against the whole DECA-style chain."""
+    deca, codes, vertices, uv_z = frame
+    a = deca.assets
+    rec = deca.decode(codes)
+    normals = reference.vertex_normals(vertices, a.faces)
+    screen = orthographic(vertices, codes.cam)
+    maps = reference.displacement_to_normals(uv_z, vertices, normals, a.uv_sampler, a.face_eye_mask,
+                                             a.fixed_displacement, a.grid_faces)
+    oracle = reference.render_views(deca.rasterizer, screen, a.faces, a.uv_ndc, a.uvfaces, normals,
+                                    reference.vertex_normals(screen, a.faces), (224, 224), albedo_uv=deca.albedo(codes),
+                                    light=codes.light, detail_normals_uv=maps.uv_detail_normals)
+    diff = (rec.uv_detail_normals - maps.uv_detail_normals).abs().amax(1)
+    assert float(diff.max()) < 1e-3 and float((diff > 1e-5).float().mean()) < 1e-3  # see test_normals_...
+    torch.testing.assert_close(rec.displacement_map, maps.displacement_map, atol=0, rtol=0)
+    for name in ("alpha", "lit", "albedo"):
+        p, o = getattr(rec.views, name), getattr(oracle, name)
+        bytes_p, bytes_o = (p.clamp(0, 1) * 255 + 0.5).to(torch.uint8), (o.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+        differ = (bytes_p != bytes_o)
+        assert int(differ.sum()) <= 10, name  # a value at a rounding boundary, at most
+        assert int((bytes_p.int() - bytes_o.int()).abs().max()) <= 1, name
