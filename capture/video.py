@@ -116,13 +116,14 @@ def main(argv=None) -> int:
     codec = check_encoder(out_path, args.codec)
     if args.codes:
         check_writable(args.codes)
+    needs_vertices = bool(args.meshes)
     if args.export or args.osc:  # the format and address are checked before any expensive work
         from .takes import take_writer_for
         from .vmc import parse_address
 
         try:
             for path in args.export:
-                take_writer_for(path)
+                needs_vertices |= take_writer_for(path).needs_vertices
             if args.osc:
                 parse_address(args.osc)
         except ValueError as exc:
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
     frame_size = (reader.height, reader.width)
     session = RetargetSession(model.deca, model.avatar, frame_size, layout=args.layout, pose_mode=args.pose,
                               smooth=args.smooth, hold_seconds=args.hold, encode_flame=model.encode_flame,
-                              decode_detail=model.decode_detail, codes_from=model.codes_from, keep_vertices=bool(args.meshes))
+                              decode_detail=model.decode_detail, codes_from=model.codes_from, keep_vertices=needs_vertices)
     if session.source.needs_landmarks:
         calibrated = session.calibrate(calibration_frames(args.input, args.start, args.duration))
         say(f"performer calibrated on {calibrated} frames of the first {CALIBRATION_SECONDS:g} s")
@@ -148,7 +149,12 @@ def main(argv=None) -> int:
         f"{' (cached avatar)' if model.avatar_cached else ''}; backend {model.backend_name}; "
         f"LBS {model.deca.lbs_backend}; layout {args.layout}")
 
-    channels = (ChannelOutputs(model.deca, args.export, args.osc, inputs=inputs)
+    context = None
+    if args.export:
+        from .takes import take_context
+
+        context = take_context(model.deca, model.avatar, reader.fps)
+    channels = (ChannelOutputs(model.deca, args.export, args.osc, inputs=inputs, context=context)
                 if args.export or args.osc else None)
     recorder = CodeRecorder() if args.codes else None
     progress = None
