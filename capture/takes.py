@@ -75,16 +75,12 @@ def expression_names(meta: dict, n_exp: int) -> tuple[str, ...]:
 def take_context(deca, avatar, fps: float) -> TakeContext:
     """The `TakeContext` of a run: the avatar's shape and albedo (its photo texture, else the pack's albedo
     model at its code), the pack's UV layout and expression names."""
-    import torch
+    from .meshio import avatar_albedo
 
-    from .meshio import to_uint8_image
-
-    with torch.inference_mode():
-        albedo = avatar.albedo_uv if avatar.albedo_uv is not None else deca.albedo(avatar.codes.to(deca.device))
     pack = deca.pack
     return TakeContext(flame=deca.flame, shape=avatar.codes.shape[0].detach().cpu().numpy().astype(np.float64),
                        faces=np.asarray(pack.uv.faces), uvcoords=np.asarray(pack.uv.uvcoords),
-                       uvfaces=np.asarray(pack.uv.uvfaces), albedo=to_uint8_image(albedo[0].cpu().numpy()),
+                       uvfaces=np.asarray(pack.uv.uvfaces), albedo=avatar_albedo(deca, avatar),
                        expression_names=expression_names(pack.meta, deca.flame.n_exp), fps=float(fps or 30.0))
 
 

@@ -154,6 +154,12 @@ def main(argv=None) -> int:
         from .takes import take_context
 
         context = take_context(model.deca, model.avatar, reader.fps)
+    material = None
+    if args.meshes:
+        from .meshio import avatar_albedo, avatar_normal_map, write_sequence_material
+
+        albedo = context.albedo if context is not None else avatar_albedo(model.deca, model.avatar)
+        material = write_sequence_material(Path(args.meshes), albedo, avatar_normal_map(model.deca, model.avatar))
     channels = (ChannelOutputs(model.deca, args.export, args.osc, inputs=inputs, context=context)
                 if args.export or args.osc else None)
     recorder = CodeRecorder() if args.codes else None
@@ -173,7 +179,7 @@ def main(argv=None) -> int:
             channels.add(out)
         if args.meshes and out.vertices is not None:
             write_obj(Path(args.meshes) / f"frame_{out.frame.index:06d}.obj", out.vertices, model.deca.pack.uv.faces,
-                      model.deca.pack.uv.uvcoords, model.deca.pack.uv.uvfaces)
+                      model.deca.pack.uv.uvcoords, model.deca.pack.uv.uvfaces, material=material)
         if progress is not None:
             progress.update(1)
 

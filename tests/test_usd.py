@@ -103,6 +103,8 @@ def test_video_writes_glb_usd_and_csv_takes_that_agree(tmp_path, demo_pack_dir):
     np.testing.assert_allclose([jaw_usd.Get(s) for s in samples], jaw_csv, atol=1e-7)
     # the session's own vertices, as --meshes wrote them (6 decimals), for every frame with a face
     objs = sorted((tmp_path / "meshes").glob("frame_*.obj"))
+    assert {"avatar.mtl", "avatar_albedo.png", "avatar_normals.png"} <= {p.name for p in (tmp_path / "meshes").iterdir()}
+    assert objs[0].read_text().splitlines()[1:3] == ["mtllib avatar.mtl", "usemtl avatar"]
     assert len(objs) == len(pts) - 1  # the frame without a face passed through (--hold 0): no OBJ
     for obj in objs:
         index = int(obj.stem.split("_")[1])
