@@ -177,6 +177,8 @@ class ChannelOutputs:
             address = parse_address(osc) if osc else None
         except ValueError as exc:
             raise CliError(str(exc)) from None
+        if exports and context is None:
+            raise ValueError("ChannelOutputs: --export needs the avatar's TakeContext (capture.takes.take_context)")
         for path in exports:
             check_not_input(path, inputs, what="--export file")
             check_writable(str(path))

@@ -160,5 +160,6 @@ def take_writer_for(path) -> type:
     try:
         return getattr(importlib.import_module(module), name)
     except ImportError as exc:
+        install = "usd-core" if exc.name == "pxr" else exc.name
         raise ValueError(f"--export {path}: {suffix} takes need the package {exc.name!r} "
-                         f"({'pip install usd-core' if exc.name == 'pxr' else 'pip install ' + str(exc.name)})") from None
+                         f"(pip install {install})") from None

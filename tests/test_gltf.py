@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from gltf_reader import Glb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +84,8 @@ def test_structure_names_uvs_and_times(tmp_path, flame, demo_pack):
     doc = glb.doc
     mesh = doc["meshes"][0]
     extras = mesh["extras"]
-    names, component, scale = extras["targetNames"], np.array(extras["targetComponent"]), np.array(extras["targetScale"])
+    names = extras["targetNames"]
+    component, scale = np.array(extras["targetComponent"]), np.array(extras["targetScale"])
     assert len(names) == len(mesh["primitives"][0]["targets"]) == len(component) == len(scale)
     assert sorted(set(component.tolist())) == list(range(50))  # every expression column, + and - directions
     exp = np.array([c["exp"] for c in codes])
@@ -93,7 +93,8 @@ def test_structure_names_uvs_and_times(tmp_path, flame, demo_pack):
         base = EXPRESSION_NAMES[k] if k < len(EXPRESSION_NAMES) else f"exp{k:02d}"
         assert name == (base if m > 0 else base + "_neg")
         assert m == pytest.approx(exp[:, k].max() if m > 0 else exp[:, k].min())
-    assert [doc["nodes"][j]["name"] for j in doc["skins"][0]["joints"]] == ["root", "neck", "jaw", "eye_left", "eye_right"]
+    joints = [doc["nodes"][j]["name"] for j in doc["skins"][0]["joints"]]
+    assert joints == ["root", "neck", "jaw", "eye_left", "eye_right"]
     # every FLAME vertex appears, each glTF vertex carries its FLAME vertex's UV (v flipped to glTF's top-left origin)
     prim = mesh["primitives"][0]
     src = np.asarray(mesh["extras"]["flameVertex"])
@@ -152,9 +153,9 @@ def test_full_frames_match_flame_within_the_documented_bound(tmp_path, flame, de
 
 
 def test_quaternions_are_continuous_and_unit():
-    from capture.gltf import axis_angle_to_quaternion, continuous_quaternions
-
     from scipy.spatial.transform import Rotation
+
+    from capture.gltf import axis_angle_to_quaternion, continuous_quaternions
 
     aa = np.array([[0.0, 0.0, 0.0], [0.1, -0.2, 0.3], [0.0, 3.1, 0.0], [0.0, -3.1, 0.0]])
     q = axis_angle_to_quaternion(aa)
@@ -181,7 +182,8 @@ def test_khronos_validator_reports_no_errors(tmp_path, flame, demo_pack):
     if where is None:
         pytest.skip("gltf-validator not found: npm install gltf-validator in a folder and set GLTF_VALIDATOR_DIR to it")
     _write(tmp_path, flame, demo_pack)
-    run = subprocess.run(["node", str(ROOT / "benchmarks" / "interchange" / "validate_gltf.js"), str(tmp_path / "take.glb")],
+    script = ROOT / "benchmarks" / "interchange" / "validate_gltf.js"
+    run = subprocess.run(["node", str(script), str(tmp_path / "take.glb")],
                          capture_output=True, text=True, env={**os.environ, "NODE_PATH": str(where / "node_modules")},
                          timeout=120)
     report = json.loads(run.stdout)

@@ -27,8 +27,9 @@ def test_tangent_frames_of_a_plane_and_of_a_rotated_plane():
 
     verts, faces, uv = _square()
     t, b = tangent_frames(verts, faces, uv, faces)
-    np.testing.assert_allclose(t / np.linalg.norm(t, axis=1, keepdims=True), np.tile([1.0, 0, 0], (len(verts), 1)), atol=1e-12)
-    np.testing.assert_allclose(b / np.linalg.norm(b, axis=1, keepdims=True), np.tile([0, 1.0, 0], (len(verts), 1)), atol=1e-12)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(unit(t), np.tile([1.0, 0, 0], (len(verts), 1)), atol=1e-12)
+    np.testing.assert_allclose(unit(b), np.tile([0, 1.0, 0], (len(verts), 1)), atol=1e-12)
     # a detail normal n_ts given in the (u, v, out) frame, put on the plane rotated by R, comes back as n_ts
     R = Rotation.from_rotvec([0.3, -1.1, 0.7]).as_matrix()
     rng = np.random.default_rng(0)
@@ -64,7 +65,8 @@ def test_sequence_material_and_blender_reads_it(tmp_path):
         "bpy.ops.wm.read_factory_settings(use_empty=True)\n"
         f"bpy.ops.wm.obj_import(filepath={str(tmp_path / 'frame_000000.obj')!r})\n"
         "m = bpy.data.materials['avatar']\n"
-        "nodes = [(n.type, getattr(n, 'space', ''), getattr(getattr(n, 'image', None), 'name', '')) for n in m.node_tree.nodes]\n"
+        "nodes = [(n.type, getattr(n, 'space', ''), getattr(getattr(n, 'image', None), 'name', ''))\n"
+        "         for n in m.node_tree.nodes]\n"
         "print('NODES', nodes)\n")
     run = subprocess.run(["blender", "-b", "--factory-startup", "--python", str(script)], capture_output=True,
                          text=True, timeout=300)

@@ -6,7 +6,6 @@ import csv
 
 import numpy as np
 import pytest
-
 from face_clips import make_face_clip
 
 pxr = pytest.importorskip("pxr", reason="usd-core is not installed (pip install usd-core)")
@@ -48,7 +47,8 @@ def test_points_channels_and_time_read_back(tmp_path, flame, demo_pack, suffix):
 
     stage = Usd.Stage.Open(str(tmp_path / f"take{suffix}"))
     assert stage.GetTimeCodesPerSecond() == 25.0 and stage.GetFramesPerSecond() == 25.0
-    assert stage.GetStartTimeCode() == pytest.approx(TIMES[0] * 25) and stage.GetEndTimeCode() == pytest.approx(TIMES[-1] * 25)
+    assert stage.GetStartTimeCode() == pytest.approx(TIMES[0] * 25)
+    assert stage.GetEndTimeCode() == pytest.approx(TIMES[-1] * 25)
     assert UsdGeom.GetStageUpAxis(stage) == "Y" and UsdGeom.GetStageMetersPerUnit(stage) == 1.0
     mesh = UsdGeom.Mesh(stage.GetPrimAtPath("/Take/Avatar"))
     assert stage.GetDefaultPrim().GetPath() == "/Take"
@@ -74,10 +74,10 @@ def test_points_channels_and_time_read_back(tmp_path, flame, demo_pack, suffix):
 
 
 def test_video_writes_glb_usd_and_csv_takes_that_agree(tmp_path, demo_pack_dir):
+    from gltf_reader import Glb
+
     from capture import video
     from capture.takes import parse_timecode
-
-    from gltf_reader import Glb
 
     pts = [0, 40, 80, 120, 160, 200]
     clip = make_face_clip(tmp_path / "in.mp4", len(pts), audio=False, pts=pts, missing=(3,))
@@ -103,7 +103,8 @@ def test_video_writes_glb_usd_and_csv_takes_that_agree(tmp_path, demo_pack_dir):
     np.testing.assert_allclose([jaw_usd.Get(s) for s in samples], jaw_csv, atol=1e-7)
     # the session's own vertices, as --meshes wrote them (6 decimals), for every frame with a face
     objs = sorted((tmp_path / "meshes").glob("frame_*.obj"))
-    assert {"avatar.mtl", "avatar_albedo.png", "avatar_normals.png"} <= {p.name for p in (tmp_path / "meshes").iterdir()}
+    written = {p.name for p in (tmp_path / "meshes").iterdir()}
+    assert {"avatar.mtl", "avatar_albedo.png", "avatar_normals.png"} <= written
     assert objs[0].read_text().splitlines()[1:3] == ["mtllib avatar.mtl", "usemtl avatar"]
     assert len(objs) == len(pts) - 1  # the frame without a face passed through (--hold 0): no OBJ
     for obj in objs:

@@ -64,9 +64,8 @@ def main() -> int:
     else:
         print("Blender: skipped")
 
-    from pxr import Usd, UsdGeom
-
     from gltf_reader import Glb
+    from pxr import Usd, UsdGeom
 
     rows = list(csv.reader(open(args.csv, newline="")))
     header, body = rows[0], rows[1:]
