@@ -5,7 +5,9 @@ What the file holds (one binary .glb: JSON chunk, then one BIN chunk with every 
 - **Mesh**: FLAME's template with the avatar's identity baked in (`v_template + shapedirs[:, :, :n_shape] @
   shape`), UVs (TEXCOORD_0 = (u, 1 - v): glTF's texture origin is the top-left, FLAME's OBJ v points up),
   smooth normals of that base mesh, and the albedo as an embedded PNG (baseColorTexture, roughness 0.8,
-  metallic 0). glTF has one UV per vertex, so every FLAME vertex is repeated once per distinct UV it has
+  metallic 0) with the avatar's detail as a tangent-space normalTexture (the map of `--meshes`, see
+  capture.meshio) and the TANGENT attribute that map was made in (+u on the surface, orthogonal to the
+  normal; w = +-1 puts the bitangent N x T along +v). glTF has one UV per vertex, so every FLAME vertex is repeated once per distinct UV it has
   (5023 FLAME vertices give about 5100 glTF vertices); `mesh.extras.flameVertex` maps each glTF vertex back.
 - **Morph targets**: the expression basis (the n_exp = 50 coefficients the codes use), named in
   `mesh.extras.targetNames` (what Blender and three.js read): the pack's expression names, `exp00`, `exp01`,
@@ -45,6 +47,7 @@ from typing import Optional
 
 import numpy as np
 
+from .meshio import tangent_frames
 from .takes import TakeContext, TakeFrame
 
 JOINT_NAMES = ("root", "neck", "jaw", "eye_left", "eye_right")  # FLAME's joint order
@@ -124,6 +127,20 @@ def target_scales(exp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     components = [k for k, _ in targets]
     scales = [m for _, m in targets]
     return np.asarray(components, np.int64), np.asarray(scales, np.float64)
+
+
+def vertex_tangents(positions: np.ndarray, normals: np.ndarray, triangles: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """glTF TANGENT [N, 4]: the direction of +u (uv [N, 2], v up) made orthogonal to the unit normal, and w = +-1
+    so that w (N x T) points along +v: the frame of capture.meshio's tangent-space normal maps."""
+    t, b = tangent_frames(positions, triangles, uv, triangles)
+    t = t - normals * (t * normals).sum(1, keepdims=True)
+    length = np.linalg.norm(t, axis=1, keepdims=True)
+    # a vertex whose UV faces are all degenerate: any direction orthogonal to the normal
+    other = np.where(np.abs(normals[:, :1]) < 0.9, np.array([[1.0, 0.0, 0.0]]), np.array([[0.0, 1.0, 0.0]]))
+    fallback = np.cross(normals, other)
+    t = np.where(length > 1e-12, t / np.maximum(length, 1e-12), fallback / np.linalg.norm(fallback, axis=1, keepdims=True))
+    w = np.where((np.cross(normals, t) * b).sum(1) < 0, -1.0, 1.0)
+    return np.concatenate([t, w[:, None]], 1)
 
 
 class _GlbBuilder:
@@ -208,7 +225,9 @@ class AvatarRig:
         names = list(context.expression_names)[: self.n_exp]
         self.target_names = names + [f"exp{k:02d}" for k in range(len(names), self.n_exp)]
         self.albedo = context.albedo
+        self.normal_map = context.normal_map
         self.joint_ids, self.joint_weights, self.dropped_weight = top_weights(self.weights[self.src])
+        self.tangents = vertex_tangents(self.base[self.src], self.normals, self.triangles, uv)
 
 
 class GltfTake:
@@ -251,6 +270,7 @@ class GltfTake:
             "POSITION": b.accessor(rig.base[rig.src], FLOAT, ARRAY_BUFFER, bounds=True),
             "NORMAL": b.accessor(rig.normals, FLOAT, ARRAY_BUFFER),
             "TEXCOORD_0": b.accessor(rig.texcoords, FLOAT, ARRAY_BUFFER),
+            "TANGENT": b.accessor(rig.tangents, FLOAT, ARRAY_BUFFER),
             "JOINTS_0": b.accessor(rig.joint_ids, UNSIGNED_BYTE, ARRAY_BUFFER),
             "WEIGHTS_0": b.accessor(rig.joint_weights, FLOAT, ARRAY_BUFFER),
         }
@@ -264,12 +284,16 @@ class GltfTake:
         names = [rig.target_names[k] + ("_neg" if m < 0 else "") for k, m in zip(components, scales)]
         doc: dict = {"asset": {"version": "2.0", "generator": "capture (capture.gltf)"}, "scene": 0}
         if rig.albedo is not None:
-            image_view = b.view(_png(rig.albedo))
-            doc["images"] = [{"bufferView": image_view, "mimeType": "image/png", "name": "albedo"}]
+            images = [("albedo", rig.albedo)] + ([("normals", rig.normal_map)] if rig.normal_map is not None else [])
+            doc["images"] = [{"bufferView": b.view(_png(img)), "mimeType": "image/png", "name": name}
+                             for name, img in images]
             doc["samplers"] = [{"magFilter": 9729, "minFilter": 9987, "wrapS": 33071, "wrapT": 33071}]
-            doc["textures"] = [{"sampler": 0, "source": 0}]
-            doc["materials"] = [{"name": "avatar", "pbrMetallicRoughness": {
-                "baseColorTexture": {"index": 0}, "metallicFactor": 0.0, "roughnessFactor": ROUGHNESS}}]
+            doc["textures"] = [{"sampler": 0, "source": i} for i in range(len(images))]
+            material = {"name": "avatar", "pbrMetallicRoughness": {
+                "baseColorTexture": {"index": 0}, "metallicFactor": 0.0, "roughnessFactor": ROUGHNESS}}
+            if rig.normal_map is not None:
+                material["normalTexture"] = {"index": 1}
+            doc["materials"] = [material]
             primitive["material"] = 0
         doc["meshes"] = [{"name": "avatar", "primitives": [primitive], "weights": [0.0] * len(targets),
                           "extras": {"targetNames": names, "targetComponent": [int(k) for k in components],

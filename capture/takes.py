@@ -53,7 +53,8 @@ class TakeContext:
 
     flame: the `capture.flame.FLAME` module the codes animate; shape [n_shape] the avatar's identity;
     faces [F, 3], uvcoords [T, 2] (v up), uvfaces [F, 3] the pack's UV layout; albedo [H, W, 3] uint8 (row 0 =
-    v = 1) or None; expression_names: a name per expression coefficient; fps: the input's frame rate."""
+    v = 1) or None; expression_names: a name per expression coefficient; fps: the input's frame rate;
+    normal_map [S, S, 3] uint8: the avatar's detail as a tangent-space normal map (`capture.meshio`) or None."""
 
     flame: object
     shape: np.ndarray
@@ -63,6 +64,7 @@ class TakeContext:
     albedo: Optional[np.ndarray]
     expression_names: Sequence[str]
     fps: float
+    normal_map: Optional[np.ndarray] = None
 
 
 def expression_names(meta: dict, n_exp: int) -> tuple[str, ...]:
@@ -73,15 +75,16 @@ def expression_names(meta: dict, n_exp: int) -> tuple[str, ...]:
 
 
 def take_context(deca, avatar, fps: float) -> TakeContext:
-    """The `TakeContext` of a run: the avatar's shape and albedo (its photo texture, else the pack's albedo
-    model at its code), the pack's UV layout and expression names."""
-    from .meshio import avatar_albedo
+    """The `TakeContext` of a run: the avatar's shape, albedo (its photo texture, else the pack's albedo model at
+    its code) and detail normal map, the pack's UV layout and expression names."""
+    from .meshio import avatar_albedo, avatar_normal_map
 
     pack = deca.pack
     return TakeContext(flame=deca.flame, shape=avatar.codes.shape[0].detach().cpu().numpy().astype(np.float64),
                        faces=np.asarray(pack.uv.faces), uvcoords=np.asarray(pack.uv.uvcoords),
                        uvfaces=np.asarray(pack.uv.uvfaces), albedo=avatar_albedo(deca, avatar),
-                       expression_names=expression_names(pack.meta, deca.flame.n_exp), fps=float(fps or 30.0))
+                       expression_names=expression_names(pack.meta, deca.flame.n_exp), fps=float(fps or 30.0),
+                       normal_map=avatar_normal_map(deca, avatar))
 
 
 def _live_link_face_order() -> tuple[str, ...]:

@@ -8,6 +8,9 @@ Layout of the stage (`defaultPrim` = `/Take`, Y up, metres: `metersPerUnit` = 1)
   indexed by the pack's uvfaces; v up, as USD's st and FLAME's OBJ both have it), and `points` + `extent`
   with one time sample per output frame: the vertices the session skinned for that frame (FLAME metres, the
   head's rotation applied, no camera translation). `points` at the default time is the neutral face.
+- `/Take/Materials/avatar`: a UsdPreviewSurface bound to the mesh, its diffuseColor from `<file stem>_albedo.png`
+  and its normal from `<file stem>_normals.png` (tangent space, capture.meshio), PNGs written beside the file
+  and named relative to it.
 - `/Take/Channels` (a Scope): the 52 ARKit blendshapes as float attributes `arkit:eyeBlinkLeft`, ... (ARKit's
   names, 0..1) and the head and eye angles `head:yaw`, `head:pitch`, `head:roll`, `eyes:leftYaw`, ...
   (radians, the Live Link Face take's meaning), one time sample per frame each.
@@ -29,7 +32,7 @@ from typing import Optional
 
 import numpy as np
 import torch
-from pxr import Gf, Sdf, Usd, UsdGeom, Vt
+from pxr import Gf, Sdf, Usd, UsdGeom, UsdShade, Vt
 
 from .channels import ARKIT_NAMES, Channels
 from .takes import TakeContext, TakeFrame
@@ -75,6 +78,8 @@ class UsdTake:
                                                      UsdGeom.Tokens.faceVarying)
         st.Set(Vt.Vec2fArray.FromNumpy(np.asarray(context.uvcoords, np.float32)))
         st.SetIndices(Vt.IntArray.FromNumpy(np.asarray(context.uvfaces, np.int32).reshape(-1)))
+        if context.albedo is not None:
+            self.textures = self._material(mesh, context.albedo, context.normal_map)
         self._neutral = self._skin(np.zeros(self._flame.n_exp, np.float32), np.zeros(6, np.float32))
         self._points = mesh.CreatePointsAttr(self._vec3(self._neutral))
         self._extent = mesh.CreateExtentAttr(self._bounds(self._neutral))
@@ -87,6 +92,42 @@ class UsdTake:
         self.last_time: Optional[float] = None
         self.rows = 0
         self._closed = False
+
+    def _material(self, mesh, albedo: np.ndarray, normal_map: Optional[np.ndarray]) -> list[Path]:
+        """A UsdPreviewSurface reading the albedo (and the tangent-space normal map) through the st primvar."""
+        from PIL import Image
+
+        stage, root = self.stage, "/Take/Materials/avatar"
+        material = UsdShade.Material.Define(stage, root)
+        surface = UsdShade.Shader.Define(stage, f"{root}/surface")
+        surface.CreateIdAttr("UsdPreviewSurface")
+        surface.CreateInput("roughness", Sdf.ValueTypeNames.Float).Set(0.8)
+        surface.CreateInput("metallic", Sdf.ValueTypeNames.Float).Set(0.0)
+        st = UsdShade.Shader.Define(stage, f"{root}/st")
+        st.CreateIdAttr("UsdPrimvarReader_float2")
+        st.CreateInput("varname", Sdf.ValueTypeNames.Token).Set("st")
+        st_out = st.CreateOutput("result", Sdf.ValueTypeNames.Float2)
+        written = []
+        maps = [("albedo", albedo, "sRGB", "rgb", "diffuseColor", Sdf.ValueTypeNames.Color3f)]
+        if normal_map is not None:  # UsdPreviewSurface wants normals in -1..1: scale 2, bias -1
+            maps.append(("normals", normal_map, "raw", "rgb", "normal", Sdf.ValueTypeNames.Normal3f))
+        for name, image, colour_space, channel, target, kind in maps:
+            png = self.path.with_name(f"{self.path.stem}_{name}.png")
+            Image.fromarray(np.asarray(image, np.uint8)).save(png)
+            written.append(png)
+            tex = UsdShade.Shader.Define(stage, f"{root}/{name}")
+            tex.CreateIdAttr("UsdUVTexture")
+            tex.CreateInput("file", Sdf.ValueTypeNames.Asset).Set(f"./{png.name}")
+            tex.CreateInput("sourceColorSpace", Sdf.ValueTypeNames.Token).Set(colour_space)
+            tex.CreateInput("st", Sdf.ValueTypeNames.Float2).ConnectToSource(st_out)
+            if name == "normals":
+                tex.CreateInput("scale", Sdf.ValueTypeNames.Float4).Set(Gf.Vec4f(2, 2, 2, 1))
+                tex.CreateInput("bias", Sdf.ValueTypeNames.Float4).Set(Gf.Vec4f(-1, -1, -1, 0))
+            out = tex.CreateOutput(channel, Sdf.ValueTypeNames.Float3)
+            surface.CreateInput(target, kind).ConnectToSource(out)
+        material.CreateSurfaceOutput().ConnectToSource(surface.ConnectableAPI(), "surface")
+        UsdShade.MaterialBindingAPI.Apply(mesh.GetPrim()).Bind(material)
+        return written
 
     @staticmethod
     def _vec3(v: np.ndarray) -> Vt.Vec3fArray:

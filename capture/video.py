@@ -158,8 +158,11 @@ def main(argv=None) -> int:
     if args.meshes:
         from .meshio import avatar_albedo, avatar_normal_map, write_sequence_material
 
-        albedo = context.albedo if context is not None else avatar_albedo(model.deca, model.avatar)
-        material = write_sequence_material(Path(args.meshes), albedo, avatar_normal_map(model.deca, model.avatar))
+        if context is not None:
+            albedo, normal_map = context.albedo, context.normal_map
+        else:
+            albedo, normal_map = avatar_albedo(model.deca, model.avatar), avatar_normal_map(model.deca, model.avatar)
+        material = write_sequence_material(Path(args.meshes), albedo, normal_map)
     channels = (ChannelOutputs(model.deca, args.export, args.osc, inputs=inputs, context=context)
                 if args.export or args.osc else None)
     recorder = CodeRecorder() if args.codes else None

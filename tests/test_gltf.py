@@ -32,9 +32,11 @@ def _context(flame, demo_pack, shape):
     from capture.takes import TakeContext, expression_names
 
     albedo = (np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)
+    normal_map = np.full((64, 64, 3), (128, 128, 255), np.uint8)
     return TakeContext(flame=flame, shape=shape, faces=demo_pack.uv.faces, uvcoords=demo_pack.uv.uvcoords,
                        uvfaces=demo_pack.uv.uvfaces, albedo=albedo,
-                       expression_names=expression_names(demo_pack.meta, flame.n_exp), fps=25.0)
+                       expression_names=expression_names(demo_pack.meta, flame.n_exp), fps=25.0,
+                       normal_map=normal_map)
 
 
 def _codes(rng, shape, exp_scale, pose_scale):
@@ -107,6 +109,19 @@ def test_structure_names_uvs_and_times(tmp_path, flame, demo_pack):
     np.testing.assert_allclose(uv[tri][..., 1], 1.0 - expect_uv[..., 1], atol=1e-7)
     w = glb.accessor(prim["attributes"]["WEIGHTS_0"])
     np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-6)
+    # tangents: unit, orthogonal to the normals, along +u: dP/du of each triangle has a positive component on them
+    t = glb.accessor(prim["attributes"]["TANGENT"]).astype(np.float64)
+    n = glb.accessor(prim["attributes"]["NORMAL"]).astype(np.float64)
+    np.testing.assert_allclose(np.linalg.norm(t[:, :3], axis=1), 1.0, atol=1e-6)
+    assert np.abs((t[:, :3] * n).sum(1)).max() < 1e-6 and set(np.unique(t[:, 3])) <= {-1.0, 1.0}
+    pos = glb.accessor(prim["attributes"]["POSITION"]).astype(np.float64)
+    p, q = pos[tri], uv[tri].astype(np.float64)
+    e1, e2, d1, d2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0], q[:, 1] - q[:, 0], q[:, 2] - q[:, 0]
+    det = d1[:, 0] * d2[:, 1] - d2[:, 0] * d1[:, 1]
+    ok = np.abs(det) > 1e-12
+    dpdu = (e1 * d2[:, 1:] - e2 * d1[:, 1:])[ok] / det[ok, None]  # glTF's s is FLAME's u
+    assert ((dpdu * t[tri[ok, 0], :3]).sum(1) > 0).mean() > 0.99
+    assert doc["materials"][0]["normalTexture"] == {"index": 1}
     # the albedo PNG is embedded and decodes to the context's image
     png = Image.open(io.BytesIO(glb.image_bytes(0)))
     np.testing.assert_array_equal(np.asarray(png), take.rig.albedo)

@@ -31,7 +31,8 @@ def test_points_channels_and_time_read_back(tmp_path, flame, demo_pack, suffix):
     rng = np.random.default_rng(0)
     V = flame.v_template.shape[0]
     context = TakeContext(flame=flame, shape=np.zeros(100), faces=demo_pack.uv.faces, uvcoords=demo_pack.uv.uvcoords,
-                          uvfaces=demo_pack.uv.uvfaces, albedo=None, expression_names=(), fps=25.0)
+                          uvfaces=demo_pack.uv.uvfaces, albedo=np.zeros((8, 8, 3), np.uint8), expression_names=(),
+                          fps=25.0)
     take = UsdTake(tmp_path / f"take{suffix}", context)
     frames = []
     for i, t in enumerate(TIMES):
@@ -71,6 +72,13 @@ def test_points_channels_and_time_read_back(tmp_path, flame, demo_pack, suffix):
             assert scope.GetAttribute(f"arkit:{ARKIT_NAMES[k]}").Get(code) == pytest.approx(float(ch.blendshapes[k]))
         assert scope.GetAttribute("head:yaw").Get(code) == pytest.approx(float(ch.head[0]))
     assert stage.GetRootLayer().customLayerData["capture:startTime"] == pytest.approx(TIMES[0])
+    if suffix == ".usda":  # the material: the albedo PNG beside the file, bound to the mesh
+        from pxr import UsdShade
+
+        material = UsdShade.MaterialBindingAPI(mesh.GetPrim()).ComputeBoundMaterial()[0]
+        assert material.GetPath() == "/Take/Materials/avatar"
+        tex = UsdShade.Shader(stage.GetPrimAtPath("/Take/Materials/avatar/albedo"))
+        assert tex.GetInput("file").Get().path == "./take_albedo.png" and (tmp_path / "take_albedo.png").is_file()
 
 
 def test_video_writes_glb_usd_and_csv_takes_that_agree(tmp_path, demo_pack_dir):
