@@ -246,8 +246,6 @@ class GltfTake:
         self._last_pose = np.zeros(15)
         self.rows = 0
         self._closed = False
-        with open(self.path, "wb"):  # fail now, not after the take, when the path cannot be written
-            pass
 
     def add(self, frame: TakeFrame) -> None:
         if self.times and frame.time <= self.times[-1]:

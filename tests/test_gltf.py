@@ -230,3 +230,19 @@ def test_blender_imports_and_plays_the_take(tmp_path, flame, demo_pack):
     assert report["bones"] == ["root", "neck", "jaw", "eye_left", "eye_right"]
     assert report["shape_keys"] == len(glb.doc["meshes"][0]["extras"]["targetNames"])
     assert max(report["max_error_vs_expected_m"]) < 1e-5
+
+
+def test_take_formats_from_the_extension(monkeypatch):
+    import capture.takes as takes
+    from capture.gltf import GltfTake
+
+    assert takes.take_writer_for("a/take.GLB") is GltfTake and takes.take_writer_for("t.csv") is takes.LiveLinkTake
+    with pytest.raises(ValueError, match="unknown take format '.fbx'"):
+        takes.take_writer_for("take.fbx")
+
+    def no_pxr(name):
+        raise ModuleNotFoundError("No module named 'pxr'", name="pxr")
+
+    monkeypatch.setattr(takes.importlib, "import_module", no_pxr)
+    with pytest.raises(ValueError, match=r"\.usdc takes need the package 'pxr' \(pip install usd-core\)"):
+        takes.take_writer_for("take.usdc")
