@@ -7,8 +7,9 @@ What the file holds (one binary .glb: JSON chunk, then one BIN chunk with every 
   smooth normals of that base mesh, and the albedo as an embedded PNG (baseColorTexture, roughness 0.8,
   metallic 0) with the avatar's detail as a tangent-space normalTexture (the map of `--meshes`, see
   capture.meshio) and the TANGENT attribute that map was made in (+u on the surface, orthogonal to the
-  normal; w = +-1 puts the bitangent N x T along +v). glTF has one UV per vertex, so every FLAME vertex is repeated once per distinct UV it has
-  (5023 FLAME vertices give about 5100 glTF vertices); `mesh.extras.flameVertex` maps each glTF vertex back.
+  normal; w = +-1 puts the bitangent N x T along +v). glTF has one UV per vertex, so every FLAME vertex is
+  repeated once per distinct UV it has (the demo head's 5162 vertices give 5361 glTF vertices);
+  `mesh.extras.flameVertex` maps each glTF vertex back.
 - **Morph targets**: the expression basis (the n_exp = 50 coefficients the codes use), named in
   `mesh.extras.targetNames` (what Blender and three.js read): the pack's expression names, `exp00`, `exp01`,
   ... for unnamed columns. FLAME's coefficients are signed and unbounded, but DCC tools treat shape keys as
@@ -138,7 +139,8 @@ def vertex_tangents(positions: np.ndarray, normals: np.ndarray, triangles: np.nd
     # a vertex whose UV faces are all degenerate: any direction orthogonal to the normal
     other = np.where(np.abs(normals[:, :1]) < 0.9, np.array([[1.0, 0.0, 0.0]]), np.array([[0.0, 1.0, 0.0]]))
     fallback = np.cross(normals, other)
-    t = np.where(length > 1e-12, t / np.maximum(length, 1e-12), fallback / np.linalg.norm(fallback, axis=1, keepdims=True))
+    fallback /= np.linalg.norm(fallback, axis=1, keepdims=True)
+    t = np.where(length > 1e-12, t / np.maximum(length, 1e-12), fallback)
     w = np.where((np.cross(normals, t) * b).sum(1) < 0, -1.0, 1.0)
     return np.concatenate([t, w[:, None]], 1)
 
