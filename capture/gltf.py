@@ -36,7 +36,8 @@ the identity puts them at rest, while FLAME moves them with the expression (J_re
 expression offsets, a fraction of a millimetre). At a frame with no rotation the file reproduces FLAME
 exactly; with rotations and no expression, exactly FLAME without posedirs (tests/test_gltf.py).
 
-Only the per-frame codes are kept until `close()` (56 floats a frame): a 10-minute take at 30 fps is 4 MB.
+Only the per-frame codes are kept until `close()` (65 floats a frame): a 10-minute take at 30 fps is about
+10 MB.
 """
 from __future__ import annotations
 
