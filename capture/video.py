@@ -87,7 +87,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_model_arguments(parser)
     parser.add_argument("--smooth", action="store_true", help="One-Euro filter the codes over time")
     parser.add_argument("--codes", default=None, metavar="NPZ", help="save per-frame codes with timestamps")
-    parser.add_argument("--meshes", default=None, metavar="DIR", help="write one OBJ of the avatar per frame, all sharing avatar.mtl (albedo, tangent-space normal map)")
+    parser.add_argument("--meshes", default=None, metavar="DIR",
+                        help="write one OBJ of the avatar per frame, all using DIR/avatar.mtl (albedo, tangent-space "
+                             "normal map)")
     parser.add_argument("--start", type=float, default=None, metavar="S", help="start time in seconds")
     parser.add_argument("--duration", type=float, default=None, metavar="S", help="seconds to process")
     parser.add_argument("--codec", default=None, help="video encoder (default: libx264, libvpx-vp9 for .webm)")
