@@ -172,14 +172,17 @@ def add_channel_arguments(parser: argparse.ArgumentParser, export: bool) -> None
     if export:
         parser.add_argument("--export", action="append", default=[], metavar="FILE",
                             help="write the take as an animation file, format from the extension: .csv (Live Link "
-                                 "Face take); repeatable")
+                                 "Face take), .glb (glTF rig + animation), .usd/.usda/.usdc (time-sampled mesh and "
+                                 "channels); repeatable")
 
 
 class ChannelOutputs:
     """The named channels of each output frame (capture.channels) to the --export takes and the --osc stream.
     Runs in the pipeline's sink; a frame that passed through repeats the last channels (tracking 0 on OSC)."""
 
-    def __init__(self, deca: DECA, exports=(), osc: Optional[str] = None, inputs=()):
+    def __init__(self, deca: DECA, exports=(), osc: Optional[str] = None, inputs=(), context=None):
+        """context: the `capture.takes.TakeContext` the take writers describe the avatar with (needed with
+        exports)."""
         from .channels import ChannelModel
         from .stream.writer import check_not_input, check_writable
         from .takes import take_writer_for
@@ -192,11 +195,13 @@ class ChannelOutputs:
             address = parse_address(osc) if osc else None
         except ValueError as exc:
             raise CliError(str(exc)) from None
+        if exports and context is None:
+            raise ValueError("ChannelOutputs: --export needs the avatar's TakeContext (capture.takes.take_context)")
         for path in exports:
             check_not_input(path, inputs, what="--export file")
             check_writable(str(path))
         self.model = ChannelModel(deca.flame)
-        self.takes = [cls(path) for cls, path in zip(writers, exports)]
+        self.takes = [cls(path, context) for cls, path in zip(writers, exports)]
         self.sender = None
         if address is not None:
             self.sender = VMCSender(*address)
@@ -215,8 +220,12 @@ class ChannelOutputs:
         if out.codes is not None:
             channels = self.model(out.codes)
             self._last = (channels, out.codes["pose"][:3])
-        for take in self.takes:
-            take.add(out.frame.time, channels)
+        if self.takes:
+            from .takes import TakeFrame
+
+            record = TakeFrame(time=out.frame.time, channels=channels, codes=out.codes, vertices=out.vertices)
+            for take in self.takes:
+                take.add(record)
         if self.sender is not None and self._last is not None:
             if out.codes is not None and self._neck_for is None:
                 self._neck_for = out.codes["shape"]  # the avatar's shape: constant over a run

@@ -87,7 +87,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_model_arguments(parser)
     parser.add_argument("--smooth", action="store_true", help="One-Euro filter the codes over time")
     parser.add_argument("--codes", default=None, metavar="NPZ", help="save per-frame codes with timestamps")
-    parser.add_argument("--meshes", default=None, metavar="DIR", help="write one OBJ of the avatar per frame")
+    parser.add_argument("--meshes", default=None, metavar="DIR",
+                        help="write one OBJ of the avatar per frame, all using DIR/avatar.mtl (albedo, tangent-space "
+                             "normal map)")
     parser.add_argument("--start", type=float, default=None, metavar="S", help="start time in seconds")
     parser.add_argument("--duration", type=float, default=None, metavar="S", help="seconds to process")
     parser.add_argument("--codec", default=None, help="video encoder (default: libx264, libvpx-vp9 for .webm)")
@@ -116,13 +118,14 @@ def main(argv=None) -> int:
     codec = check_encoder(out_path, args.codec)
     if args.codes:
         check_writable(args.codes)
+    needs_vertices = bool(args.meshes)
     if args.export or args.osc:  # the format and address are checked before any expensive work
         from .takes import take_writer_for
         from .vmc import parse_address
 
         try:
             for path in args.export:
-                take_writer_for(path)
+                needs_vertices |= take_writer_for(path).needs_vertices
             if args.osc:
                 parse_address(args.osc)
         except ValueError as exc:
@@ -135,7 +138,7 @@ def main(argv=None) -> int:
     frame_size = (reader.height, reader.width)
     session = RetargetSession(model.deca, model.avatar, frame_size, layout=args.layout, pose_mode=args.pose,
                               smooth=args.smooth, hold_seconds=args.hold, encode_flame=model.encode_flame,
-                              decode_detail=model.decode_detail, codes_from=model.codes_from, keep_vertices=bool(args.meshes))
+                              decode_detail=model.decode_detail, codes_from=model.codes_from, keep_vertices=needs_vertices)
     if session.source.needs_landmarks:
         calibrated = session.calibrate(calibration_frames(args.input, args.start, args.duration))
         say(f"performer calibrated on {calibrated} frames of the first {CALIBRATION_SECONDS:g} s")
@@ -148,7 +151,21 @@ def main(argv=None) -> int:
         f"{' (cached avatar)' if model.avatar_cached else ''}; backend {model.backend_name}; "
         f"LBS {model.deca.lbs_backend}; layout {args.layout}")
 
-    channels = (ChannelOutputs(model.deca, args.export, args.osc, inputs=inputs)
+    context = None
+    if args.export:
+        from .takes import take_context
+
+        context = take_context(model.deca, model.avatar, reader.fps)
+    material = None
+    if args.meshes:
+        from .meshio import avatar_albedo, avatar_normal_map, write_sequence_material
+
+        if context is not None:
+            albedo, normal_map = context.albedo, context.normal_map
+        else:
+            albedo, normal_map = avatar_albedo(model.deca, model.avatar), avatar_normal_map(model.deca, model.avatar)
+        material = write_sequence_material(Path(args.meshes), albedo, normal_map)
+    channels = (ChannelOutputs(model.deca, args.export, args.osc, inputs=inputs, context=context)
                 if args.export or args.osc else None)
     recorder = CodeRecorder() if args.codes else None
     progress = None
@@ -167,7 +184,7 @@ def main(argv=None) -> int:
             channels.add(out)
         if args.meshes and out.vertices is not None:
             write_obj(Path(args.meshes) / f"frame_{out.frame.index:06d}.obj", out.vertices, model.deca.pack.uv.faces,
-                      model.deca.pack.uv.uvcoords, model.deca.pack.uv.uvfaces)
+                      model.deca.pack.uv.uvcoords, model.deca.pack.uv.uvfaces, material=material)
         if progress is not None:
             progress.update(1)
 

@@ -248,9 +248,8 @@ def test_unsupported_export_and_bad_osc_are_one_line(tmp_path, demo_pack_dir):
     from capture.cli_common import CliError
 
     clip = make_face_clip(tmp_path / "in.mp4", 2, audio=False)
-    for bad, needle in ((["--export", str(tmp_path / "take.glb")], "not yet supported"),
-                        (["--export", str(tmp_path / "take.usda")], "not yet supported"),
-                        (["--export", str(tmp_path / "take.xyz")], "unknown take format"),
+    for bad, needle in ((["--export", str(tmp_path / "take.xyz")], "unknown take format"),
+                        (["--export", str(tmp_path / "take")], "no extension"),
                         (["--osc", "127.0.0.1:notaport"], "HOST:PORT")):
         with pytest.raises(CliError, match=needle):
             video.main([str(clip.path), "-o", str(tmp_path / "o.mp4"), "--assets", str(demo_pack_dir),
