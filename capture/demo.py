@@ -23,6 +23,7 @@ from .assets import ensure_demo_pack, load_pack
 from .assets.locate import cache_dir
 from .avatar import load_avatar
 from .cli_common import CliError, run_cli
+from .console import add_version_argument, command, prog, say_once
 from .crop import FaceDetector
 from .deca import DECA, Codes
 from .reconstruct import output_name, reconstruct_one
@@ -84,9 +85,11 @@ def render_performer_clip(deca: DECA, path: Path, n_frames: int, size: tuple[int
     return seq
 
 
+@command
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m capture.demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog("capture-demo", "capture.demo"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_argument(parser)
     parser.add_argument("--target", default="demo", help="'demo' (second demo identity), 'astronaut' or a photo")
     parser.add_argument("-o", "--output", default="demo_out.mp4")
     parser.add_argument("--source", default="demo_source.mp4", help="where the rendered performer clip goes")
@@ -110,7 +113,7 @@ def main(argv=None) -> int:
     check_not_input(args.source, [args.target], what="--source clip")
     pack_dir = ensure_demo_pack()
     pack = load_pack(pack_dir)
-    print(pack.label, flush=True)
+    say_once(lambda text: print(text, flush=True), pack.label)
     deca = DECA.from_pack(pack)
     if args.reconstruct_dir:
         out_dir = Path(args.reconstruct_dir)
