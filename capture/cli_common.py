@@ -94,7 +94,8 @@ def build_model_side(args, say: Callable[[str], None]) -> ModelSide:
         networks = ("D_detail",) if codes_from == "landmarks" else ("E_flame", "D_detail")
         pending = onnx_exports_pending(pack, networks) if args.backend in ("auto", "onnxruntime", "tensorrt") else []
         if pending:
-            notice(f"exporting {' and '.join(pending)} to ONNX for this pack (once, about 10 s each; cached)...")
+            notice(f"exporting {' and '.join(pending)} to ONNX for this pack (once, about {10 * len(pending)} s; "
+                   "cached)...")
         try:
             for network in networks:  # made now, so a bad choice fails before any frame
                 engines.backend(network)
