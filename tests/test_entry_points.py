@@ -1,6 +1,5 @@
-"""The console commands of pyproject's [project.scripts]: each target imports, and each command's --version
-and --help work without starting any model. (`pip install .` into a fresh venv was checked by hand: see the
-commit that added this file.)"""
+"""The console commands of pyproject's [project.scripts]: each target imports, each command's --version and --help
+work without starting any model, and (slow) `pip install .` into a fresh venv puts them on PATH."""
 from __future__ import annotations
 
 import importlib
@@ -83,3 +82,32 @@ def test_import_capture_is_cheap():
     code = "import capture; print(capture.Retargeter.__module__, 'Retargeter' in dir(capture))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.stdout.split() == ["capture.api", "True"]
+
+
+@pytest.mark.slow
+def test_pip_install_into_a_fresh_venv_gives_the_commands(tmp_path):
+    """`pip install .` into a fresh venv puts every [project.scripts] command on its PATH, and each answers
+    --version as the installed command. Offline and quick: the venv has no pip of its own, this interpreter's pip
+    and setuptools install into it (--no-build-isolation), and the dependencies (torch, ...) come from this
+    interpreter's site-packages through PYTHONPATH (--no-deps)."""
+    import os
+    import site
+    import venv
+
+    from capture import __version__
+
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(site.getsitepackages()))
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                              str(ROOT)], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert install.returncode == 0, install.stderr
+    for command in SCRIPTS:
+        result = subprocess.run([str(env_dir / "bin" / command), "--version"], capture_output=True, text=True,
+                                timeout=120, env=env, cwd=tmp_path)
+        assert result.returncode == 0 and result.stdout.strip() == f"{command} (capture-deca {__version__})", \
+            result.stderr
+    where = subprocess.run([str(python), "-c", "import capture; print(capture.__file__)"], capture_output=True,
+                           text=True, env=env, cwd=tmp_path)
+    assert where.stdout.startswith(str(env_dir))  # the installed copy, not the checkout
