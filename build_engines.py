@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`python build_engines.py ...` in a checkout = `python -m capture.build_engines ...` (code: capture/build_engines.py)."""
+"""`python build_engines.py ...` in a checkout = `capture-build-engines ...` (code: capture/build_engines.py)."""
 import sys
 
 from capture.build_engines import main

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`python export_onnx.py ...` in a checkout = `python -m capture.export_onnx ...` (code: capture/export_onnx.py)."""
+"""`python export_onnx.py ...` in a checkout = `capture-export ...` (code: capture/export_onnx.py)."""
 import sys
 
 from capture.export_onnx import main

@@ -189,7 +189,8 @@ class Retargeter:
         from .stream.camera import open_camera
         from .stream.reader import VideoReader
 
-        camera = isinstance(source, int) or (isinstance(source, str) and (source.isdigit() or source.startswith("/dev/")))
+        camera = isinstance(source, int) or (isinstance(source, str)
+                                             and (source.isdigit() or source.startswith("/dev/")))
         if camera:
             reader = open_camera(int(source) if str(source).isdigit() else source)
             policy, depth = "live", 1

@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> None:
     onnx_files = [args.onnx_dir / f"{name}.onnx" for name in args.networks]
     absent = [str(p) for p in onnx_files if not p.is_file()]
     if absent:
-        raise _Refused(f"missing {', '.join(absent)}; run `capture-export --out {args.onnx_dir}` first (`python export_onnx.py` in a checkout)")
+        raise _Refused(f"missing {', '.join(absent)}; run `capture-export --out {args.onnx_dir}` first "
+                       "(`python export_onnx.py` in a checkout)")
     options = BuildOptions(precision=args.precision, max_batch=args.max_batch, opt_batch=args.opt_batch,
                            workspace_gib=args.workspace_gib,
                            timing_cache=args.timing_cache or args.onnx_dir / "timing.cache")

@@ -16,8 +16,9 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SCRIPTS = PYPROJECT["project"]["scripts"]
 PACKAGES = {"capture.assets", "capture.train"}  # run through their __main__
 # the module each command runs, as `python -m` runs it
-MODULES = {"capture-video": "capture.video", "capture-live": "capture.live", "capture-reconstruct": "capture.reconstruct",
-           "capture-demo": "capture.demo", "capture-assets": "capture.assets", "capture-train": "capture.train",
+MODULES = {"capture-video": "capture.video", "capture-live": "capture.live",
+           "capture-reconstruct": "capture.reconstruct", "capture-demo": "capture.demo",
+           "capture-assets": "capture.assets", "capture-train": "capture.train",
            "capture-export": "capture.export_onnx", "capture-build-engines": "capture.build_engines"}
 
 
