@@ -28,6 +28,7 @@ from typing import Callable, Iterator, Optional, Union
 import numpy as np
 
 from .cli_common import CliError, build_model_side
+from .console import command
 from .crop import as_rgb_uint8
 from .session import FrameOutput, RetargetSession
 from .stream.pipeline import Pipeline, PipelineStats
@@ -100,7 +101,7 @@ class Retargeter:
         args = argparse.Namespace(target=target, assets=assets, codes_from=codes_from, backend=backend,
                                   device=device, texture=texture)
         try:
-            self.model = build_model_side(args, say)
+            self.model = command(build_model_side)(args, say)  # its notices: once per Retargeter
         except CliError as exc:
             raise ValueError(str(exc)) from None
         pack = self.model.deca.pack
