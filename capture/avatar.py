@@ -151,6 +151,9 @@ def load_avatar(deca: DECA, target: str, detector: FaceDetector, cache_dir: Opti
             return Avatar(codes=codes, albedo_uv=albedo, source=target, key=key), True
         except (OSError, ValueError, KeyError):
             path.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, never trusted
+    from .console import notice
+
+    notice(f"building the avatar of {target!r} (once per photo and pack; cached)...")
     avatar = build_avatar(deca, image, detector, target, key, texture, codes_from)
     if path is not None:
         arrays = avatar.codes.numpy()

@@ -14,6 +14,7 @@ from .assets.locate import cache_dir
 from .avatar import Avatar, load_avatar
 from .backends import NAMES as BACKEND_NAMES
 from .backends import describe_names
+from .console import notice, plural, say_once
 from .crop import FaceDetector
 from .deca import DECA
 from .retarget import LAYOUTS, POSE_MODES
@@ -78,7 +79,7 @@ def build_model_side(args, say: Callable[[str], None],
         pack = open_pack(args.assets)
     except AssetError as exc:
         raise CliError(str(exc)) from None
-    say(pack.label)
+    say_once(say, pack.label)
     codes_from, why = choose_source(getattr(args, "codes_from", "auto"), pack.synthetic)
     say(f"codes from {codes_from} ({why})")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -109,6 +110,9 @@ def build_model_side(args, say: Callable[[str], None],
     engines = InferenceEngines(pack, args.backend, device=device, options=options)
     # E_flame runs per frame only when the codes come from it
     networks = ("D_detail",) if codes_from == "landmarks" else ("E_flame", "D_detail")
+    pending = onnx_exports_pending(pack, networks) if args.backend.startswith(("auto", "onnxruntime", "tensorrt")) else []
+    if pending:
+        notice(f"exporting {' and '.join(pending)} to ONNX for this pack (once, about {10 * len(pending)} s; cached)...")
     try:
         for network in networks:  # made now, so a bad choice fails before any frame
             engines.backend(network)
@@ -118,6 +122,21 @@ def build_model_side(args, say: Callable[[str], None],
     decode_detail = engines.decode_detail
     backend_name = ", ".join(f"{n} {engines.backend(n).reason.split(';')[0]}" for n in networks)
     return ModelSide(deca, avatar, cached, encode_flame, decode_detail, backend_name, codes_from)
+
+
+def onnx_exports_pending(pack, networks) -> list[str]:
+    """The networks whose ONNX graph the ONNX-fed backends will export on demand (none in ./engines or
+    $CAPTURE_ENGINES, nor in the per-weights cache): the first run says so before the silence."""
+    try:
+        from .backends.onnxruntime_backend import OnnxRuntimeBackend
+        from .export import default_engines_dir, onnx_cache_dir, pack_weights_sha256
+
+        if not OnnxRuntimeBackend.available("cpu")[0]:
+            return []
+        folders = (default_engines_dir(), onnx_cache_dir(pack_weights_sha256(pack)))
+    except Exception:  # noqa: BLE001 - only a notice: never fail a run over it
+        return []
+    return [n for n in networks if not any((f / f"{n}.onnx").is_file() for f in folders)]
 
 
 class Stopped(KeyboardInterrupt):
@@ -239,9 +258,9 @@ class ChannelOutputs:
             self.sender.close()
 
     def summary(self) -> str:
-        parts = [f"take {t.path} ({t.rows} rows)" for t in self.takes]
+        parts = [f"take {t.path} ({plural(t.rows, 'row')})" for t in self.takes]
         if self.sender is not None:
             s = self.sender
-            parts.append(f"VMC to {s.address[0]}:{s.address[1]}: {s.frames} frames sent"
+            parts.append(f"VMC to {s.address[0]}:{s.address[1]}: {plural(s.frames, 'frame')} sent"
                          + (f", {s.errors} failed ({s.last_error})" if s.errors else ""))
         return "; ".join(parts)

@@ -39,6 +39,7 @@ from typing import Optional
 import numpy as np
 
 from .conventions import INPUT_SIZE
+from .console import native_logs_silenced
 
 # Face-mesh (468/478-point topology) vertices standing in for iBUG-68 points; see the module docstring.
 JAW_MESH_IDX = (127, 234, 93, 132, 58, 136, 150, 176, 152, 400, 379, 365, 288, 361, 323, 454, 356)
@@ -297,42 +298,59 @@ class FaceDetector:
         self._det = None
         self._mesh = None
         self._mesh_track = None
+        self._cold: set[int] = set()  # graphs that have not run yet (their first run logs natively)
 
     # -- graphs ---------------------------------------------------------------------------------
     def _detector(self):
         if self._det is None:
-            from mediapipe.python.solutions import face_detection
+            with native_logs_silenced():
+                from mediapipe.python.solutions import face_detection
 
-            self._det = face_detection.FaceDetection(
-                model_selection=1 if self.full_range else 0, min_detection_confidence=self.min_score
-            )
+                self._det = face_detection.FaceDetection(
+                    model_selection=1 if self.full_range else 0, min_detection_confidence=self.min_score
+                )
+            self._cold.add(id(self._det))
         return self._det
 
     def _mesh_static(self):
         if self._mesh is None:
-            from mediapipe.python.solutions import face_mesh
+            with native_logs_silenced():
+                from mediapipe.python.solutions import face_mesh
 
-            self._mesh = face_mesh.FaceMesh(
-                static_image_mode=True, max_num_faces=self.max_faces, refine_landmarks=self.refine,
-                min_detection_confidence=self.min_score,
-            )
+                self._mesh = face_mesh.FaceMesh(
+                    static_image_mode=True, max_num_faces=self.max_faces, refine_landmarks=self.refine,
+                    min_detection_confidence=self.min_score,
+                )
+            self._cold.add(id(self._mesh))
         return self._mesh
 
     def _mesh_tracking(self):
         if self._mesh_track is None:
-            from mediapipe.python.solutions import face_mesh
+            with native_logs_silenced():
+                from mediapipe.python.solutions import face_mesh
 
-            self._mesh_track = face_mesh.FaceMesh(
-                static_image_mode=False, max_num_faces=1, refine_landmarks=self.refine,
-                min_detection_confidence=self.min_score, min_tracking_confidence=0.5,
-            )
+                self._mesh_track = face_mesh.FaceMesh(
+                    static_image_mode=False, max_num_faces=1, refine_landmarks=self.refine,
+                    min_detection_confidence=self.min_score, min_tracking_confidence=0.5,
+                )
+            self._cold.add(id(self._mesh_track))
         return self._mesh_track
+
+    def _process(self, graph, img: np.ndarray):
+        """graph.process(img); a graph's first run (where MediaPipe logs its set-up) with native logs silenced."""
+        if id(graph) not in self._cold:
+            return graph.process(img)
+        with native_logs_silenced():
+            result = graph.process(img)
+        self._cold.discard(id(graph))
+        return result
 
     def close(self) -> None:
         for name in ("_det", "_mesh", "_mesh_track"):
             graph = getattr(self, name)
             if graph is not None:
                 graph.close()
+                self._cold.discard(id(graph))
                 setattr(self, name, None)
 
     def __enter__(self) -> "FaceDetector":
@@ -350,7 +368,7 @@ class FaceDetector:
         """
         img = as_rgb_uint8(image)
         H, W = img.shape[:2]
-        result = self._detector().process(img)
+        result = self._process(self._detector(), img)
         detections = []
         for det in result.detections or []:
             bb = det.location_data.relative_bounding_box
@@ -363,7 +381,7 @@ class FaceDetector:
         detections = detections[: self.max_faces]
 
         use_mesh = self.use_mesh if use_mesh is None else use_mesh
-        meshes = self._mesh_points(self._mesh_static(), img) if use_mesh else []
+        meshes = self._mesh_points(self._process(self._mesh_static(), img), H, W) if use_mesh else []
         mesh_boxes = [mesh_to_kpt68_box(m) for m in meshes]
         faces, used = [], set()
         for box, score in detections:
@@ -384,13 +402,12 @@ class FaceDetector:
     def track_mesh(self, image: np.ndarray) -> Optional[np.ndarray]:
         """Face mesh in tracking mode (carries its ROI over frames; one face): [468, 2] float32 pixels, [478, 2]
         with `refine`, or None."""
-        meshes = self._mesh_points(self._mesh_tracking(), as_rgb_uint8(image))
+        img = as_rgb_uint8(image)
+        meshes = self._mesh_points(self._process(self._mesh_tracking(), img), *img.shape[:2])
         return meshes[0] if meshes else None
 
     @staticmethod
-    def _mesh_points(graph, img: np.ndarray) -> list[np.ndarray]:
-        H, W = img.shape[:2]
-        result = graph.process(img)
+    def _mesh_points(result, H: int, W: int) -> list[np.ndarray]:
         out = []
         for lm in result.multi_face_landmarks or []:
             pts = np.array([(p.x, p.y) for p in lm.landmark], dtype=np.float32)

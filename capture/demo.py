@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from .assets import ensure_demo_pack, load_pack
 from .assets.locate import cache_dir
 from .avatar import load_avatar
 from .cli_common import CliError, add_backend_argument, run_cli
+from .console import add_version_argument, command, plural, prog, say_once
 from .crop import FaceDetector
 from .deca import DECA, Codes
 from .reconstruct import output_name, reconstruct_one
@@ -56,8 +58,9 @@ def performer_sequence(n_frames: int, fps: float) -> dict[str, np.ndarray]:
     return {"jaw": jaw.astype(np.float32), "exp": exp, "yaw": yaw.astype(np.float32)}
 
 
-def render_performer_clip(deca: DECA, path: Path, n_frames: int, size: tuple[int, int], fps: float) -> dict:
-    """Write the performer clip (with audio); returns the known sequences."""
+def render_performer_clip(deca: DECA, path: Path, n_frames: int, size: tuple[int, int], fps: float,
+                          progress: bool = False) -> dict:
+    """Write the performer clip (with audio); returns the known sequences. progress: a bar on stderr."""
     with FaceDetector() as detector:
         # the astronaut's face fitted onto the demo head by its landmarks, wearing her photo
         performer, _ = load_avatar(deca, "astronaut", detector, cache_dir() / "avatars", texture="photo",
@@ -78,15 +81,28 @@ def render_performer_clip(deca: DECA, path: Path, n_frames: int, size: tuple[int
                              cam=torch.tensor([[7.0, 0.0, 0.0]], device=deca.device))
         colour, alpha = renderer.draw(codes, None)
         picture = colour * alpha + background_t * (1 - alpha)
+        if bar is not None:
+            bar.update(1)
         return (picture[0].permute(1, 2, 0).clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
 
-    make_test_clip(path, frames=n_frames, size=size, fps=fps, audio=True, draw=draw)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n_frames, unit="frame", file=sys.stderr, dynamic_ncols=True)
+    try:
+        make_test_clip(path, frames=n_frames, size=size, fps=fps, audio=True, draw=draw)
+    finally:
+        if bar is not None:
+            bar.close()
     return seq
 
 
+@command
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m capture.demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog("capture-demo", "capture.demo"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_argument(parser)
     parser.add_argument("--target", default="demo", help="'demo' (second demo identity), 'astronaut' or a photo")
     parser.add_argument("-o", "--output", default="demo_out.mp4")
     parser.add_argument("--source", default="demo_source.mp4", help="where the rendered performer clip goes")
@@ -110,20 +126,21 @@ def main(argv=None) -> int:
     check_not_input(args.source, [args.target], what="--source clip")
     pack_dir = ensure_demo_pack()
     pack = load_pack(pack_dir)
-    print(pack.label, flush=True)
+    say_once(lambda text: print(text, flush=True), pack.label)
     deca = DECA.from_pack(pack)
     if args.reconstruct_dir:
         out_dir = Path(args.reconstruct_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         inputs = [p for p in (args.target, args.source, args.output) if Path(p).exists()]
         name = output_name("astronaut", out_dir, inputs, set())  # never over the target photo or the clips
+        print(f"reconstructing the astronaut photo (DECA's single-image demo) into {out_dir}/ ...", flush=True)
         with FaceDetector() as detector:
             written = reconstruct_one(deca, detector, astronaut(), name, out_dir,
                                       choose_source(args.codes_from, pack.synthetic)[0])
-        print(f"reconstructed the astronaut photo: {len(written)} files in {out_dir}/", flush=True)
+        print(f"  wrote {plural(len(written), 'file')}", flush=True)
     print(f"rendering a {args.frames}-frame performer clip ({w}x{h}, {args.fps:g} fps, with audio) "
           f"-> {args.source}", flush=True)
-    render_performer_clip(deca, Path(args.source), args.frames, (w, h), args.fps)
+    render_performer_clip(deca, Path(args.source), args.frames, (w, h), args.fps, progress=True)
     return video.main([args.source, "-o", args.output, "--assets", str(pack_dir), "--target", args.target,
                        "--layout", "side-by-side", "--backend", args.backend, "--codes-from", args.codes_from])
 

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from .console import add_version_argument, command, plural, prog
 from .cli_common import ChannelOutputs, CliError, add_channel_arguments, add_model_arguments, build_model_side, run_cli
 from .session import FrameOutput, RetargetSession
 from .stream.camera import open_camera
@@ -27,8 +28,9 @@ WINDOW = "capture live (q to quit)"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m capture.live", description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog("capture-live", "capture.live"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_argument(parser)
     parser.add_argument("--cam", default="0", help="camera index or device, or a video file / URL")
     add_model_arguments(parser)
     parser.add_argument("--no-display", action="store_true", help="no preview window")
@@ -75,6 +77,7 @@ class Preview:
             pass
 
 
+@command
 def main(argv=None) -> int:
     args = parse_args(argv)
     say = lambda text: print(text, flush=True)  # noqa: E731
@@ -163,8 +166,8 @@ def main(argv=None) -> int:
         source.close()
     c = session.counters
     ended = stats.reason if stats.interrupted else (source.ended_reason or stats.reason)
-    say(f"stopped ({ended}): {stats.frames_out} frames shown, {stats.dropped} dropped, {stats.fps:.1f} FPS; "
-        f"frames without a face: {c.without_face}" + (f"; recorded {writer.frames_written} frames" if writer else "")
+    say(f"stopped ({ended}): {plural(stats.frames_out, 'frame')} shown, {stats.dropped} dropped, {stats.fps:.1f} FPS; "
+        f"frames without a face: {c.without_face}" + (f"; recorded {plural(writer.frames_written, 'frame')}" if writer else "")
         + (f"; {channels.summary()}" if channels is not None else ""))
     say("per stage (median / p95 ms): " + ", ".join(
         f"{name} {s.median_ms:.1f}/{s.p95_ms:.1f}" for name, s in stats.stages.items() if s.count))

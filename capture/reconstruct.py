@@ -24,6 +24,7 @@ from .appearance import extract_texture
 from .assets import AssetError, open_pack
 from .avatar import fit_identity
 from .conventions import INPUT_SIZE
+from .console import add_version_argument, command, plural, prog, say_once
 from .crop import FaceDetector
 from .deca import DECA
 from .meshio import to_uint8_image, write_obj
@@ -103,9 +104,11 @@ def reconstruct_one(deca: DECA, detector: FaceDetector, image: np.ndarray, name:
     return written
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m capture.reconstruct", description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog("capture-reconstruct", "capture.reconstruct"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_argument(parser)
     parser.add_argument("images", nargs="+",
                         help="image files or folders of them; 'astronaut' = skimage's astronaut photo")
     parser.add_argument("-o", "--out", required=True, help="output folder")
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     except AssetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(pack.label, flush=True)
+    say_once(lambda text: print(text, flush=True), pack.label)
     codes_from, why = choose_source(args.codes_from, pack.synthetic)
     print(f"codes from {codes_from} ({why})", flush=True)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 written = reconstruct_one(deca, detector, image, name, out_dir, codes_from)
                 renamed = f" (as {name}: {stem}'s outputs would overwrite an input or another image's)" \
                     if name != stem else ""
-                print(f"{item}: wrote {len(written)} files to {out_dir}/{name}*{renamed}")
+                print(f"{item}: wrote {plural(len(written), 'file')} to {out_dir}/{name}*{renamed}")
             except ImageError as exc:
                 failures += 1
                 print(f"error: {exc}", file=sys.stderr)
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {item}: failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
                       file=sys.stderr)
     if failures:
-        print(f"{failures} of {len(items)} image(s) failed", file=sys.stderr)
+        print(f"{failures} of {plural(len(items), 'image')} failed", file=sys.stderr)
         return 1
     return 0
 

@@ -50,10 +50,12 @@ def merge_codes(source: Codes, target: Codes, pose_mode: str = "source") -> Code
 
 
 # The 224 crop in the avatar views: its side as a fraction of min(H, W), and how far below the frame's centre
-# its centre sits (a fraction of its side). DECA's crop is centred on the face (brows to chin), and a head
-# reaches ~0.21 crop sides above the crop and ~0.03 below it: moved down by 0.09, the whole head is framed.
-VIEW_FILL = 0.72
-VIEW_DROP = 0.09
+# its centre sits (a fraction of its side). DECA's crop is centred on the face (brows to chin); measured on
+# output frames, a head reaches up to ~0.27 crop sides above the crop (the demo identity; the astronaut ~0.24)
+# and the neck ~0.07 below it: 0.68 and 0.10 frame that whole extent with ~4 % of the height to spare on
+# each side (0.72 / 0.09 left the demo identity's crown 2 px from the top of a 360-px frame).
+VIEW_FILL = 0.68
+VIEW_DROP = 0.10
 
 
 def view_transform(frame_size: tuple[int, int], fill: float = VIEW_FILL, drop: float = VIEW_DROP) -> np.ndarray:

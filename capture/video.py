@@ -20,6 +20,7 @@ from typing import Optional
 
 import numpy as np
 
+from .console import add_version_argument, command, plural, prog
 from .cli_common import ChannelOutputs, CliError, add_channel_arguments, add_model_arguments, build_model_side, run_cli
 from .meshio import write_obj
 from .session import FrameOutput, RetargetSession
@@ -80,8 +81,9 @@ def calibration_frames(path: str, start: Optional[float], duration: Optional[flo
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m capture.video", description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog("capture-video", "capture.video"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_argument(parser)
     parser.add_argument("input", help="input video (anything FFmpeg reads)")
     parser.add_argument("-o", "--output", required=True, help="output video (.mp4, .mkv, .mov, .webm)")
     add_model_arguments(parser)
@@ -99,6 +101,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@command
 def main(argv=None) -> int:
     args = parse_args(argv)
     say = lambda text: print(text, flush=True)  # noqa: E731
@@ -141,12 +144,13 @@ def main(argv=None) -> int:
                               decode_detail=model.decode_detail, codes_from=model.codes_from, keep_vertices=needs_vertices)
     if session.source.needs_landmarks:
         calibrated = session.calibrate(calibration_frames(args.input, args.start, args.duration))
-        say(f"performer calibrated on {calibrated} frames of the first {CALIBRATION_SECONDS:g} s")
+        span = min(CALIBRATION_SECONDS, args.duration or CALIBRATION_SECONDS, reader.duration or CALIBRATION_SECONDS)
+        say(f"performer calibrated on {plural(calibrated, 'frame')} of the first {span:.3g} s")
     out_h, out_w = session.output_size
     writer = VideoWriter(out_path, out_w, out_h, fps=reader.fps or 30, time_base=reader.time_base,
                          codec=codec, crf=args.crf, audio_from=args.input if reader.has_audio else None,
                          origin=0.0 if args.start is None else None)
-    say(f"{args.input}: {reader.width}x{reader.height}, ~{reader.frame_count} frames at {reader.fps:.2f} fps"
+    say(f"{args.input}: {reader.width}x{reader.height}, ~{plural(reader.frame_count, 'frame')} at {reader.fps:.2f} fps"
         f"{', audio' if reader.has_audio else ''}; target {args.target}"
         f"{' (cached avatar)' if model.avatar_cached else ''}; backend {model.backend_name}; "
         f"LBS {model.deca.lbs_backend}; layout {args.layout}")
@@ -216,24 +220,25 @@ def main(argv=None) -> int:
     damage = f"; damaged input packets skipped: {reader.skipped_packets}" if reader.skipped_packets else ""
     resized = (f"; frames rescaled to the first frame's {reader.width}x{reader.height} (the input changes size):"
                f" {reader.rescaled}" if reader.rescaled else "")
-    say(f"{stopped}wrote {writer.frames_written} frames to {out_path} "
+    say(f"{stopped}wrote {plural(writer.frames_written, 'frame')} to {out_path} "
         f"in {elapsed:.1f} s ({writer.frames_written / max(elapsed, 1e-9):.1f} FPS); "
         f"frames without a face: {c.without_face} (held {c.held}, passed through {c.passed_through}); "
         f"audio: {writer.audio_summary}{damage}{resized}; backend: {model.backend_name}; "
-        f"codes from {model.codes_from}; D_detail reused on {session.renderer.detail_reused} frames")
+        f"codes from {model.codes_from}; D_detail reused on {plural(session.renderer.detail_reused, 'frame')}")
     if channels is not None:
         say(channels.summary())
     say("per stage (median / p95 ms): " + ", ".join(
         f"{name} {s.median_ms:.1f}/{s.p95_ms:.1f}" for name, s in stats.stages.items() if s.count))
     if reader.truncated:
         print(f"error: {args.input}: the input ended early (truncated or corrupt); the output holds the "
-              f"{writer.frames_written} frames that decoded", file=sys.stderr)
+              f"{plural(writer.frames_written, 'frame')} that decoded", file=sys.stderr)
         return 1
     if stats.interrupted:
         return stats.exit_status
     if reader.skipped_packets:
-        print(f"warning: {args.input}: {reader.skipped_packets} damaged packet(s) could not be decoded and were"
-              f" skipped; the output holds the {writer.frames_written} frames that decoded (exit status 3)",
+        print(f"warning: {args.input}: {plural(reader.skipped_packets, 'damaged packet')} could not be decoded and"
+              f" {'was' if reader.skipped_packets == 1 else 'were'} skipped; the output holds the"
+              f" {plural(writer.frames_written, 'frame')} that decoded (exit status 3)",
               file=sys.stderr)
         return 3
     return 0

@@ -357,12 +357,9 @@ def test_train_check_on_binary_labels_and_missing_config_are_one_line(tmp_path):
 
 
 def _export_cli():
-    import importlib.util
+    import importlib
 
-    spec = importlib.util.spec_from_file_location("export_onnx_cli", ROOT / "export_onnx.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("capture.export_onnx")
 
 
 def test_export_into_an_unwritable_folder_is_one_line(tmp_path, capsys):

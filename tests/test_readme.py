@@ -48,3 +48,22 @@ def test_readme_command(command, scratch):
     assert "Traceback" not in result.stderr
     if "--assets demo" in command or "capture.demo" in command:
         assert "SYNTHETIC" in result.stdout.splitlines()[0]
+
+
+def api_example() -> str:
+    section = (ROOT / "README.md").read_text().split("## Python API", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_api_example_runs(scratch):
+    """The README's Python example, as written, prints one line per frame of the clip (10 frames)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", api_example()], cwd=scratch, capture_output=True, text=True,
+                            timeout=600, env=env)
+    assert result.returncode == 0, f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("capture ")
+    assert lines[1].startswith("True (512, 512, 3)")  # the astronaut's face was found; the avatar layout keeps the size
+    frames = [line for line in lines[2:] if line.endswith("no face") or "jawOpen" in line]
+    assert len(frames) == 10 and all("jawOpen" in line for line in frames)
+    assert "SYNTHETIC" in result.stderr  # the synthetic pack is announced

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..console import add_version_argument, prog
 from .official import inspect_pack, read_pack_meta
 
 
@@ -39,7 +40,8 @@ def _demo(folder: str, seed: int, n_vertices: int | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m capture.assets", description=__doc__)
+    parser = argparse.ArgumentParser(prog=prog("capture-assets", "capture.assets"), description=__doc__)
+    add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate a pack folder: table of files, one line per problem")
     check.add_argument("folder")

@@ -39,8 +39,10 @@ def ensure_demo_pack(seed: int = 0) -> Path:
     target = demo_pack_dir(seed)
     if (target / "pack.json").is_file():
         return target
+    from ..console import notice
     from .demo import write_demo_pack
 
+    notice(f"building the synthetic demo pack (once, 30-60 s; cached in {target})...")
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".demo-pack-", dir=target.parent))
     try:

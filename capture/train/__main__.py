@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from ..cli_common import run_cli
+from ..console import add_version_argument, prog
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -33,7 +34,8 @@ def main(argv=None) -> int:
 
 
 def _main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m capture.train", description=__doc__)
+    parser = argparse.ArgumentParser(prog=prog("capture-train", "capture.train"), description=__doc__)
+    add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     mk = sub.add_parser("make-dataset", help="render a tiny training set from the demo pack")
     mk.add_argument("dir")
@@ -91,9 +93,14 @@ def _main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m capture.train` and the `capture-train` command."""
     import warnings
 
     # a skipped loss is worth one line, not the source line that issued the warning
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,73 @@
+"""What the commands print: plural forms, notices once per command, MediaPipe's native log lines kept off stderr."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from capture import console
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_plural():
+    assert [console.plural(n, "frame") for n in (0, 1, 2)] == ["0 frames", "1 frame", "2 frames"]
+    assert console.plural(1, "was", "were") == "1 was" and console.plural(3, "was", "were") == "3 were"
+
+
+def test_say_once_is_once_per_outermost_command():
+    said = []
+
+    @console.command
+    def inner():
+        console.say_once(said.append, "pack")
+        return 0
+
+    @console.command
+    def outer():
+        console.say_once(said.append, "pack")
+        return inner()
+
+    assert outer() == 0 and said == ["pack"]  # demo -> video in-process: the pack is named once
+    outer()
+    assert said == ["pack", "pack"]  # a second command names it again
+
+
+def _stderr_of(code: str) -> str:
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=ROOT,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stderr
+
+
+def test_native_writes_to_fd2_are_silenced_only_inside():
+    err = _stderr_of("""
+        import os
+        from capture.console import native_logs_silenced
+        os.write(2, b"before\\n")
+        with native_logs_silenced():
+            os.write(2, b"native noise\\n")
+            with native_logs_silenced():
+                os.write(2, b"nested noise\\n")
+            os.write(2, b"still inside\\n")
+        os.write(2, b"after\\n")
+    """)
+    assert err.split() == ["before", "after"]
+
+
+def test_mediapipe_graphs_start_without_log_lines():
+    """Without the silencing, MediaPipe 0.10 prints 'INFO: Created TensorFlow Lite XNNPACK delegate', 'All log
+    messages before absl::InitializeLog()' and 'W0000 ... inference_feedback_manager.cc' lines here."""
+    err = _stderr_of("""
+        import os
+        from skimage.data import astronaut
+        from capture.crop import FaceDetector, FaceTracker
+        with FaceTracker() as tracker:
+            for _ in range(3):
+                assert tracker.update(astronaut()).face is not None
+        with FaceDetector() as detector:
+            assert len(detector.detect(astronaut())) == 1
+        os.write(2, b"done\\n")
+    """)
+    assert err.strip() == "done"
