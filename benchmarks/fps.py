@@ -417,10 +417,19 @@ class Bench:
             self._calibration = collect_crops(clip, n, every=2)
         return self._calibration
 
+    def frames(self, n: int, pace: bool = False):
+        """The first `n` frames of the clip (an iterable with `.arrived`, see FrameSource)."""
+        return FrameSource(self.clip, n, pace=pace)
+
+    def tracker(self):
+        """The face tracker of a session; None: the session's own (MediaPipe)."""
+        return None
+
     def session(self, engines: Optional[Engines], times=None, reference: bool = False):
         from capture.session import RetargetSession
 
         return RetargetSession(self.deca, self.avatar, self.frame_size, layout=self.args.layout, pose_mode="source",
+                               tracker=self.tracker(),
                                encode_flame=None if engines is None else engines.encode_flame,
                                decode_detail=None if engines is None else engines.decode_detail,
                                reference=reference, times=times,
@@ -437,7 +446,7 @@ class Bench:
         """A few frames through a throwaway session: lazy initialisations are not charged to the run."""
         session = self.session(engines, reference=reference)
         try:
-            for frame in FrameSource(self.clip, self.args.warmup):
+            for frame in self.frames(self.args.warmup):
                 session.infer(session.crop(frame))
         finally:
             session.close()
@@ -492,7 +501,7 @@ class Bench:
             times = StepTimes(sync=self.sync)
             session = self.session(engines, times=times)
             writer = self.writer(folder, session, engines.name)
-            source = FrameSource(self.clip, n_frames, pace=self.args.live)
+            source = self.frames(n_frames, pace=self.args.live)
             result = RunResult(engines.name, engines.description, 0, 0.0, 0.0, {}, {}, 0.0, None, settings)
             latencies: list[float] = []
 
@@ -585,7 +594,7 @@ class SerialPath:
                 else f"{engines.description}; fast renderer, one frame at a time")
         settings = dict({} if reference else engines.settings, torch_threads=self.threads)
         self.result = RunResult(tag, what, 0, 0.0, 0.0, {}, {}, 0.0, None, settings)
-        self.source = FrameSource(bench.clip, bench.n_frames)
+        self.source = bench.frames(bench.n_frames)
         self._frames = iter(self.source)
         self.latencies: list[float] = []
         self.chunks: list[Chunk] = []
@@ -664,7 +673,7 @@ class PipelinePath:
         self.times = StepTimes(sync=bench.sync)
         self.session = bench.session(engines, times=self.times)
         self.writer = bench.writer(folder, self.session, engines.name)
-        self.source = FrameSource(bench.clip, bench.n_frames)
+        self.source = bench.frames(bench.n_frames)
         self.latencies: list[float] = []
         self.chunks: list[Chunk] = []
         self.peak_rss = 0.0
