@@ -439,8 +439,13 @@ class Bench:
         from capture.stream.writer import VideoWriter
 
         out_h, out_w = session.output_size
+        options = {}
+        if self.args.live:  # as capture.live records
+            from capture.live import RECORD_PRESET
+
+            options["preset"] = RECORD_PRESET
         return VideoWriter(folder / f"{tag}.mp4", out_w, out_h, fps=self.info["fps"] or CLIP_FPS,
-                           time_base=self.time_base)
+                           time_base=self.time_base, **options)
 
     def warm_up(self, engines: Optional[Engines], reference: bool) -> None:
         """A few frames through a throwaway session: lazy initialisations are not charged to the run."""
