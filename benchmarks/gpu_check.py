@@ -302,8 +302,6 @@ def flame_mesh_ndc(deca, size) -> tuple:
 
 
 def part_raster(ctx: Context, rec: PartRecorder) -> None:
-    import torch
-
     from capture.render import get_rasterizer
 
     deca = ctx.deca()
@@ -631,13 +629,14 @@ def main(argv=None) -> int:
         [p for p in (None if args.dry_run else args.site, str(ROOT), os.environ.get("PYTHONPATH")) if p])
     sys.path.insert(0, str(ROOT))
     # Import the heavy modules once, before forking, without touching CUDA (a forked child must initialise it).
-    import torch  # noqa: F401
+    import torch
 
     import capture.deca  # noqa: F401
     import capture.session  # noqa: F401
     from capture.assets import open_pack
 
     open_pack(args.assets)  # the demo pack is written once here, not in every part
+    del torch
     report = Report(out, {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                           "command": "python benchmarks/gpu_check.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                           "host": f"{platform.node()} ({os.cpu_count()} CPUs)", "dry_run": args.dry_run,
