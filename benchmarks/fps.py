@@ -2,7 +2,7 @@
 present side by side with the eager reference, measured in the same run on the same frames.
 
     python benchmarks/fps.py [--input CLIP|synthetic] [--frames N] [--backends LIST] [--size WxH] [--json OUT]
-                             [--long [--long-frames N]] [--live] [--device cpu|cuda]
+                             [--chunk N] [--long [--long-frames N]] [--live] [--device cpu|cuda]
 
 What runs:
 - the eager reference, the way DECA's own demo works: PyTorch eager networks, the straightforward renderer
@@ -11,6 +11,12 @@ What runs:
 - each backend (torch, onnxruntime, onnxruntime-int8, tensorrt where present): the product's path, i.e. the
   fast renderer in the stage pipeline (decode | crop | networks | render | encode, one thread each, bounded
   queues), with that backend running E_flame and D_detail.
+Offline, the paths are interleaved in chunks of `--chunk` frames over the same frames (eager chunk 1, each
+backend's chunk 1, eager chunk 2, ...; a pipelined path is paused between its chunks, not emptied), and a
+backend's ratio to the eager reference is the median of its paired chunk ratios: a burst of other work on the
+machine slows one chunk, not the median. `machine_load` in the JSON (and a WARNING line) says when the machine
+was busy. `--live` runs each path in one block, its input paced like a camera's; latency there is frame
+released -> frame encoded (median, p95), what a performer feels.
 Every run decodes the same clip, tracks the same face, renders the same avatar in the same layout and encodes
 with the same settings; outputs are compared with the eager reference's (codes and pixels) so that a speed-up
 that changed the picture shows. Per stage: median and p95 ms; end to end: FPS, frame-in -> frame-out latency,
