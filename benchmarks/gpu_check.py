@@ -198,8 +198,8 @@ def part_environment(ctx: Context, rec: PartRecorder) -> None:
     import importlib
 
     versions = {}
-    for name in ("numpy", "cupy", "onnxruntime", "nvdiffrast", "pycuda", "av", "mediapipe", "tensorrt", "cv2",
-                 "triton"):
+    for name in ("numpy", "cupy", "onnxruntime", "nvdiffrast", "pycuda", "pytest", "ninja", "av", "mediapipe",
+                 "tensorrt", "cv2", "triton"):
         try:
             versions[name] = str(getattr(importlib.import_module(name), "__version__", "present"))
         except Exception:  # noqa: BLE001 - absent (or hidden in a dry run)
@@ -545,6 +545,9 @@ def run_part(name: str, ctx_args, out: Path, limit_s: float) -> dict:
             os.dup2(fd, 2)
             sys.stdout = os.fdopen(1, "w", buffering=1)
             sys.stderr = os.fdopen(2, "w", buffering=1)
+            import importlib
+
+            importlib.invalidate_caches()  # the environment part may have installed wheels since the fork
             rec = PartRecorder(record)
             rec.save()
             PART_FUNCTIONS[name](Context(ctx_args), rec)
