@@ -344,6 +344,7 @@ class RunResult:
     fps_from_medians: Optional[float] = None  # serial runs: 1000 / sum of the stage medians (ms)
     rss_series: list = field(default_factory=list)  # long runs: [frames done, RSS MB]
     chunk_fps: list = field(default_factory=list)  # interleaved runs: FPS of each chunk, in order
+    chunk_cpu_ms: list = field(default_factory=list)  # interleaved runs: process CPU ms per frame of each chunk
 
     def to_json(self) -> dict:
         return {"backend": self.name, "description": self.description, "frames": self.frames,
@@ -354,7 +355,7 @@ class RunResult:
                 "cores_busy": round(self.cpu_s / self.wall_s, 2) if self.wall_s else None,
                 "dropped": self.dropped, "settings": self.settings,
                 "fps_from_stage_medians": None if self.fps_from_medians is None else round(self.fps_from_medians, 3),
-                "chunk_fps": self.chunk_fps}
+                "chunk_fps": self.chunk_fps, "chunk_cpu_ms_per_frame": self.chunk_cpu_ms}
 
 
 def _cpu_seconds() -> float:
@@ -799,6 +800,7 @@ def _fill_from_chunks(result: RunResult, chunks: list[Chunk], latencies: list[fl
     result.cpu_s = sum(c.cpu_s for c in chunks)
     result.fps = result.frames / result.wall_s if result.wall_s else 0.0
     result.chunk_fps = [round(c.fps, 3) for c in chunks]
+    result.chunk_cpu_ms = [round(1e3 * c.cpu_s / c.frames, 1) if c.frames else None for c in chunks]
     result.latency_ms = _percentiles(latencies)
     result.peak_rss_mb, result.peak_gpu_mb = peak_rss, peak_gpu
 
@@ -859,6 +861,7 @@ def run_blocks(bench: "Bench", folder: Path, backends: list[str], make: Callable
 
 BUSY_LOAD_PER_CPU = 0.5  # load average (1 min) before the run, per usable CPU, above which others are busy
 BUSY_SPREAD = 0.25  # interquartile range of the chunk ratios relative to their median
+EAGER_CPU_SWING = 1.5  # largest / smallest CPU time per frame of the eager reference's chunks
 
 
 def machine_load(report: dict) -> dict:
@@ -881,8 +884,16 @@ def machine_load(report: dict) -> dict:
     for name, spread in spreads.items():
         if spread > BUSY_SPREAD:
             reasons.append(f"{name}'s chunk ratios spread {100 * spread:.0f} % (interquartile range / median)")
+    # The eager reference's own work grows with the load: its OpenMP threads burn CPU waiting for each other
+    # when a core is taken away (seen: 0.25 -> 2.7 CPU s per frame at load 15 on 2 cores). Then no pairing
+    # makes its ratio a quiet machine's.
+    cpu = [c for c in ((report.get("eager") or {}).get("chunk_cpu_ms_per_frame") or []) if c]
+    swing = round(max(cpu) / min(cpu), 2) if len(cpu) > 1 and min(cpu) > 0 else None
+    if swing is not None and swing > EAGER_CPU_SWING:
+        reasons.append(f"the eager reference's CPU time per frame varied {swing:.1f}x between chunks (its torch "
+                       "threads spin while a core is taken away; --eager-threads 1 avoids that)")
     return {"nproc": nproc, "load_1min_before": before, "load_1min_after": after,
-            "cores_busy_by_this_run": round(ours, 2), "other_load_estimate": others,
+            "cores_busy_by_this_run": round(ours, 2), "other_load_estimate": others, "eager_cpu_swing": swing,
             "chunk_ratio_spread": spreads, "busy": bool(reasons), "reasons": reasons}
 
 
