@@ -2,7 +2,7 @@
 present side by side with the eager reference, measured in the same run on the same frames.
 
     python benchmarks/fps.py [--input CLIP|synthetic] [--frames N] [--backends LIST] [--size WxH] [--json OUT]
-                             [--long [--long-frames N]] [--live] [--device cpu|cuda]
+                             [--chunk N] [--long [--long-frames N]] [--live] [--device cpu|cuda]
 
 What runs:
 - the eager reference, the way DECA's own demo works: PyTorch eager networks, the straightforward renderer
@@ -11,6 +11,12 @@ What runs:
 - each backend (torch, onnxruntime, onnxruntime-int8, tensorrt where present): the product's path, i.e. the
   fast renderer in the stage pipeline (decode | crop | networks | render | encode, one thread each, bounded
   queues), with that backend running E_flame and D_detail.
+Offline, the paths are interleaved in chunks of `--chunk` frames over the same frames (eager chunk 1, each
+backend's chunk 1, eager chunk 2, ...; a pipelined path is paused between its chunks, not emptied), and a
+backend's ratio to the eager reference is the median of its paired chunk ratios: a burst of other work on the
+machine slows one chunk, not the median. `machine_load` in the JSON (and a WARNING line) says when the machine
+was busy. `--live` runs each path in one block, its input paced like a camera's; latency there is frame
+released -> frame encoded (median, p95), what a performer feels.
 Every run decodes the same clip, tracks the same face, renders the same avatar in the same layout and encodes
 with the same settings; outputs are compared with the eager reference's (codes and pixels) so that a speed-up
 that changed the picture shows. Per stage: median and p95 ms; end to end: FPS, frame-in -> frame-out latency,
@@ -322,6 +328,8 @@ class RunResult:
     cpu_s: float = 0.0  # process CPU time (all threads, user + system) over the run
     fps_from_medians: Optional[float] = None  # serial runs: 1000 / sum of the stage medians (ms)
     rss_series: list = field(default_factory=list)  # long runs: [frames done, RSS MB]
+    chunk_fps: list = field(default_factory=list)  # interleaved runs: FPS of each chunk, in order
+    chunk_cpu_ms: list = field(default_factory=list)  # interleaved runs: process CPU ms per frame of each chunk
 
     def to_json(self) -> dict:
         return {"backend": self.name, "description": self.description, "frames": self.frames,
@@ -331,7 +339,8 @@ class RunResult:
                 "cpu_ms_per_frame": round(1e3 * self.cpu_s / max(self.frames, 1), 2),
                 "cores_busy": round(self.cpu_s / self.wall_s, 2) if self.wall_s else None,
                 "dropped": self.dropped, "settings": self.settings,
-                "fps_from_stage_medians": None if self.fps_from_medians is None else round(self.fps_from_medians, 3)}
+                "fps_from_stage_medians": None if self.fps_from_medians is None else round(self.fps_from_medians, 3),
+                "chunk_fps": self.chunk_fps, "chunk_cpu_ms_per_frame": self.chunk_cpu_ms}
 
 
 def _cpu_seconds() -> float:
@@ -400,10 +409,19 @@ class Bench:
             self._calibration = collect_crops(clip, n, every=2)
         return self._calibration
 
+    def frames(self, n: int, pace: bool = False):
+        """The first `n` frames of the clip (an iterable with `.arrived`, see FrameSource)."""
+        return FrameSource(self.clip, n, pace=pace)
+
+    def tracker(self):
+        """The face tracker of a session; None: the session's own (MediaPipe)."""
+        return None
+
     def session(self, engines: Optional[Engines], times=None, reference: bool = False):
         from capture.session import RetargetSession
 
         return RetargetSession(self.deca, self.avatar, self.frame_size, layout=self.args.layout, pose_mode="source",
+                               tracker=self.tracker(),
                                encode_flame=None if engines is None else engines.encode_flame,
                                decode_detail=None if engines is None else engines.decode_detail,
                                reference=reference, times=times,
@@ -413,14 +431,19 @@ class Bench:
         from capture.stream.writer import VideoWriter
 
         out_h, out_w = session.output_size
+        options = {}
+        if self.args.live:  # as capture.live records
+            from capture.live import RECORD_PRESET
+
+            options["preset"] = RECORD_PRESET
         return VideoWriter(folder / f"{tag}.mp4", out_w, out_h, fps=self.info["fps"] or CLIP_FPS,
-                           time_base=self.time_base)
+                           time_base=self.time_base, **options)
 
     def warm_up(self, engines: Optional[Engines], reference: bool) -> None:
         """A few frames through a throwaway session: lazy initialisations are not charged to the run."""
         session = self.session(engines, reference=reference)
         try:
-            for frame in FrameSource(self.clip, self.args.warmup):
+            for frame in self.frames(self.args.warmup):
                 session.infer(session.crop(frame))
         finally:
             session.close()
@@ -447,61 +470,16 @@ class Bench:
 
         engines None: the eager reference, DECA's demo loop (torch eager networks, the reference renderer,
         torch's default threads). With engines: that backend and the fast renderer, serially (`--serial`),
-        which gives each stage's cost without the pipeline's overlap.
+        which gives each stage's cost without the pipeline's overlap. The whole clip in one chunk.
         """
-        from capture.stream.pipeline import StepTimes
-
-        reference = engines is None
-        if reference:
-            torch.set_num_threads(self.args.eager_threads or _DEFAULT_TORCH_THREADS)
-        else:
-            torch.set_num_threads(self.args.torch_threads if self.device.type == "cpu" else _DEFAULT_TORCH_THREADS)
+        path = SerialPath(self, folder, engines)
         try:
-            self.warm_up(engines, reference=reference)
-            times = StepTimes(sync=self.sync)
-            session = self.session(engines, times=times, reference=reference)
-            tag = EAGER if reference else f"{engines.name} serial"
-            writer = self.writer(folder, session, tag.replace(" ", "-"))
-            what = ("eager reference: PyTorch eager fp32, reference renderer, one frame at a time, "
-                    f"{torch.get_num_threads()} torch threads" if reference
-                    else f"{engines.description}; fast renderer, one frame at a time")
-            settings = dict({} if reference else engines.settings, torch_threads=torch.get_num_threads())
-            result = RunResult(tag, what, 0, 0.0, 0.0, {}, {}, 0.0, None, settings)
-            source = FrameSource(self.clip, self.n_frames)
-            latencies = []
-            self._gpu_reset()
-            try:
-                with PeakRss() as peak:
-                    cpu0, started = _cpu_seconds(), time.perf_counter()
-                    it = iter(source)
-                    while True:
-                        with times("decode"):
-                            frame = next(it, None)
-                        if frame is None:
-                            break
-                        with times("crop"):
-                            item = session.crop(frame)
-                        if reference and item.crop is not None and len(result.crops) < INT8_CHECK_CROPS:
-                            result.crops.append(item.crop.numpy().copy())
-                        out = session.infer(item)
-                        with times("encode"):
-                            writer.write(out.image, out.frame.pts, out.frame.time_base)
-                        latencies.append(time.perf_counter() - source.arrived[frame.index])
-                        self._record(result, out)
-                    wall, result.cpu_s = time.perf_counter() - started, _cpu_seconds() - cpu0
-            finally:
-                writer.close()
-                session.close()
-        finally:
-            torch.set_num_threads(_DEFAULT_TORCH_THREADS)
-        result.frames = len(latencies)
-        result.wall_s, result.fps = wall, len(latencies) / wall
-        result.stages = {k: _stage_json(v) for k, v in times.stats().items()}
-        # One frame at a time, a frame costs the sum of its stages; from medians, a figure that a few frames
-        # slowed down by other processes on the machine do not move.
-        result.fps_from_medians = 1e3 / sum(result.stages[k]["median_ms"] for k in STAGES if k in result.stages)
-        result.latency_ms = _percentiles(latencies)
-        result.peak_rss_mb, result.peak_gpu_mb = peak.peak, self._gpu_peak()
+            path.chunk(self.n_frames)
+        except BaseException:
+            path.close()
+            raise
+        result = path.finish()
+        result.chunk_fps = []
         return result
 
     # ------------------------------------------------------------------------------------ pipelined
@@ -520,7 +498,7 @@ class Bench:
             times = StepTimes(sync=self.sync)
             session = self.session(engines, times=times)
             writer = self.writer(folder, session, engines.name)
-            source = FrameSource(self.clip, n_frames, pace=self.args.live)
+            source = self.frames(n_frames, pace=self.args.live)
             result = RunResult(engines.name, engines.description, 0, 0.0, 0.0, {}, {}, 0.0, None, settings)
             latencies: list[float] = []
 
@@ -549,22 +527,389 @@ class Bench:
         result.frames, result.wall_s = stats.frames_out, stats.wall_s
         result.fps, result.dropped = stats.fps, stats.dropped
         stages = {k: _stage_json(v) for k, v in times.stats().items()}
-        renames = {"source": "decode", "sink": "encode", "crop": "crop", "codes": "stage codes+LBS",
-                   "detail": "stage D_detail", "render": "stage draw"}
         for name, s in stats.stages.items():
-            stages[renames[name]] = _stage_json(s)
+            stages[_PIPELINE_STAGE_NAMES[name]] = _stage_json(s)
         result.stages = stages
         result.latency_ms = _percentiles(latencies)
         result.peak_rss_mb, result.peak_gpu_mb = peak.peak, self._gpu_peak()
         return result
 
 
+    # ------------------------------------------------------------------------------------ interleaved
+    def open_serial(self, folder: Path, engines: Optional[Engines] = None) -> "SerialPath":
+        return SerialPath(self, folder, engines)
+
+    def open_pipeline(self, engines: Engines, folder: Path) -> "PipelinePath":
+        return PipelinePath(self, engines, folder)
+
+
+def chunk_sizes(n_frames: int, chunk: int) -> list[int]:
+    """`n_frames` split into chunks of `chunk` frames (the last one takes the remainder when it is short)."""
+    chunk = max(1, min(chunk, n_frames))
+    sizes = [chunk] * (n_frames // chunk)
+    rest = n_frames - sum(sizes)
+    if rest:
+        if sizes and rest < chunk // 2:
+            sizes[-1] += rest
+        else:
+            sizes.append(rest)
+    return sizes
+
+
+@dataclass
+class Chunk:
+    frames: int
+    wall_s: float
+    cpu_s: float
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.wall_s if self.wall_s > 0 else 0.0
+
+
+class SerialPath:
+    """One frame at a time (the eager reference, or a backend with `--serial`), run a chunk at a time.
+
+    The session, writer and clip reader stay open between chunks, so chunk k of every path covers the same
+    frames of the clip; `chunk(n)` processes the next n frames in the calling thread.
+    """
+
+    def __init__(self, bench: "Bench", folder: Path, engines: Optional[Engines] = None):
+        from capture.stream.pipeline import StepTimes
+
+        self.bench, self.engines = bench, engines
+        self.reference = reference = engines is None
+        self.threads = (bench.args.eager_threads or _DEFAULT_TORCH_THREADS) if reference else (
+            bench.args.torch_threads if bench.device.type == "cpu" else _DEFAULT_TORCH_THREADS)
+        torch.set_num_threads(self.threads)
+        bench.warm_up(engines, reference=reference)
+        self.times = StepTimes(sync=bench.sync)
+        self.session = bench.session(engines, times=self.times, reference=reference)
+        tag = EAGER if reference else f"{engines.name} serial"
+        self.writer = bench.writer(folder, self.session, tag.replace(" ", "-"))
+        what = ("eager reference: PyTorch eager fp32, reference renderer, one frame at a time, "
+                f"{self.threads} torch threads" if reference
+                else f"{engines.description}; fast renderer, one frame at a time")
+        settings = dict({} if reference else engines.settings, torch_threads=self.threads)
+        self.result = RunResult(tag, what, 0, 0.0, 0.0, {}, {}, 0.0, None, settings)
+        self.source = bench.frames(bench.n_frames)
+        self._frames = iter(self.source)
+        self.latencies: list[float] = []
+        self.chunks: list[Chunk] = []
+        self.peak_rss = 0.0
+        torch.set_num_threads(_DEFAULT_TORCH_THREADS)
+
+    def chunk(self, n: int) -> Chunk:
+        bench, times, session, result = self.bench, self.times, self.session, self.result
+        torch.set_num_threads(self.threads)
+        done = 0
+        try:
+            with PeakRss() as peak:
+                cpu0, started = _cpu_seconds(), time.perf_counter()
+                while done < n:
+                    with times("decode"):
+                        frame = next(self._frames, None)
+                    if frame is None:
+                        break
+                    with times("crop"):
+                        item = session.crop(frame)
+                    if self.reference and item.crop is not None and len(result.crops) < INT8_CHECK_CROPS:
+                        result.crops.append(item.crop.numpy().copy())
+                    out = session.infer(item)
+                    with times("encode"):
+                        self.writer.write(out.image, out.frame.pts, out.frame.time_base)
+                    self.latencies.append(time.perf_counter() - self.source.arrived.pop(frame.index))
+                    bench._record(result, out)
+                    done += 1
+                chunk = Chunk(done, time.perf_counter() - started, _cpu_seconds() - cpu0)
+        finally:
+            torch.set_num_threads(_DEFAULT_TORCH_THREADS)
+        self.peak_rss = max(self.peak_rss, peak.peak)
+        self.chunks.append(chunk)
+        return chunk
+
+    def close(self) -> None:
+        self.writer.close()
+        self.session.close()
+
+    def finish(self) -> RunResult:
+        self.close()
+        result = self.result
+        _fill_from_chunks(result, self.chunks, self.latencies, self.peak_rss, self.bench._gpu_peak())
+        result.stages = {k: _stage_json(v) for k, v in self.times.stats().items()}
+        # One frame at a time, a frame costs the sum of its stages; from medians, a figure that a few frames
+        # slowed down by other processes on the machine do not move.
+        result.fps_from_medians = 1e3 / sum(result.stages[k]["median_ms"] for k in STAGES if k in result.stages)
+        return result
+
+
+class PipelinePath:
+    """The product's stage pipeline for one backend, run a chunk at a time without emptying it.
+
+    The pipeline runs in a thread for the whole clip. Between two chunks it is paused: the source, every
+    stage and the sink wait at a gate before their next item, so each stage finishes at most the item it
+    holds and the queues keep what they hold; the next chunk resumes from that steady state instead of
+    paying a fill and a drain (which would charge the pipeline a frame-in -> frame-out latency per chunk).
+    `chunk(n)` opens the gate until the sink has written n more frames. Stage times are taken inside the
+    gate (the pipeline's own stage timers would include the pauses). Frames already read when a chunk
+    resumed are left out of the latency figures: their wait includes the pause.
+    """
+
+    def __init__(self, bench: "Bench", engines: Engines, folder: Path):
+        from capture.stream.pipeline import Pipeline, StepTimes
+
+        self.bench, self.engines = bench, engines
+        self.threads = bench.args.torch_threads if bench.device.type == "cpu" else _DEFAULT_TORCH_THREADS
+        torch.set_num_threads(self.threads)
+        try:
+            bench.warm_up(engines, reference=False)
+        finally:
+            torch.set_num_threads(_DEFAULT_TORCH_THREADS)
+        settings = dict(engines.settings, torch_threads=self.threads, depth=bench.args.depth, live=False,
+                        chunk=bench.args.chunk)
+        self.result = RunResult(engines.name, engines.description, 0, 0.0, 0.0, {}, {}, 0.0, None, settings)
+        self.times = StepTimes(sync=bench.sync)
+        self.session = bench.session(engines, times=self.times)
+        self.writer = bench.writer(folder, self.session, engines.name)
+        self.source = bench.frames(bench.n_frames)
+        self.latencies: list[float] = []
+        self.chunks: list[Chunk] = []
+        self.peak_rss = 0.0
+        self._open = threading.Event()  # the gate
+        self._chunk_done = threading.Event()
+        self._stopping = False
+        self._target = self._written = 0
+        self._resumed = 0.0
+        self._stats = None
+        self._error: Optional[BaseException] = None
+        stages = [(name, self._timed(_PIPELINE_STAGE_NAMES[name], fn)) for name, fn in self.session.stages]
+        self.pipeline = Pipeline(self._frames(), stages=stages, sink=self._sink, policy="offline",
+                                 depth=bench.args.depth, finalize=self.writer.close)
+        self._thread = threading.Thread(target=self._run, name=f"path-{engines.name}", daemon=True)
+        self._thread.start()
+
+    def _gate(self) -> None:
+        while not self._open.wait(0.1):
+            if self._stopping:
+                raise RuntimeError("benchmark path stopped")
+
+    def _timed(self, name: str, fn: Callable) -> Callable:
+        def run(item):
+            self._gate()
+            t = time.perf_counter()
+            out = fn(item)
+            self.times.add(name, time.perf_counter() - t)
+            return out
+        return run
+
+    def _frames(self) -> Iterator:
+        frames = iter(self.source)
+        while True:
+            self._gate()
+            t = time.perf_counter()
+            frame = next(frames, None)
+            if frame is None:
+                return
+            self.times.add("decode", time.perf_counter() - t)
+            yield frame
+
+    def _run(self) -> None:
+        try:
+            self._stats = self.pipeline.run()
+        except BaseException as exc:  # noqa: BLE001 - re-raised by chunk()/finish() in the main thread
+            self._error = exc
+        finally:
+            self._chunk_done.set()  # wakes a chunk() waiting on a pipeline that ended
+
+    def _sink(self, out) -> None:
+        self._gate()
+        t = time.perf_counter()
+        self.writer.write(out.image, out.frame.pts, out.frame.time_base)
+        self.times.add("encode", time.perf_counter() - t)
+        arrived = self.source.arrived.pop(out.frame.index)
+        if arrived >= self._resumed:
+            self.latencies.append(time.perf_counter() - arrived)
+        self.bench._record(self.result, out)
+        self._written += 1
+        if self._written >= self._target:
+            self._open.clear()
+            self._chunk_done.set()
+
+    def chunk(self, n: int) -> Chunk:
+        torch.set_num_threads(self.threads)
+        try:
+            with PeakRss() as peak:
+                cpu0, before = _cpu_seconds(), self._written
+                self._target += n
+                self._chunk_done.clear()
+                self._resumed = started = time.perf_counter()
+                self._open.set()
+                while not self._chunk_done.wait(0.1):
+                    pass
+                wall = time.perf_counter() - started
+                if self._error is not None:
+                    raise self._error
+                chunk = Chunk(self._written - before, wall, _cpu_seconds() - cpu0)
+        finally:
+            torch.set_num_threads(_DEFAULT_TORCH_THREADS)
+        self.peak_rss = max(self.peak_rss, peak.peak)
+        self.chunks.append(chunk)
+        return chunk
+
+    def close(self) -> None:
+        """Stop a path that will not finish (an error elsewhere): its threads unwind at the gate."""
+        self._stopping = True
+        self._thread.join(timeout=30)
+        self.session.close()
+
+    def finish(self) -> RunResult:
+        self._open.set()  # the end of the clip: let the end marker through
+        self._thread.join()
+        self.session.close()
+        if self._error is not None:
+            raise self._error
+        result = self.result
+        _fill_from_chunks(result, self.chunks, self.latencies, self.peak_rss, self.bench._gpu_peak())
+        result.dropped = self._stats.dropped
+        result.stages = {k: _stage_json(v) for k, v in self.times.stats().items()}
+        return result
+
+
+_PIPELINE_STAGE_NAMES = {"source": "decode", "sink": "encode", "crop": "crop", "codes": "stage codes+LBS",
+                         "detail": "stage D_detail", "render": "stage draw"}
+
+
+def _fill_from_chunks(result: RunResult, chunks: list[Chunk], latencies: list[float], peak_rss: float,
+                      peak_gpu: Optional[float]) -> None:
+    result.frames = sum(c.frames for c in chunks)
+    result.wall_s = sum(c.wall_s for c in chunks)
+    result.cpu_s = sum(c.cpu_s for c in chunks)
+    result.fps = result.frames / result.wall_s if result.wall_s else 0.0
+    result.chunk_fps = [round(c.fps, 3) for c in chunks]
+    result.chunk_cpu_ms = [round(1e3 * c.cpu_s / c.frames, 1) if c.frames else None for c in chunks]
+    result.latency_ms = _percentiles(latencies)
+    result.peak_rss_mb, result.peak_gpu_mb = peak_rss, peak_gpu
+
+
+def run_interleaved(bench: "Bench", folder: Path, backends: list[str], make: Callable[[str], Engines],
+                    serial: bool, eager: bool, say: Callable[[str], None]) -> tuple:
+    """Every path over the same frames, in chunks, round robin: eager chunk 0, backend A chunk 0, ..., eager
+    chunk 1, ... Returns (eager result or None, {backend: pipelined result}, {backend: serial result})."""
+    paths: list[tuple[str, object]] = []
+    engines_by_name: dict[str, Engines] = {}
+    try:
+        if eager:
+            say("eager reference: warming up")
+            paths.append((EAGER, bench.open_serial(folder)))
+        for name in backends:
+            engines_by_name[name] = engines = make(name)
+            say(f"{name}: {engines.description}: warming up")
+            paths.append((name, bench.open_pipeline(engines, folder)))
+            if serial:
+                paths.append((f"{name} serial", bench.open_serial(folder, engines)))
+        bench._gpu_reset()
+        sizes = chunk_sizes(bench.n_frames, bench.args.chunk)
+        say(f"{bench.n_frames} frames in {len(sizes)} chunk(s) of ~{sizes[0]}, paths interleaved: "
+            + ", ".join(p for p, _ in paths))
+        for k, n in enumerate(sizes):
+            line = []
+            for name, path in paths:
+                line.append(f"{name} {path.chunk(n).fps:.2f}")
+            say(f"  chunk {k + 1}/{len(sizes)} FPS: " + ", ".join(line))
+        results = {name: path.finish() for name, path in paths}
+        paths = []
+    finally:
+        for _, path in paths:  # an error: stop what is still running
+            with contextlib.suppress(Exception):
+                path.close()
+    eager_result = results.pop(EAGER, None)
+    pipelined = {name: results[name] for name in backends}
+    serial_runs = {name: results[f"{name} serial"] for name in backends if f"{name} serial" in results}
+    return eager_result, pipelined, serial_runs, engines_by_name
+
+
+def run_blocks(bench: "Bench", folder: Path, backends: list[str], make: Callable[[str], Engines], serial: bool,
+               eager: bool, say: Callable[[str], None]) -> tuple:
+    """Each path over the whole clip, one after the other (`--live`); same returns as `run_interleaved`."""
+    eager_result = None
+    if eager:
+        say(f"eager reference: {bench.n_frames} frames")
+        eager_result = bench.run_serial(folder)
+    results, serial_runs, engines_by_name = {}, {}, {}
+    for name in backends:
+        engines_by_name[name] = engines = make(name)
+        say(f"{name}: {engines.description}: {bench.n_frames} frames")
+        results[name] = bench.run_pipeline(engines, folder)
+        if serial:
+            serial_runs[name] = bench.run_serial(folder, engines)
+    return eager_result, results, serial_runs, engines_by_name
+
+
+BUSY_LOAD_PER_CPU = 0.5  # load average (1 min) before the run, per usable CPU, above which others are busy
+BUSY_SPREAD = 0.25  # interquartile range of the chunk ratios relative to their median
+EAGER_CPU_SWING = 1.5  # largest / smallest CPU time per frame of the eager reference's chunks
+
+
+def machine_load(report: dict) -> dict:
+    """Whether the numbers were taken on a busy machine, and why: the 1-minute load average before the run
+    (this benchmark not yet running) against the usable CPUs, the load during the run beyond the CPU time
+    this process used, and the spread of each backend's chunk ratios."""
+    nproc = report["machine"]["nproc"] or 1
+    before = (report["load_average"].get("before") or [None])[0]
+    after = (report["load_average"].get("after") or [None])[0]
+    runs = [r for r in [report.get("eager")] + list(report["backends"].values()) if r]
+    ours = sum((r.get("cores_busy") or 0) * r["wall_s"] for r in runs) / max(sum(r["wall_s"] for r in runs), 1e-9)
+    reasons = []
+    if before is not None and before > BUSY_LOAD_PER_CPU * nproc:
+        reasons.append(f"load average {before:.2f} before the run on {nproc} CPUs")
+    others = None if after is None else round(max(0.0, after - ours), 2)
+    if others is not None and others > BUSY_LOAD_PER_CPU * nproc:
+        reasons.append(f"load average {after:.2f} at the end, of which ~{ours:.2f} was this benchmark")
+    spreads = {name: r["ratio_chunks"]["iqr_relative"] for name, r in report["backends"].items()
+               if r.get("ratio_chunks") and r["ratio_chunks"]["iqr_relative"] is not None}
+    for name, spread in spreads.items():
+        if spread > BUSY_SPREAD:
+            reasons.append(f"{name}'s chunk ratios spread {100 * spread:.0f} % (interquartile range / median)")
+    # The eager reference's own work grows with the load: its OpenMP threads burn CPU waiting for each other
+    # when a core is taken away (seen: 0.25 -> 2.7 CPU s per frame at load 15 on 2 cores). Then no pairing
+    # makes its ratio a quiet machine's.
+    cpu = [c for c in ((report.get("eager") or {}).get("chunk_cpu_ms_per_frame") or []) if c]
+    swing = round(max(cpu) / min(cpu), 2) if len(cpu) > 1 and min(cpu) > 0 else None
+    if swing is not None and swing > EAGER_CPU_SWING:
+        reasons.append(f"the eager reference's CPU time per frame varied {swing:.1f}x between chunks (its torch "
+                       "threads spin while a core is taken away; --eager-threads 1 avoids that)")
+    return {"nproc": nproc, "load_1min_before": before, "load_1min_after": after,
+            "cores_busy_by_this_run": round(ours, 2), "other_load_estimate": others, "eager_cpu_swing": swing,
+            "chunk_ratio_spread": spreads, "busy": bool(reasons), "reasons": reasons}
+
+
 # ------------------------------------------------------------------------------------------------ comparison
+def paired_ratios(result: RunResult, eager: RunResult) -> Optional[dict]:
+    """The per-chunk FPS ratios of a path to the eager reference (same frames, run back to back) and their
+    median: a burst of other work on the machine slows one chunk of one path, not the median."""
+    a, b = result.chunk_fps, eager.chunk_fps
+    pairs = [x / y for x, y in zip(a, b) if x > 0 and y > 0]
+    if not pairs:
+        return None
+    r = np.asarray(pairs)
+    median = float(np.median(r))
+    q25, q75 = np.percentile(r, [25, 75])
+    return {"median": round(median, 3), "chunks": [round(float(x), 3) for x in r],
+            "iqr_relative": round(float((q75 - q25) / median), 3) if median else None,
+            "min": round(float(r.min()), 3), "max": round(float(r.max()), 3)}
+
+
 def entry_with_ratios(result: RunResult, eager: Optional[RunResult]) -> dict:
     """A run's JSON entry with its FPS ratios to the eager reference of the same run (when there is one)."""
     entry = result.to_json()
     if eager is not None:
-        entry["ratio_to_eager"] = round(result.fps / eager.fps, 3)
+        paired = paired_ratios(result, eager) if result.chunk_fps and eager.chunk_fps else None
+        if paired is not None and len(paired["chunks"]) > 1:
+            entry["ratio_to_eager"] = paired["median"]
+            entry["ratio_to_eager_whole_run"] = round(result.fps / eager.fps, 3)
+            entry["ratio_chunks"] = paired
+        else:
+            entry["ratio_to_eager"] = round(result.fps / eager.fps, 3)
         entry["ratio_to_eager_medians"] = round(result.fps / eager.fps_from_medians, 3)
     return entry
 
@@ -690,6 +1035,12 @@ def format_tables(report: dict) -> str:
         lines.append(f"{r['backend']:<24}{r['fps']:>7.2f}{ratio_text:>9}{robust_text:>10}{lat_text:>20}"
                      f"{r['cpu_ms_per_frame']:>14.0f}"
                      f"{r['peak_rss_mb']:>13.0f}  {r['description']}")
+    chunked = [r for r in runs if r.get("ratio_chunks")]
+    if chunked:
+        lines.append("x eager: median over chunks of the FPS ratio to the eager reference on the same frames, run "
+                     "back to back (interquartile range / median: "
+                     + ", ".join(f"{r['backend']} {100 * (r['ratio_chunks']['iqr_relative'] or 0):.0f} %"
+                                 for r in chunked) + ")")
     if report.get("eager"):
         lines.append("x eager*: against the eager reference's FPS from its stage medians (1000 / sum of medians), "
                      "which other processes' bursts on the machine do not move")
@@ -713,6 +1064,9 @@ def format_tables(report: dict) -> str:
         lines.append(f"long run ({lg['backend']}): {lg['frames']} frames at {lg['fps']:.1f} FPS, RSS "
                      f"{lg['rss_after_warmup_mb']} -> {lg['rss_end_mb']} MB after warm-up: growth {lg['growth_mb']} MB "
                      f"(slope {lg['slope_mb_per_1k_frames']} MB / 1k frames)")
+    load = report.get("machine_load")
+    if load and load["busy"]:
+        lines.append("WARNING: busy machine, figures are not a quiet machine's: " + "; ".join(load["reasons"]))
     return "\n".join(lines)
 
 
@@ -750,6 +1104,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--spinning", action="store_true",
                         help="let ONNX Runtime's idle workers spin (its own default; off in capture's backend)")
     parser.add_argument("--depth", type=int, default=2, help="pipeline queue depth (offline policy)")
+    parser.add_argument("--chunk", type=int, default=25,
+                        help="offline: frames per chunk; the eager reference and each backend take turns, a chunk "
+                             "each, over the same frames, and a ratio is the median of the chunks' ratios "
+                             "(default 25; --chunk N >= --frames runs each path in one block)")
     parser.add_argument("--warmup", type=int, default=3, help="frames through a throwaway session before each run")
     parser.add_argument("--calibration-frames", type=int, default=CALIBRATION_FRAMES,
                         help=f"INT8 calibration crops (default {CALIBRATION_FRAMES})")
@@ -757,6 +1115,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.frames < 1:
         parser.error("--frames must be >= 1")
+    if args.chunk < 1:
+        parser.error("--chunk must be >= 1")
     return args
 
 
@@ -791,35 +1151,43 @@ def main(argv=None) -> int:
         "stages": list(STAGES),
         "eager": None, "backends": {}, "serial": {}, "skipped": skipped, "int8": None, "long": None,
     }
+    make = lambda name: make_engines(name, bench.pack, bench.device, args, bench.calibration,  # noqa: E731
+                                     bench.codes_from)
+    size = f"{bench.info['width']}x{bench.info['height']}"
+
+    def add(entry: dict, codes_from: str) -> dict:
+        entry["codes_from"], entry["resolution"] = codes_from, size
+        return entry
+
     with tempfile.TemporaryDirectory(prefix="capture-fps-") as tmp:
         folder = Path(tmp)
-        eager = None
-        if not args.no_eager:
-            say(f"eager reference: {bench.n_frames} frames")
-            eager = bench.run_serial(folder)
-            report["eager"] = eager.to_json()
-            say(f"  {eager.fps:.2f} FPS")
-        engines_by_name = {}
-        for name in backends:
-            engines = make_engines(name, bench.pack, bench.device, args, bench.calibration, bench.codes_from)
-            engines_by_name[name] = engines
-            say(f"{name}: {engines.description}: {bench.n_frames} frames")
-            result = bench.run_pipeline(engines, folder)
-            entry = entry_with_ratios(result, eager)
+        if args.live:
+            # Live: each path alone, its input paced at the clip's rate (a camera); latency is what matters
+            # there and a path's FPS is capped by the input rate, so paths are not interleaved.
+            eager, results, serial_runs, engines_by_name = run_blocks(bench, folder, backends, make, args.serial,
+                                                                      not args.no_eager, say)
+        else:
+            eager, results, serial_runs, engines_by_name = run_interleaved(bench, folder, backends, make,
+                                                                           args.serial, not args.no_eager, say)
+        if eager is not None:
+            report["eager"] = add(eager.to_json(), "network")
+            say(f"eager: {eager.fps:.2f} FPS")
+        for name, result in results.items():
+            entry = add(entry_with_ratios(result, eager), bench.codes_from)
             if eager is not None:
                 entry["vs_eager"] = compare(result, eager)
             report["backends"][name] = entry
-            say(f"  {result.fps:.2f} FPS")
-            if args.serial:
-                say(f"{name}, one frame at a time: {bench.n_frames} frames")
-                report["serial"][name] = entry_with_ratios(bench.run_serial(folder, engines), eager)
+            say(f"{name}: {result.fps:.2f} FPS" + (f", {entry['ratio_to_eager']:.2f}x eager" if eager else ""))
+            if name in serial_runs:
+                report["serial"][name] = add(entry_with_ratios(serial_runs[name], eager), bench.codes_from)
             if name == "onnxruntime-int8":
-                report["int8"] = int8_accuracy(bench, engines, eager.crops if eager else [])
+                report["int8"] = int8_accuracy(bench, engines_by_name[name], eager.crops if eager else [])
         if args.long and backends:
             name = max(backends, key=lambda n: report["backends"][n]["fps"])  # the fastest here
             say(f"long run: {args.long_frames} frames through {name}")
             report["long"] = long_run(bench, engines_by_name[name], folder, args.long_frames)
     report["load_average"] = {"before": load_before, "after": load_average()}
+    report["machine_load"] = machine_load(report)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

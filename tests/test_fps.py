@@ -209,7 +209,7 @@ def test_compare_counts_pixel_and_code_differences():
 def test_fps_runs_and_writes_every_stage_with_ratios(tmp_path, demo_pack_dir, capsys):
     fps = _load_fps()
     out = tmp_path / "fps.json"
-    code = fps.main(["--frames", "4", "--backends", "torch", "--size", "256x192", "--warmup", "1",
+    code = fps.main(["--frames", "4", "--chunk", "2", "--backends", "torch", "--size", "256x192", "--warmup", "1",
                      "--json", str(out), "--quiet"])
     assert code == 0
     report = json.loads(out.read_text())
@@ -226,7 +226,55 @@ def test_fps_runs_and_writes_every_stage_with_ratios(tmp_path, demo_pack_dir, ca
             assert run["stages"][stage]["p95_ms"] >= run["stages"][stage]["median_ms"] >= 0
         assert run["latency_ms"]["p95"] >= run["latency_ms"]["median"] > 0
     torch_run = report["backends"]["torch"]
-    assert torch_run["ratio_to_eager"] == pytest.approx(torch_run["fps"] / report["eager"]["fps"], rel=1e-2)
+    # two chunks each, interleaved: the ratio is the median of the paired chunk ratios
+    assert len(report["eager"]["chunk_fps"]) == len(torch_run["chunk_fps"]) == 2
+    paired = [a / b for a, b in zip(torch_run["chunk_fps"], report["eager"]["chunk_fps"])]
+    assert torch_run["ratio_to_eager"] == pytest.approx(float(np.median(paired)), rel=1e-2)
+    assert torch_run["ratio_to_eager_whole_run"] == pytest.approx(torch_run["fps"] / report["eager"]["fps"], rel=1e-2)
+    assert torch_run["codes_from"] == "landmarks" and report["eager"]["codes_from"] == "network"
+    assert torch_run["resolution"] == report["eager"]["resolution"] == "256x192"
+    assert isinstance(report["machine_load"]["busy"], bool)
     assert torch_run["vs_eager"]["frames_compared"] >= 1
     printed = capsys.readouterr().out
     assert "eager" in printed and "x eager" in printed and printed.rstrip().splitlines()[-1].strip()
+
+
+def test_chunk_sizes_cover_the_clip():
+    fps = _load_fps()
+    assert fps.chunk_sizes(200, 25) == [25] * 8
+    assert fps.chunk_sizes(60, 25) == [25, 35]  # a short remainder joins the last chunk
+    assert fps.chunk_sizes(64, 25) == [25, 25, 14]
+    assert fps.chunk_sizes(10, 25) == [10]
+    for n, c in ((1, 1), (7, 3), (101, 10), (9, 4)):
+        assert sum(fps.chunk_sizes(n, c)) == n
+
+
+def test_paired_ratio_is_the_median_and_ignores_one_disturbed_chunk():
+    fps = _load_fps()
+    eager = fps.RunResult("eager", "", 0, 0.0, 0.0, {}, {}, 0.0, None, {})
+    fast = fps.RunResult("b", "", 0, 0.0, 0.0, {}, {}, 0.0, None, {})
+    eager.chunk_fps = [10.0, 10.0, 2.0, 10.0, 10.0]  # another process took the machine during chunk 3
+    fast.chunk_fps = [30.0, 30.0, 30.0, 30.0, 30.0]
+    out = fps.paired_ratios(fast, eager)
+    assert out["median"] == pytest.approx(3.0) and out["max"] == pytest.approx(15.0)
+    assert out["iqr_relative"] == pytest.approx(0.0)
+    # a whole-run ratio would have read 30 / (42 / 5.8) = 4.1
+    eager.chunk_fps = [10.0, 5.0, 10.0, 5.0]
+    assert fps.paired_ratios(fast, eager)["iqr_relative"] > fps.BUSY_SPREAD
+
+
+def test_machine_load_says_when_the_machine_was_busy():
+    fps = _load_fps()
+    run = {"wall_s": 10.0, "cores_busy": 1.8}
+    report = {"machine": {"nproc": 2}, "load_average": {"before": [0.2, 0.1, 0.1], "after": [1.9, 0.9, 0.5]},
+              "eager": dict(run), "backends": {"b": dict(run, ratio_chunks={"iqr_relative": 0.05})}}
+    quiet = fps.machine_load(report)
+    assert not quiet["busy"] and quiet["other_load_estimate"] == pytest.approx(0.1)
+    report["load_average"] = {"before": [3.5, 2.0, 1.0], "after": [5.0, 3.0, 1.0]}
+    report["backends"]["b"]["ratio_chunks"]["iqr_relative"] = 0.6
+    busy = fps.machine_load(report)
+    assert busy["busy"] and len(busy["reasons"]) == 3
+    report["eager"]["chunk_cpu_ms_per_frame"] = [250.0, 260.0, 2700.0]  # the reference itself degraded
+    assert fps.machine_load(report)["eager_cpu_swing"] == pytest.approx(10.8) and len(fps.machine_load(report)["reasons"]) == 4
+    report["eager"]["chunk_cpu_ms_per_frame"] = [250.0, 260.0, 255.0]
+    assert len(fps.machine_load(report)["reasons"]) == 3

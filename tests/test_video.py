@@ -174,6 +174,27 @@ def test_live_from_file_with_record_and_sigint(tmp_path, pack_dir):
     pts, _, _ = probe(out)
     assert 0 < len(pts) == recorded
     assert "dropped" in stdout
+    assert "latency camera frame -> shown/recorded: median" in stdout and "p95" in stdout
+
+
+def test_shown_latency_pairs_each_shown_frame_with_its_arrival_and_forgets_dropped_ones():
+    from types import SimpleNamespace
+
+    from capture.live import ShownLatency
+
+    latency = ShownLatency()
+    frames = latency.stamp(SimpleNamespace(index=i) for i in range(5))
+    for _ in range(4):
+        next(frames)
+    latency.shown(0)
+    latency.shown(3)  # 1 and 2 were dropped in the pipeline
+    assert len(latency.samples) == 2 and len(latency._arrived) == 0
+    next(frames)
+    assert latency.so_far(4) >= 0.0
+    latency.shown(4)
+    median, p95 = latency.percentiles_ms()
+    assert len(latency.samples) == 3 and 0 <= median <= p95
+    assert "median" in latency.summary() and "no frame" in ShownLatency().summary()
 
 
 @pytest.mark.slow

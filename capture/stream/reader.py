@@ -23,8 +23,12 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterator
 
-import av
 import numpy as np
+
+try:
+    import av
+except ImportError:  # a machine without PyAV (e.g. the bare GPU machine): Frame and VideoError still import,
+    av = None  # and opening a video says what is missing (open_input)
 
 __all__ = ["Frame", "VideoError", "VideoReader", "upright", "display_rotation", "video_streams"]
 
@@ -93,6 +97,8 @@ def video_streams(container) -> list:
 
 def open_input(path: str, what: str = "video", **kwargs) -> av.container.InputContainer:
     """av.open for reading, with every failure turned into one VideoError line naming the file."""
+    if av is None:
+        raise VideoError(f"{path}: cannot open {what}: PyAV is not installed (pip install av)")
     if not _is_url(path) and "format" not in kwargs:
         if not os.path.exists(path):
             raise VideoError(f"{path}: file not found (check the {what} path)")
