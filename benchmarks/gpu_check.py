@@ -634,7 +634,7 @@ def main(argv=None) -> int:
     # Import the heavy modules once, before forking, without touching CUDA (a forked child must initialise it).
     import torch
 
-    import capture.deca  # noqa: F401
+    import capture.deca
     import capture.session  # noqa: F401
     from capture.assets import open_pack
 

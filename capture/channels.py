@@ -23,7 +23,7 @@ Left/right are ARKit's: the subject's side. `eyeBlinkLeft` is the subject's left
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Mapping
 
 import numpy as np
 import torch

@@ -38,8 +38,8 @@ from typing import Optional
 
 import numpy as np
 
-from .conventions import INPUT_SIZE
 from .console import native_logs_silenced
+from .conventions import INPUT_SIZE
 
 # Face-mesh (468/478-point topology) vertices standing in for iBUG-68 points; see the module docstring.
 JAW_MESH_IDX = (127, 234, 93, 132, 58, 136, 150, 176, 152, 400, 379, 365, 288, 361, 323, 454, 356)

@@ -26,7 +26,7 @@ from .avatar import load_avatar
 from .cli_common import CliError, add_backend_argument, run_cli
 from .console import add_version_argument, command, plural, prog, say_once
 from .crop import FaceDetector
-from .deca import DECA, Codes
+from .deca import DECA
 from .reconstruct import output_name, reconstruct_one
 from .retarget import AvatarRenderer
 from .sources import CODE_SOURCES, choose_source

@@ -22,7 +22,7 @@ camera is DECA's (s, tx, ty) in that crop, rotations are axis-angle as in DECA's
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np

@@ -16,8 +16,8 @@ import time
 from collections import deque
 from pathlib import Path
 
-from .console import add_version_argument, command, plural, prog
 from .cli_common import ChannelOutputs, CliError, add_channel_arguments, add_model_arguments, build_model_side, run_cli
+from .console import add_version_argument, command, plural, prog
 from .session import FrameOutput, RetargetSession
 from .stream.camera import open_camera
 from .stream.pipeline import Pipeline

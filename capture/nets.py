@@ -19,7 +19,7 @@ from typing import Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from .conventions import INPUT_SIZE, UV_SIZE  # noqa: F401  (UV_SIZE: D_detail's output side, for callers)
+from .conventions import INPUT_SIZE, UV_SIZE
 
 FEATURE_DIM = 2048
 DETAIL_LATENT = 181  # jaw 3 + exp 50 + detail 128

@@ -23,8 +23,8 @@ from PIL import Image
 from .appearance import extract_texture
 from .assets import AssetError, open_pack
 from .avatar import fit_identity
-from .conventions import INPUT_SIZE
 from .console import add_version_argument, command, plural, prog, say_once
+from .conventions import INPUT_SIZE
 from .crop import FaceDetector
 from .deca import DECA
 from .meshio import to_uint8_image, write_obj

@@ -20,8 +20,8 @@ from .deca import DECA, Codes
 from .nets import CODE_LAYOUT
 from .retarget import AvatarRenderer, Prepared
 from .sources import landmarks_to_crop_ndc, make_source
-from .stream.pipeline import no_times
 from .stream.filters import CodeFilter
+from .stream.pipeline import no_times
 from .stream.reader import Frame
 
 FILTERED_KEYS = ("exp", "pose", "cam")

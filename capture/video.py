@@ -20,8 +20,8 @@ from typing import Optional
 
 import numpy as np
 
-from .console import add_version_argument, command, plural, prog
 from .cli_common import ChannelOutputs, CliError, add_channel_arguments, add_model_arguments, build_model_side, run_cli
+from .console import add_version_argument, command, plural, prog
 from .meshio import write_obj
 from .session import FrameOutput, RetargetSession
 from .stream.pipeline import Pipeline

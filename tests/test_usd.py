@@ -6,6 +6,7 @@ import csv
 
 import numpy as np
 import pytest
+
 from face_clips import make_face_clip
 
 pxr = pytest.importorskip("pxr", reason="usd-core is not installed (pip install usd-core)")
@@ -82,10 +83,9 @@ def test_points_channels_and_time_read_back(tmp_path, flame, demo_pack, suffix):
 
 
 def test_video_writes_glb_usd_and_csv_takes_that_agree(tmp_path, demo_pack_dir):
-    from gltf_reader import Glb
-
     from capture import video
     from capture.takes import parse_timecode
+    from gltf_reader import Glb
 
     pts = [0, 40, 80, 120, 160, 200]
     clip = make_face_clip(tmp_path / "in.mp4", len(pts), audio=False, pts=pts, missing=(3,))

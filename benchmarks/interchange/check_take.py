@@ -64,8 +64,9 @@ def main() -> int:
     else:
         print("Blender: skipped")
 
-    from gltf_reader import Glb
     from pxr import Usd, UsdGeom
+
+    from gltf_reader import Glb
 
     rows = list(csv.reader(open(args.csv, newline="")))
     header, body = rows[0], rows[1:]

@@ -119,7 +119,7 @@ def translate_errors(call: str) -> Iterator[None]:
         yield
     except (CudaLBSError, CudaLBSUnavailable, ValueError, TypeError):
         raise
-    except Exception as exc:  # noqa: BLE001 - library exceptions have no common base; re-raised below
+    except Exception as exc:
         status = _status_of(exc)
         if status is None:
             raise CudaLBSError(f"{call} failed: {type(exc).__name__}: {exc}") from exc

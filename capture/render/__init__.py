@@ -15,8 +15,7 @@ from typing import Callable, Dict
 
 import torch
 
-from .base import (Fragments, Rasterizer, empty_fragments, interpolate, interpolate_face_attributes,
-                   texture)
+from .base import Fragments, Rasterizer, empty_fragments, interpolate, interpolate_face_attributes, texture
 from .cpu import CpuRasterizer
 
 log = logging.getLogger(__name__)

@@ -35,8 +35,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from .base import Fragments, Rasterizer, check_rasterize_inputs, empty_fragments
 from ..conventions import DEPTH_FAR, DEPTH_NEAR, ndc_to_pixel
+from .base import Fragments, Rasterizer, check_rasterize_inputs, empty_fragments
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Tuple
 
 import torch
 
-from .base import Fragments, Rasterizer, check_rasterize_inputs, empty_fragments
 from ..conventions import DEPTH_FAR, DEPTH_NEAR, clip_z_to_ndc, ndc_to_clip
+from .base import Fragments, Rasterizer, check_rasterize_inputs, empty_fragments
 
 INSTALL_HINT = ("install it with `pip install diffrp-nvdiffrast` (needs a CUDA build of torch, the CUDA "
                 "toolkit and ninja; plugins compile on first use), or use get_rasterizer('cpu')")

@@ -28,10 +28,10 @@ first error wins and is re-raised by `run()`; an interrupt is not an error: `run
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import signal
 import threading
-import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass, field

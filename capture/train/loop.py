@@ -1,13 +1,12 @@
 """What both stages share: encoders in the two training modes, the run folder, checkpoints, the CSV log."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import csv
 import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
