@@ -238,8 +238,10 @@ def part_lbs(ctx: Context, rec: PartRecorder) -> None:
             v_torch, _ = lbs(betas, pose, *model)
             row = {"batch": batch, "vertices": error_stats(v, v64), "joints": error_stats(j, j64),
                    "torch_fp32_vertices": error_stats(v_torch, v64),
-                   "kernel": ms_per_call(lambda: kernel(betas, pose, *model), ctx.sync, 5 if ctx.dry else 50),
-                   "torch": ms_per_call(lambda: lbs(betas, pose, *model), ctx.sync, 5 if ctx.dry else 50)}
+                   "kernel": ms_per_call(lambda betas=betas, pose=pose: kernel(betas, pose, *model), ctx.sync,
+                                         5 if ctx.dry else 50),
+                   "torch": ms_per_call(lambda betas=betas, pose=pose: lbs(betas, pose, *model), ctx.sync,
+                                        5 if ctx.dry else 50)}
         rows.append(row)
         rec["batches"] = rows
     worst = max(r["vertices"]["max_abs"] for r in rows)
@@ -275,13 +277,15 @@ def part_torch_cuda(ctx: Context, rec: PartRecorder) -> None:
             got = backend.run({spec.input_name: x})[spec.output_name].cpu()
             one = x[:1].to(device)
             rows[label] = {"vs_cpu_fp32": error_stats(got, want),
-                           "batch1": ms_per_call(lambda: backend.run({spec.input_name: one}), ctx.sync,
+                           "batch1": ms_per_call(lambda backend=backend, spec=spec, one=one:
+                                                 backend.run({spec.input_name: one}), ctx.sync,
                                                  1 if ctx.dry else 50, warmup=0 if ctx.dry else 3)}
             out[network] = rows
             rec["networks"] = out
     best = "cpu fp32 eager" if ctx.dry else "cuda fp16 graphs"
     rec.summary = "; ".join(f"{n} {best}: {r[best]['batch1']['median_ms']:.2f} ms, rms error "
-                            f"{100 * r[best]['vs_cpu_fp32']['rms_relative']:.2f} % of the output" for n, r in out.items())
+                            f"{100 * r[best]['vs_cpu_fp32']['rms_relative']:.2f} % of the output"
+                            for n, r in out.items())
 
 
 def flame_mesh_ndc(deca, size) -> tuple:
@@ -324,9 +328,11 @@ def part_raster(ctx: Context, rec: PartRecorder) -> None:
         depth = float((ref.depth[0][both] - got.depth[0].cpu()[both]).abs().max()) if both.any() else None
         rows.append({"size": f"{size[1]}x{size[0]}", "covered_pixels": int(m_ref.sum()), "coverage_iou": iou,
                      "same_triangle_share": same_face, "depth_max_abs": depth,
-                     "ms": {"reference_cpu": ms_per_call(lambda: reference.rasterize(verts.cpu(), faces.cpu(), size),
+                     "ms": {"reference_cpu": ms_per_call(lambda verts=verts, faces=faces, size=size:
+                                                         reference.rasterize(verts.cpu(), faces.cpu(), size),
                                                          None, 2 if ctx.dry else 5, warmup=1),
-                            "test": ms_per_call(lambda: test.rasterize(verts, faces, size), ctx.sync,
+                            "test": ms_per_call(lambda verts=verts, faces=faces, size=size:
+                                                test.rasterize(verts, faces, size), ctx.sync,
                                                 2 if ctx.dry else 50, warmup=1)}})
         rec["sizes"] = rows
     worst = min(r["coverage_iou"] for r in rows)
@@ -410,7 +416,8 @@ def performer_frames(deca, size, n: int) -> tuple[list, dict]:
         with torch.no_grad():
             colour, alpha = renderer.draw(codes, None)
         picture = colour * alpha + background * (1 - alpha)
-        image = np.ascontiguousarray((picture[0].permute(1, 2, 0).clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
+        image = np.ascontiguousarray(
+            (picture[0].permute(1, 2, 0).clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
         on = np.argwhere(alpha[0, 0].cpu().numpy() > 0.5)
         frames.append(Frame(index=i, image=image, pts=i, time_base=Fraction(1, 25), time=i / 25))
         if len(on):
@@ -641,7 +648,8 @@ def main(argv=None) -> int:
     open_pack(args.assets)  # the demo pack is written once here, not in every part
     del torch
     report = Report(out, {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                          "command": "python benchmarks/gpu_check.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                          "command": "python benchmarks/gpu_check.py "
+                          + " ".join(argv if argv is not None else sys.argv[1:]),
                           "host": f"{platform.node()} ({os.cpu_count()} CPUs)", "dry_run": args.dry_run,
                           "plan": args.plan, "budget_s": args.budget_s})
     limits = DRY_LIMITS_S if args.dry_run else LIMITS_S

@@ -129,7 +129,8 @@ def demo_identity(deca: DECA, seed: int = 1) -> Avatar:
     n = lambda *shape, scale=1.0: (torch.randn(*shape, generator=g) * scale).to(deca.device)  # noqa: E731
     light = default_light("cpu")
     codes = Codes(shape=n(1, 100, scale=0.8), tex=n(1, 50, scale=0.8), exp=n(1, 50, scale=0.0),
-                  pose=torch.zeros(1, 6, device=deca.device), cam=torch.tensor([[10.0, 0.0, 0.024]], device=deca.device),
+                  pose=torch.zeros(1, 6, device=deca.device),
+                  cam=torch.tensor([[10.0, 0.0, 0.024]], device=deca.device),
                   light=light.to(deca.device), detail=n(1, 128))
     return Avatar(codes=codes, albedo_uv=None, source=f"demo identity {seed}", key=f"demo-{seed}")
 

@@ -22,9 +22,11 @@ from .trt import TensorRTError, TensorRTUnavailable
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog=prog("capture-build-engines", "capture.build_engines"), description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=prog("capture-build-engines", "capture.build_engines"),
+                                 description=__doc__.splitlines()[0])
     add_version_argument(ap)
-    ap.add_argument("--onnx-dir", type=Path, default=Path("engines"), help="folder of the .onnx files (default engines/)")
+    ap.add_argument("--onnx-dir", type=Path, default=Path("engines"),
+                    help="folder of the .onnx files (default engines/)")
     precision = ap.add_mutually_exclusive_group()
     precision.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="FP16 (default)")
     precision.add_argument("--fp32", dest="precision", action="store_const", const="fp32", help="FP32")

@@ -267,15 +267,17 @@ def measure(p: np.ndarray, n: np.ndarray, anchors: np.ndarray, anchors_n: np.nda
         out[f"mouthSmile{name}"] = _unit(up / scale("smile"))
         out[f"mouthFrown{name}"] = _unit(-up / scale("frown"))
         out[f"mouthStretch{name}"] = _unit((outward - 0.8 * max(up, 0.0)) / scale("stretch"))
-        out[f"mouthLowerDown{name}"] = _unit(-(d[LOWER_OUTER[side]][1] + d[LOWER_INNER[side]][1]) / 2 / scale("lower_down"))
+        out[f"mouthLowerDown{name}"] = _unit(
+            -(d[LOWER_OUTER[side]][1] + d[LOWER_INNER[side]][1]) / 2 / scale("lower_down"))
         out[f"mouthUpperUp{name}"] = _unit((d[UPPER_OUTER[side]][1] + d[UPPER_INNER[side]][1]) / 2 / scale("upper_up"))
         thick = (dist(p, UPPER_OUTER[side], UPPER_INNER[side]) + dist(p, LOWER_OUTER[side], LOWER_INNER[side])) * ref_mm
-        thick_n = (dist(n, UPPER_OUTER[side], UPPER_INNER[side]) + dist(n, LOWER_OUTER[side], LOWER_INNER[side])) * ref_mm
+        thick_n = (dist(n, UPPER_OUTER[side], UPPER_INNER[side])
+                   + dist(n, LOWER_OUTER[side], LOWER_INNER[side])) * ref_mm
         out[f"mouthPress{name}"] = _unit((thick_n - thick) / scale("press"))
 
         e = EYE[side]
-        lid = np.mean([dist(p, u, l) for u, l in zip(e["upper"], e["lower"])])
-        lid_n = max(np.mean([dist(n, u, l) for u, l in zip(e["upper"], e["lower"])]), 1e-9)
+        lid = np.mean([dist(p, upper, lower) for upper, lower in zip(e["upper"], e["lower"])])
+        lid_n = max(np.mean([dist(n, upper, lower) for upper, lower in zip(e["upper"], e["lower"])]), 1e-9)
         out[f"eyeBlink{name}"] = _unit((1.0 - lid / lid_n) / (1.0 - BLINK_CLOSED))
         upper_up = d[list(e["upper"])].mean(0)[1]
         lower_up = d[list(e["lower"])].mean(0)[1]

@@ -110,9 +110,11 @@ def build_model_side(args, say: Callable[[str], None],
     engines = InferenceEngines(pack, args.backend, device=device, options=options)
     # E_flame runs per frame only when the codes come from it
     networks = ("D_detail",) if codes_from == "landmarks" else ("E_flame", "D_detail")
-    pending = onnx_exports_pending(pack, networks) if args.backend.startswith(("auto", "onnxruntime", "tensorrt")) else []
+    onnx_backend = args.backend.startswith(("auto", "onnxruntime", "tensorrt"))
+    pending = onnx_exports_pending(pack, networks) if onnx_backend else []
     if pending:
-        notice(f"exporting {' and '.join(pending)} to ONNX for this pack (once, about {10 * len(pending)} s; cached)...")
+        notice(f"exporting {' and '.join(pending)} to ONNX for this pack "
+               f"(once, about {10 * len(pending)} s; cached)...")
     try:
         for network in networks:  # made now, so a bad choice fails before any frame
             engines.backend(network)

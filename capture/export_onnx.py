@@ -34,7 +34,8 @@ from .export import (
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog=prog("capture-export", "capture.export_onnx"), description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=prog("capture-export", "capture.export_onnx"),
+                                 description=__doc__.splitlines()[0])
     add_version_argument(ap)
     ap.add_argument("--assets", default=None, help="model pack folder, or 'demo' (default: $CAPTURE_ASSETS, cache)")
     ap.add_argument("--out", type=Path, default=Path("engines"), help="output folder (default: engines/)")
@@ -72,7 +73,8 @@ def run(args: argparse.Namespace) -> None:
     for result in results:
         spec = GRAPHS[result.name]
         io = result.sidecar
-        shapes = f"{io['inputs'][0]['name']} {io['inputs'][0]['shape']} -> {io['outputs'][0]['name']} {io['outputs'][0]['shape']}"
+        shapes = (f"{io['inputs'][0]['name']} {io['inputs'][0]['shape']} -> "
+                  f"{io['outputs'][0]['name']} {io['outputs'][0]['shape']}")
         errors = check_parity(result.onnx_path, spec.module(networks), spec, parity_batches(batch),
                               tolerance=args.max_rel_err)
         worst = ", ".join(f"batch {b}: {e:.2e}" for b, e in errors.items())

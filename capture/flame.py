@@ -318,7 +318,8 @@ class FLAME(torch.nn.Module):
         }
         for key, (arr, shape) in lmk_expect.items():
             if tuple(np.shape(arr)) != shape:
-                raise ValueError(f"landmark embedding key '{key}': expected shape {shape}, found {tuple(np.shape(arr))}")
+                raise ValueError(f"landmark embedding key '{key}': expected shape {shape}, "
+                                 f"found {tuple(np.shape(arr))}")
 
         self.n_shape, self.n_exp = int(n_shape), int(n_exp)
         f32 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731

@@ -3,8 +3,8 @@
 The source never waits: when the network falls behind, the oldest waiting frame is dropped (counted), so
 latency stays bounded. A preview window shows FPS and latency (`q` or Esc quits); `--record OUT` writes what is
 shown with the camera's timestamps. Ctrl-C, SIGTERM, SIGHUP, `--max-seconds` or a lost camera end the run
-cleanly with the recording finalised (exit status 128 + signal when a signal stopped it, 1 for a lost camera). `--cam` also takes a video file or URL (played at its own pace) to run the live path
-without a camera.
+cleanly with the recording finalised (exit status 128 + signal when a signal stopped it, 1 for a lost camera).
+`--cam` also takes a video file or URL (played at its own pace) to run the live path without a camera.
 """
 from __future__ import annotations
 
@@ -139,7 +139,8 @@ def main(argv=None) -> int:
         except ValueError:
             raise CliError(f"--size {args.size}: expected WxH, e.g. 1280x720") from None
     display = not args.no_display
-    if display and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    if display and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
+                                                             or os.environ.get("WAYLAND_DISPLAY")):
         print("warning: no display found; running without a preview window (--no-display)", file=sys.stderr)
         display = False
     if args.record:
@@ -162,7 +163,8 @@ def main(argv=None) -> int:
     frame_size = (source.height, source.width)
     session = RetargetSession(model.deca, model.avatar, frame_size, layout=args.layout, pose_mode=args.pose,
                               smooth=not args.no_smooth and model.codes_from != "landmarks", hold_seconds=args.hold,
-                              encode_flame=model.encode_flame, decode_detail=model.decode_detail, codes_from=model.codes_from)
+                              encode_flame=model.encode_flame, decode_detail=model.decode_detail,
+                              codes_from=model.codes_from)
     out_h, out_w = session.output_size
     writer = None
     if args.record:
@@ -219,7 +221,8 @@ def main(argv=None) -> int:
     c = session.counters
     ended = stats.reason if stats.interrupted else (source.ended_reason or stats.reason)
     say(f"stopped ({ended}): {plural(stats.frames_out, 'frame')} shown, {stats.dropped} dropped, {stats.fps:.1f} FPS; "
-        f"frames without a face: {c.without_face}" + (f"; recorded {plural(writer.frames_written, 'frame')}" if writer else "")
+        f"frames without a face: {c.without_face}"
+        + (f"; recorded {plural(writer.frames_written, 'frame')}" if writer else "")
         + (f"; {channels.summary()}" if channels is not None else ""))
     say(latency.summary())
     say("per stage (median / p95 ms): " + ", ".join(

@@ -1,5 +1,5 @@
-"""Mesh files: the textured OBJ + MTL + texture / normal-map PNGs that DECA's save_obj writes (docs/formats.md 3.8), and the
-OBJ sequences of `capture.video --meshes DIR` with one material for the whole sequence (`write_sequence_material`).
+"""Mesh files: the textured OBJ + MTL + texture / normal-map PNGs that DECA's save_obj writes (docs/formats.md 3.8), and
+the OBJ sequences of `capture.video --meshes DIR` with one material for the whole sequence (`write_sequence_material`).
 
 Normal maps: `write_obj(..., normal_map=)` (capture.reconstruct) writes DECA's own `_normals.png`, WORLD-space
 detail normals x 0.5 + 0.5, referenced by a `disp` line as DECA's save_obj does. The sequence material is what

@@ -58,7 +58,8 @@ def tensorrt_missing() -> Optional[str]:
     try:
         import tensorrt  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - a broken install raises OSError/ImportError/...; reported as such
-        return f"the 'tensorrt' module is installed but does not import ({type(exc).__name__}: {exc}); reinstall: {INSTALL_HINT}"
+        return (f"the 'tensorrt' module is installed but does not import ({type(exc).__name__}: {exc}); "
+                f"reinstall: {INSTALL_HINT}")
     import torch
 
     if not torch.cuda.is_available():
@@ -225,7 +226,7 @@ def configure(parsed: ParsedNetwork, options: BuildOptions):
     """Builder config: workspace pool, precision, one batch profile per input, timing cache."""
     import tensorrt as trt
 
-    builder, network = parsed.builder, parsed.network
+    builder = parsed.builder
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
     if options.precision == "fp16":

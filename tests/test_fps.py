@@ -275,6 +275,7 @@ def test_machine_load_says_when_the_machine_was_busy():
     busy = fps.machine_load(report)
     assert busy["busy"] and len(busy["reasons"]) == 3
     report["eager"]["chunk_cpu_ms_per_frame"] = [250.0, 260.0, 2700.0]  # the reference itself degraded
-    assert fps.machine_load(report)["eager_cpu_swing"] == pytest.approx(10.8) and len(fps.machine_load(report)["reasons"]) == 4
+    assert (fps.machine_load(report)["eager_cpu_swing"] == pytest.approx(10.8)
+            and len(fps.machine_load(report)["reasons"]) == 4)
     report["eager"]["chunk_cpu_ms_per_frame"] = [250.0, 260.0, 255.0]
     assert len(fps.machine_load(report)["reasons"]) == 3

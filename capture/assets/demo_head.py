@@ -1173,7 +1173,8 @@ def _blendshapes(mesh: _Mesh, design: _Design, weights, joints, lmk, rng):
     brow_r, brow_l = L[19], L[24]
     nose_tip = L[30]
     alae = [L[31], L[35]]
-    cheek_r = np.array([-0.045, L[33][1] - 0.002, 0.0]); cheek_r[2] = L[31][2] - 0.012
+    cheek_r = np.array([-0.045, L[33][1] - 0.002, 0.0])
+    cheek_r[2] = L[31][2] - 0.012
     cheek_l = cheek_r * np.array([-1, 1, 1])
     eye_l, eye_r = mesh.eye_centres[LEFT_EYE], mesh.eye_centres[RIGHT_EYE]
     ear = [np.array([0.08, 0.012, -0.014]), np.array([-0.08, 0.012, -0.014])]
@@ -1263,7 +1264,8 @@ def _blendshapes(mesh: _Mesh, design: _Design, weights, joints, lmk, rng):
              for s, sx in (("L", 1), ("R", -1))]
     expr += [(f"browUp_{s}", brow_band(sx) * vec(0, 1, 0.1), 9.0) for s, sx in (("L", 1), ("R", -1))]
     expr += [(f"eyeClose_{s}", lids[sx].field(v, close=True), None) for s, sx in (("L", 1), ("R", -1))]
-    expr += [(f"browDown_{s}", brow_band(sx, 0.004, 0.016) * (1 - 0.45 * _smoothstep((np.abs(x) - 0.02) / 0.03))[:, None]
+    expr += [(f"browDown_{s}", brow_band(sx, 0.004, 0.016)
+              * (1 - 0.45 * _smoothstep((np.abs(x) - 0.02) / 0.03))[:, None]
               * vec(-0.35 * sx, -1, 0.25), 6.0) for s, sx in (("L", 1), ("R", -1))]
     expr += [("browInnerUp", (brow_band(1) + brow_band(-1)) * inner_brows * vec(0, 1, 0.1), 7.0)]
     expr += [(f"frown_{s}", corner(sx, 0.013) * vec(0.15 * sx, -1, 0.05), 6.0) for s, sx in (("L", 1), ("R", -1))]

@@ -117,4 +117,5 @@ def make_backend(name: str, network: str, pack, device: Optional[str] = None, *,
 
 
 def _summary(device: Optional[str]) -> str:
-    return "; ".join(f"{n}/{d} {'available' if ok else 'unavailable'} ({why})" for n, d, ok, why in availability(device))
+    return "; ".join(f"{n}/{d} {'available' if ok else 'unavailable'} ({why})"
+                     for n, d, ok, why in availability(device))

@@ -99,13 +99,15 @@ def pack_model(
     K = shapedirs.shape[2]
     P = (J - 1) * 9
     if posedirs_T.shape != (P, V * 3):
-        raise ValueError(f"pack_model: posedirs_T must be [(J-1)*9, V*3] = [{P}, {V * 3}], found {list(posedirs_T.shape)}")
+        raise ValueError(f"pack_model: posedirs_T must be [(J-1)*9, V*3] = [{P}, {V * 3}], "
+                         f"found {list(posedirs_T.shape)}")
     if J_regressor.shape != (J, V):
         raise ValueError(f"pack_model: J_regressor must be [J, V] = [{J}, {V}], found {list(J_regressor.shape)}")
     if lbs_weights.shape != (V, J):
         raise ValueError(f"pack_model: lbs_weights must be [V, J] = [{V}, {J}], found {list(lbs_weights.shape)}")
     if J > MAX_J or K > MAX_K:
-        raise ValueError(f"pack_model: the kernel handles up to {MAX_J} joints and {MAX_K} components, found {J} and {K}")
+        raise ValueError(f"pack_model: the kernel handles up to {MAX_J} joints and {MAX_K} components, "
+                         f"found {J} and {K}")
     device = torch.device(device) if device is not None else v_template.device
 
     def out(t: torch.Tensor) -> torch.Tensor:

@@ -284,7 +284,7 @@ def _cache_dir() -> Path:
     try:
         from capture.assets.locate import cache_dir
         return cache_dir() / "render"
-    except Exception:  # the assets package is optional for rendering; fall back to the same default
+    except Exception:  # noqa: BLE001 - the assets package is optional for rendering; fall back to the same default
         base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         return Path(base) / "capture" / "render"
 
@@ -320,7 +320,7 @@ def c_kernel_error() -> Optional[str]:
         if "lib" not in _c_state and "error" not in _c_state:
             try:
                 _c_state["lib"] = _compile_c_kernel()
-            except Exception as exc:  # any failure means: use the torch kernel, and say why
+            except Exception as exc:  # noqa: BLE001 - any failure means: use the torch kernel, and say why
                 _c_state["error"] = f"{type(exc).__name__}: {exc}"
         return _c_state.get("error")
 

@@ -283,7 +283,7 @@ class Pipeline:
                 except KeyboardInterrupt:
                     self._interrupt(drain=True)
                     break
-                except BaseException as e:
+                except BaseException as e:  # noqa: BLE001 - drain what was read, then report it
                     # Keep what was read: drain it to the sink, then report the source's error.
                     with self._lock:
                         if self._error is None:
@@ -301,7 +301,7 @@ class Pipeline:
             self._put(q, _END)
         except _Abort:
             pass
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - a source failure of any type is reported by the pipeline
             self._fail(e, "source")
 
     def _run_stage(self, index: int) -> None:
@@ -322,7 +322,7 @@ class Pipeline:
             pass
         except KeyboardInterrupt:
             self._interrupt(drain=False)
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - a stage failure of any type drains the pipeline and is reported
             self._fail(e, f"stage {name!r}")
 
     def _run_sink(self) -> None:
@@ -342,7 +342,7 @@ class Pipeline:
             pass
         except KeyboardInterrupt:
             self._interrupt(drain=False)
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - a sink failure of any type drains the pipeline and is reported
             self._fail(e, "sink")
         finally:
             self._done.set()
@@ -373,7 +373,7 @@ class Pipeline:
             if self._finalize is not None:
                 try:
                     self._finalize()
-                except BaseException as e:
+                except BaseException as e:  # noqa: BLE001 - kept and reported after the run's own error
                     finalize_error = e
         if self._error is not None:
             if finalize_error is not None and hasattr(self._error, "add_note"):  # Python >= 3.11

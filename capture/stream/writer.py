@@ -188,7 +188,7 @@ class VideoWriter:
         self.codec = codec
         try:
             av.codec.Codec(codec, "w")
-        except Exception:
+        except Exception:  # noqa: BLE001 - PyAV raises ValueError/RuntimeError/TypeError by version and name
             raise VideoError(f"{self.path}: video encoder {codec!r} is not available in this PyAV build") from None
         self.width, self.height = int(width), int(height)
         fmt = av.VideoFormat(pix_fmt)

@@ -105,7 +105,8 @@ def validate_dataset(root: str | Path, k: int = 2) -> list[Entry]:
         if e.name in seen:
             problems.append(f"{LABELS}: image {e.name} listed twice")
         seen.add(e.name)
-        image, lmk, mask = root / "images" / e.name, root / "landmarks" / f"{e.stem}.txt", root / "masks" / f"{e.stem}.png"
+        image, lmk, mask = (root / "images" / e.name, root / "landmarks" / f"{e.stem}.txt",
+                            root / "masks" / f"{e.stem}.png")
         try:
             size = _image_size(image)
         except (OSError, ValueError) as exc:
@@ -157,7 +158,8 @@ class Batch:
 
 
 def training_crop(points: np.ndarray, scale: float, size: int) -> np.ndarray:
-    """DECA's training crop: landmarks [68, 2] px, box-side multiplier, output side -> T [3, 3] (image px -> crop px)."""
+    """DECA's training crop: landmarks [68, 2] px, box-side multiplier, output side -> T [3, 3]
+    (image px -> crop px)."""
     left, top = points.min(0)
     right, bottom = points.max(0)
     side = ((right - left) + (bottom - top)) / 2.0 * scale

@@ -57,7 +57,8 @@ def detail_terms(renderer: TrainRenderer, d_detail: DetailGenerator, codes: Code
     perm = group_permutation(batch.identity)
     geo2 = TrainGeometry(*(_twice(t) for t in (geo.vertices, geo.normals, geo.screen, geo.landmarks)))
     codes2 = Codes(**{k: _twice(getattr(codes, k)) for k in ("shape", "tex", "exp", "pose", "cam", "light", "detail")})
-    both, uv_z2 = render_with_detail(renderer, d_detail, geo2, _twice(albedo), codes2, torch.cat([detail, detail[perm]]))
+    both, uv_z2 = render_with_detail(renderer, d_detail, geo2, _twice(albedo), codes2,
+                                     torch.cat([detail, detail[perm]]))
     rend = Rendered(both.image[:b], both.alpha[:b], both.uv[:b])
     uv_z = uv_z2[:b]
     mask = batch.masks * rend.alpha
@@ -105,7 +106,8 @@ def train_detail(data_dir: str | Path, out: str | Path, cfg: dict, *, assets: Op
         terms = detail_terms(renderer, d_detail, codes, codes.detail, batch, vgg, cfg["networks"]["mrf_layers"])
         return terms, weighted_total(terms, stage_cfg)
 
-    params = e_detail.param_groups(stage_cfg["lr"], stage_cfg["lr_backbone"]) + [{"params": list(d_detail.parameters())}]
+    params = (e_detail.param_groups(stage_cfg["lr"], stage_cfg["lr_backbone"])
+              + [{"params": list(d_detail.parameters())}])
     return run_stage("detail", data=inputs.data, pack_dir=inputs.pack_dir, out=out, networks=networks, params=params,
                      step_fn=step, cfg=cfg, resume=resume, show_progress=show_progress,
                      modules_for_train=train_mode, fresh_crops=fresh, before_save=e_detail.sync)

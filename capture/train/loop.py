@@ -8,7 +8,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,9 @@ from ..assets import load_pack
 from ..assets.official import PACK_FILES
 from ..nets import INPUT_SIZE, NETWORK_NAMES, ResNet50Encoder, build_networks
 from .dataset import Batch, FaceDataset
+
+if TYPE_CHECKING:
+    from .renderer import TrainRenderer
 
 CHECKPOINT = "deca_model.tar"
 STATE = "train_state.pt"

@@ -28,7 +28,9 @@ def eye_closure_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def photometric_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked L1 colour error: sum(mask |pred - target|) / (3 sum(mask)). pred/target [B, 3, S, S], mask [B, 1, S, S]."""
+    """Masked L1 colour error: sum(mask |pred - target|) / (3 sum(mask)).
+
+    pred/target [B, 3, S, S], mask [B, 1, S, S]."""
     return (mask * (pred - target).abs()).sum() / (3 * mask.sum()).clamp(min=1.0)
 
 
