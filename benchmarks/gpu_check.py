@@ -292,7 +292,7 @@ def flame_mesh_ndc(deca, size) -> tuple:
     """A posed FLAME head of the pack in image NDC for a (H, W) frame, as the product renders it."""
     import torch
 
-    from capture.camera import orthographic
+    from capture.projection import orthographic
 
     B = 1
     shape = torch.zeros(B, deca.flame.n_shape, device=deca.device)
@@ -302,7 +302,7 @@ def flame_mesh_ndc(deca, size) -> tuple:
     ndc = orthographic(verts, torch.tensor([[8.0, 0.0, 0.0]], device=deca.device))
     H, W = size
     ndc = ndc * torch.tensor([min(H, W) / W, min(H, W) / H, 1.0], device=deca.device)  # square head in the frame
-    return ndc, deca.faces
+    return ndc, deca.assets.faces
 
 
 def part_raster(ctx: Context, rec: PartRecorder) -> None:
@@ -336,7 +336,8 @@ def part_raster(ctx: Context, rec: PartRecorder) -> None:
                                                 2 if ctx.dry else 50, warmup=1)}})
         rec["sizes"] = rows
     worst = min(r["coverage_iou"] for r in rows)
-    rec.summary = f"{name} vs CPU rasterizer on FLAME ({deca.faces.shape[0]} triangles): coverage IoU >= {worst:.5f}"
+    triangles = deca.assets.faces.shape[0]
+    rec.summary = f"{name} vs CPU rasterizer on FLAME ({triangles} triangles): coverage IoU >= {worst:.5f}"
     rec["ok"] = worst >= 0.99  # as tests/test_render.py asks of nvdiffrast on random meshes
 
 

@@ -112,23 +112,26 @@ def avatar_normal_map(deca, avatar) -> np.ndarray:
     as a tangent-space normal map: [S, S, 3] uint8 = n x 0.5 + 0.5, flat (128, 128, 255) outside the layout."""
     import torch
 
-    from .appearance import displacement_to_normals, vertex_normals
+    from .views import detail_normal_map, mesh_normals
 
+    assets = deca.assets
     codes = avatar.codes.to(deca.device)
     neutral = codes.replace(exp=torch.zeros_like(codes.exp), pose=torch.zeros_like(codes.pose))
     with torch.inference_mode():
         vertices = deca.flame(neutral.shape, neutral.exp, neutral.pose).vertices
-        normals = vertex_normals(vertices, deca.faces)
-        maps = displacement_to_normals(deca.displacement(neutral), vertices, normals, deca.uv_sampler,
-                                       deca.face_eye_mask, deca.fixed_displacement, deca.grid_faces)
+        normals = mesh_normals(assets, vertices)
+        uv_detail = detail_normal_map(assets, deca.displacement(neutral), vertices, normals)
         uv = deca.pack.uv
         tangent, bitangent = tangent_frames(vertices[0].cpu().numpy(), np.asarray(uv.faces), np.asarray(uv.uvcoords),
                                             np.asarray(uv.uvfaces))
-        as_uv = lambda a: deca.uv_sampler(torch.as_tensor(a, dtype=vertices.dtype, device=deca.device)[None])  # noqa: E731
+
+        def as_uv(a):
+            return assets.uv_sampler.sample(torch.as_tensor(a, dtype=vertices.dtype, device=deca.device)[None])
+
         frames = [t[0].permute(1, 2, 0).double().cpu().numpy() for t in (as_uv(tangent), as_uv(bitangent))]
-        detail = maps.uv_detail_normals[0].permute(1, 2, 0).double().cpu().numpy()
-        coarse = maps.uv_coarse_normals[0].permute(1, 2, 0).double().cpu().numpy()
-        covered = deca.uv_sampler.coverage.cpu().numpy()
+        detail = uv_detail[0].permute(1, 2, 0).double().cpu().numpy()
+        coarse = assets.uv_sampler.sample(normals)[0].permute(1, 2, 0).double().cpu().numpy()
+        covered = assets.uv_sampler.coverage.cpu().numpy()
     n = to_tangent_space(detail, coarse, frames[0], frames[1])
     n[~covered] = (0.0, 0.0, 1.0)
     return np.clip(np.round((n * 0.5 + 0.5) * 255.0), 0, 255).astype(np.uint8)
