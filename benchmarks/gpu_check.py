@@ -428,13 +428,9 @@ def performer_frames(deca, size, n: int) -> tuple[list, dict]:
 
 
 def load_fps_module():
-    import importlib.util
+    import importlib
 
-    spec = importlib.util.spec_from_file_location("fps_bench", ROOT / "benchmarks" / "fps.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fps_bench"] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("capture.fps")
 
 
 def part_e2e(ctx: Context, rec: PartRecorder) -> None:

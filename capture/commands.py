@@ -55,3 +55,7 @@ def export() -> None:
 
 def build_engines() -> None:
     _exit_with("capture.build_engines")
+
+
+def fps() -> None:
+    _exit_with("capture.fps")

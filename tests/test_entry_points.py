@@ -19,7 +19,8 @@ PACKAGES = {"capture.assets", "capture.train"}  # run through their __main__
 MODULES = {"capture-video": "capture.video", "capture-live": "capture.live",
            "capture-reconstruct": "capture.reconstruct", "capture-demo": "capture.demo",
            "capture-assets": "capture.assets", "capture-train": "capture.train",
-           "capture-export": "capture.export_onnx", "capture-build-engines": "capture.build_engines"}
+           "capture-export": "capture.export_onnx", "capture-build-engines": "capture.build_engines",
+           "capture-fps": "capture.fps"}
 
 
 def test_the_distribution_name_is_not_the_taken_one():

@@ -6,9 +6,8 @@ reference and the ratios. No timing is asserted anywhere.
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_fps():
-    spec = importlib.util.spec_from_file_location("fps_bench", ROOT / "benchmarks" / "fps.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fps_bench"] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("capture.fps")
 
 
 # ------------------------------------------------------------------------------------------------ fast paths
