@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .flame import FLAME, blend_shapes, rigid_chain, rodrigues
+from .meshio import vertex_normals
 
 # Apple's ARFaceAnchor.BlendShapeLocation order (also Unreal's EARFaceBlendShape and the Live Link Face stream).
 ARKIT_NAMES = (
@@ -123,15 +124,6 @@ def head_angles(global_pose: np.ndarray) -> np.ndarray:
     return np.array([yaw, pitch, roll])
 
 
-def _vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    tri = vertices[faces]
-    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    out = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(out, faces[:, k], n)
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-
-
 class SubsetLBS:
     """FLAME's LBS (`capture.flame.lbs`, DECA's conventions) evaluated on a few vertices only, exactly: the
     joints depend on shape and expression through J_regressor, so its products with the template and the
@@ -149,7 +141,7 @@ class SubsetLBS:
         J = flame.J_regressor.detach().double().cpu()
         self.J_template = J @ flame.v_template.detach().double().cpu()
         self.J_dirs = torch.einsum("jv,vck->jck", J, flame.shapedirs.detach().double().cpu())
-        self.parents = flame._parents
+        self.parents = flame.joint_parents
         self.n_shape, self.n_exp = flame.n_shape, flame.n_exp
 
     def __call__(self, shape: torch.Tensor, exp: torch.Tensor, full_pose: torch.Tensor) -> torch.Tensor:
@@ -182,7 +174,7 @@ class ChannelModel:
         mean = flame.v_template.detach().double().cpu().numpy()
         lmk = (self._bary[..., None] * mean[corner_ids]).sum(1)
         iod = np.linalg.norm(lmk[36] - lmk[45])
-        normals = _vertex_normals(mean, faces)
+        normals = vertex_normals(mean, faces)
         anchors = []
         for side, sign in SIDES.items():
             c = EYE[side]["corners"]

@@ -345,6 +345,11 @@ class FLAME(torch.nn.Module):
         # Same signature as `lbs`; capture.lbs_cuda.CudaLBS.from_flame(self) can be put here on a GPU.
         self.lbs_impl = lbs
 
+    @property
+    def joint_parents(self) -> tuple[int, ...]:
+        """Each joint's parent index (-1 for the root), as Python ints."""
+        return self._parents
+
     def forward(
         self,
         shape: torch.Tensor,

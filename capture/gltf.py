@@ -49,7 +49,7 @@ from typing import Optional
 
 import numpy as np
 
-from .meshio import tangent_frames
+from .meshio import tangent_frames, vertex_normals
 from .takes import TakeContext, TakeFrame
 
 JOINT_NAMES = ("root", "neck", "jaw", "eye_left", "eye_right")  # FLAME's joint order
@@ -89,17 +89,6 @@ def split_uv_vertices(faces: np.ndarray, uvfaces: np.ndarray) -> tuple[np.ndarra
     pairs = np.stack([np.asarray(faces, np.int64).reshape(-1), np.asarray(uvfaces, np.int64).reshape(-1)], 1)
     unique, inverse = np.unique(pairs, axis=0, return_inverse=True)
     return unique[:, 0], unique[:, 1], inverse.reshape(-1, 3)
-
-
-def _vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    tri = vertices[faces]
-    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    out = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(out, faces[:, k], n)
-    length = np.linalg.norm(out, axis=1, keepdims=True)
-    out = np.where(length > 1e-12, out / np.maximum(length, 1e-12), np.array([0.0, 0.0, 1.0]))
-    return out
 
 
 def top_weights(weights: np.ndarray, k: int = 4) -> tuple[np.ndarray, np.ndarray, float]:
@@ -218,13 +207,14 @@ class AvatarRig:
         self.base = as_np(flame.v_template) + shapedirs[:, :, :n_shape] @ shape  # [V, 3]
         self.expression_dirs = shapedirs[:, :, n_shape:]  # [V, 3, n_exp]
         self.joints = as_np(flame.J_regressor) @ self.base  # [J, 3] rest joints of the identity
-        self.parents = tuple(flame._parents)
+        self.parents = flame.joint_parents
         self.weights = as_np(flame.lbs_weights)
         self.n_exp = self.expression_dirs.shape[2]
         self.src, self.uv_src, self.triangles = split_uv_vertices(context.faces, context.uvfaces)
         uv = np.asarray(context.uvcoords, np.float64)[self.uv_src]
         self.texcoords = np.stack([uv[:, 0], 1.0 - uv[:, 1]], 1)
-        self.normals = _vertex_normals(self.base, np.asarray(context.faces, np.int64))[self.src]
+        faces = np.asarray(context.faces, np.int64)
+        self.normals = vertex_normals(self.base, faces, fallback=(0.0, 0.0, 1.0))[self.src]
         names = list(context.expression_names)[: self.n_exp]
         self.target_names = names + [f"exp{k:02d}" for k in range(len(names), self.n_exp)]
         self.albedo = context.albedo

@@ -63,6 +63,18 @@ def write_obj(path: Path, vertices: np.ndarray, faces: np.ndarray, uvcoords: Opt
 SEQUENCE_MATERIAL = "avatar"  # avatar.mtl, avatar_albedo.png, avatar_normals.png in a --meshes folder
 
 
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray, fallback=None) -> np.ndarray:
+    """Area-weighted unit vertex normals of a numpy mesh [V, 3] (vertices a face does not use: 0, or `fallback`)."""
+    tri = vertices[faces]
+    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    out = np.zeros_like(vertices)
+    for k in range(3):
+        np.add.at(out, faces[:, k], n)
+    length = np.linalg.norm(out, axis=1, keepdims=True)
+    unit = out / np.maximum(length, 1e-12)
+    return unit if fallback is None else np.where(length > 1e-12, unit, np.asarray(fallback, unit.dtype))
+
+
 def tangent_frames(vertices: np.ndarray, faces: np.ndarray, uvcoords: np.ndarray,
                    uvfaces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-vertex tangent (direction of +u on the surface) and bitangent (+v), area-weighted over the faces

@@ -6,7 +6,6 @@ and what is wrong. `inspect_pack` runs them all and collects every problem (for 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import zipfile
@@ -17,6 +16,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from ..artifacts import file_sha256
 from ..conventions import UV_SIZE
 from .pack import (
     N_EXP_FLAME,
@@ -436,14 +436,6 @@ def read_pack_meta(root: Path) -> dict:
         return json.loads(path.read_text())
     except (ValueError, OSError):
         return {"damaged_pack_json": True}
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_pack(root: str | Path) -> ModelPack:
