@@ -171,7 +171,7 @@ def test_emulated_kernel_on_flame_module_buffers():
     """The buffers CudaLBS.from_flame packs (FLAME's 150 DECA components, 5 joints) through the emulation."""
     flame = _flame_module(V=300)
     model = dict(v_template=flame.v_template, shapedirs=flame.shapedirs, posedirs_T=flame.posedirs,
-                 J_regressor=flame.J_regressor, parents=flame._parents, lbs_weights=flame.lbs_weights)
+                 J_regressor=flame.J_regressor, parents=flame.joint_parents, lbs_weights=flame.lbs_weights)
     betas, pose = random_inputs(2, 150, seed=21)
     ref_v, ref_j = torch_lbs(model, betas, pose)
     emu_v, emu_j = emulated_lbs(model, betas, pose)
@@ -360,7 +360,7 @@ def test_cuda_lbs_from_flame_is_a_drop_in_and_follows_the_stream():
     flame = _flame_module().cuda()
     betas, pose = (t.cuda() for t in random_inputs(8, 150, seed=11))
     ref_v, ref_j = lbs(betas, pose, flame.v_template, flame.shapedirs, flame.posedirs, flame.J_regressor,
-                       flame._parents, flame.lbs_weights)
+                       flame.joint_parents, flame.lbs_weights)
     for name in launchers:
         impl = CudaLBS.from_flame(flame, launcher=name)
         assert impl.launcher_name == name
@@ -368,7 +368,7 @@ def test_cuda_lbs_from_flame_is_a_drop_in_and_follows_the_stream():
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # a non-default stream: the launch must follow it
             v, j = impl(betas, pose, flame.v_template, flame.shapedirs, flame.posedirs, flame.J_regressor,
-                        flame._parents, flame.lbs_weights)
+                        flame.joint_parents, flame.lbs_weights)
             v = v.clone()
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()

@@ -4,7 +4,7 @@
     vertices, joints = lbs_impl(betas, pose)        # [B, V, 3], [B, J, 3] float32
     # or with lbs's own signature (the model tensors must be the ones it was built from):
     vertices, joints = lbs_impl(betas, pose, flame.v_template, flame.shapedirs, flame.posedirs,
-                                flame.J_regressor, flame._parents, flame.lbs_weights)
+                                flame.J_regressor, flame.joint_parents, flame.lbs_weights)
 
 Split of the work (same math as `capture.flame.lbs`, checked by tests/test_lbs_cuda.py):
 - once, at construction (`pack_model`): the model tensors go to the kernel's planar layouts, and since
@@ -205,7 +205,7 @@ class CudaLBS:
     def from_flame(cls, flame: torch.nn.Module, device=None, launcher: Optional[str] = None) -> "CudaLBS":
         """From a `capture.flame.FLAME` module's buffers (shapedirs already cut to n_shape + n_exp)."""
         return cls(
-            flame.v_template, flame.shapedirs, flame.posedirs, flame.J_regressor, flame._parents,
+            flame.v_template, flame.shapedirs, flame.posedirs, flame.J_regressor, flame.joint_parents,
             flame.lbs_weights, device=device, launcher=launcher,
         )
 
