@@ -5,6 +5,7 @@ import argparse
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -118,8 +119,8 @@ def build_model_side(args, say: Callable[[str], None],
     try:
         for network in networks:  # made now, so a bad choice fails before any frame
             engines.backend(network)
-    except ValueError as exc:
-        raise CliError(f"--backend {args.backend}: {exc}") from None
+    except (ValueError, RuntimeError) as exc:  # a bad name, an unavailable backend, a failed export or INT8 build
+        raise CliError(f"--backend {args.backend}: {' '.join(str(exc).split())}") from None
     encode_flame = None if codes_from == "landmarks" else engines.encode_flame
     decode_detail = engines.decode_detail
     backend_name = ", ".join(f"{n} {engines.backend(n).reason.split(';')[0]}" for n in networks)
@@ -218,6 +219,8 @@ class ChannelOutputs:
             raise CliError(str(exc)) from None
         if exports and context is None:
             raise ValueError("ChannelOutputs: --export needs the avatar's TakeContext (capture.takes.take_context)")
+        if len({Path(p).resolve() for p in exports}) < len(exports):
+            raise CliError("--export: the same file is given twice")
         for path in exports:
             check_not_input(path, inputs, what="--export file")
             check_writable(str(path))
@@ -230,10 +233,6 @@ class ChannelOutputs:
             self._neck_position = neck_position
         self._flame = deca.flame
         self._last = None
-
-    @property
-    def active(self) -> bool:
-        return bool(self.takes) or self.sender is not None
 
     def add(self, out) -> None:
         """One `capture.session.FrameOutput`."""

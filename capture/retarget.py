@@ -164,7 +164,8 @@ class AvatarRenderer:
         if self.drawing.reuses and self._detail is not None and self._detail[0].shape == latent.shape:
             jaw_tol, exp_tol = DETAIL_REUSE
             moved = (latent - self._detail[0]).abs()
-            if float(moved[:, :3].max()) <= jaw_tol and float(moved[:, 3:53].max()) <= exp_tol:
+            n_exp = codes.exp.shape[1]
+            if bool((moved[:, :3].max() <= jaw_tol) & (moved[:, 3:3 + n_exp].max() <= exp_tol)):  # one sync
                 self.detail_reused += 1
                 return self._detail[1]
         with self._times("D_detail"):

@@ -32,7 +32,7 @@ from typing import Optional
 
 import numpy as np
 import torch
-from pxr import Gf, Sdf, Usd, UsdGeom, UsdShade, Vt
+from pxr import Gf, Sdf, Tf, Usd, UsdGeom, UsdShade, Vt
 
 from .channels import ARKIT_NAMES, Channels
 from .takes import TakeContext, TakeFrame
@@ -58,9 +58,11 @@ class UsdTake:
         self.fps = float(context.fps)
         self._flame = context.flame
         self._shape = np.asarray(context.shape, np.float32).reshape(1, -1)
-        self.stage = Usd.Stage.CreateNew(str(self.path))
-        if self.stage is None:
-            raise OSError(f"{self.path}: USD cannot create this file")
+        try:
+            self.stage = Usd.Stage.CreateNew(str(self.path))
+        except Tf.ErrorException as exc:  # pxr reports a failed create this way, never with None
+            reason = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else "unknown reason"
+            raise OSError(f"{self.path}: USD cannot create this file ({reason})") from None
         stage = self.stage
         UsdGeom.SetStageUpAxis(stage, UsdGeom.Tokens.y)
         UsdGeom.SetStageMetersPerUnit(stage, 1.0)

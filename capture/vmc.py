@@ -45,12 +45,9 @@ def parse_address(text: str) -> tuple[str, int]:
 
 def quaternion_xyzw(axis_angle: np.ndarray) -> np.ndarray:
     """Axis-angle [3] -> unit quaternion (x, y, z, w), same handedness."""
-    v = np.asarray(axis_angle, np.float64)
-    angle = float(np.linalg.norm(v))
-    if angle < 1e-12:
-        return np.array([0.0, 0.0, 0.0, 1.0])
-    axis = v / angle
-    return np.concatenate([axis * np.sin(angle / 2), [np.cos(angle / 2)]])
+    from .gltf import axis_angle_to_quaternion
+
+    return axis_angle_to_quaternion(axis_angle)
 
 
 def to_unity(position: np.ndarray, quaternion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
