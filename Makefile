@@ -23,12 +23,15 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# The whole suite, after the linter (what CI runs). `make test-fast` leaves out the tests marked slow.
+# The whole suite, after the linter (what CI runs), one pytest worker per core (tests/conftest.py: each module
+# runs on one worker, torch one thread per worker). `make test-fast` leaves out the tests marked slow.
+PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadgroup
+
 test: lint
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -48,6 +48,41 @@ def atomic_write(path: PathLike, suffix: str = "") -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def build_lock(path: PathLike) -> Iterator[None]:
+    """Hold an exclusive lock named after `path` (`.<name>.lock` beside it) while `path` is built.
+
+    Processes that need the same cached artifact at the same moment (two commands started together, test
+    workers) then build it once: the others wait here and, checking again after the lock, find it made. The
+    build itself must still write atomically (a crash leaves no half file, and the lock dies with its holder).
+    Without `fcntl` (Windows) this does nothing: concurrent first uses then each build, which stays correct.
+
+        if not ready(path):
+            with build_lock(path):
+                if not ready(path):
+                    build(path)
+    """
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            from .console import notice
+
+            notice(f"waiting for another process that is building {path.name}...")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def write_bytes_atomic(path: PathLike, data: bytes) -> None:
     with atomic_write(path) as tmp:
         tmp.write_bytes(data)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .appearance import extract_texture, sh_shading
-from .artifacts import write_bytes_atomic
+from .artifacts import build_lock, write_bytes_atomic
 from .conventions import INPUT_SIZE
 from .crop import FaceDetector
 from .deca import DECA, Codes
@@ -143,15 +143,33 @@ def load_avatar(deca: DECA, target: str, detector: FaceDetector, cache_dir: Opti
     image, raw = _image_bytes(target)
     key = avatar_key(raw, str(deca.pack.meta.get("weights_sha256", "")), f"{texture}|{codes_from}")
     path = cache_dir / f"avatar-{key}.npz" if cache_dir is not None else None
-    if path is not None and path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                codes = Codes.from_numpy({k: data[k] for k in data.files if not k.startswith("_")},
-                                         device=deca.device)
-                albedo = torch.as_tensor(data["_albedo_uv"], device=deca.device) if "_albedo_uv" in data.files else None
-            return Avatar(codes=codes, albedo_uv=albedo, source=target, key=key), True
-        except (OSError, ValueError, KeyError):
-            path.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, never trusted
+    if path is None:
+        return _build(deca, image, detector, target, key, texture, codes_from, None), False
+    cached = _read_cached(deca, path, target, key)
+    if cached is not None:
+        return cached, True
+    with build_lock(path):  # commands started together build it once
+        cached = _read_cached(deca, path, target, key)
+        if cached is not None:
+            return cached, True
+        return _build(deca, image, detector, target, key, texture, codes_from, path), False
+
+
+def _read_cached(deca: DECA, path: Path, target: str, key: str) -> Optional[Avatar]:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            codes = Codes.from_numpy({k: data[k] for k in data.files if not k.startswith("_")}, device=deca.device)
+            albedo = torch.as_tensor(data["_albedo_uv"], device=deca.device) if "_albedo_uv" in data.files else None
+        return Avatar(codes=codes, albedo_uv=albedo, source=target, key=key)
+    except (OSError, ValueError, KeyError):
+        path.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, never trusted
+        return None
+
+
+def _build(deca: DECA, image, detector: FaceDetector, target: str, key: str, texture: str, codes_from: str,
+           path: Optional[Path]) -> Avatar:
     from .console import notice
 
     notice(f"building the avatar of {target!r} (once per photo and pack; cached)...")
@@ -163,7 +181,7 @@ def load_avatar(deca: DECA, target: str, detector: FaceDetector, cache_dir: Opti
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         write_bytes_atomic(path, buf.getvalue())
-    return avatar, False
+    return avatar
 
 
 __all__ = ["Avatar", "ImageError", "avatar_key", "build_avatar", "demo_identity", "load_avatar"]

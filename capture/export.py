@@ -30,6 +30,7 @@ from torch import nn
 from capture.artifacts import (
     ExportError,
     atomic_write,
+    build_lock,
     default_engines_dir,
     file_sha256,
     onnx_cache_dir,
@@ -345,20 +346,31 @@ def ensure_onnx(pack, name: str, *, engines_dir: Optional[Union[str, Path]] = No
     spec = _spec(name)
     weights = pack_weights_sha256(pack)
     candidates = [Path(engines_dir) if engines_dir is not None else default_engines_dir(), onnx_cache_dir(weights)]
-    for folder in candidates:
-        path = folder / f"{name}.onnx"
-        side = sidecar_path(path)
-        sidecar = None
-        if side.is_file():
-            with contextlib.suppress(ExportError):  # an unreadable sidecar is reported as missing below
-                sidecar = read_sidecar(side)
-        if onnx_problem(path, sidecar, weights) is None:
-            return path
-    if networks is None:
-        from capture.nets import build_networks
 
-        networks = build_networks(pack.checkpoint)
-    (result,) = export_networks(networks, candidates[-1], weights_sha256=weights, synthetic=bool(pack.synthetic),
-                                names=[name])
-    check_parity(result.onnx_path, spec.module(networks), spec, parity_batches("dynamic"))
+    def fresh() -> Optional[Path]:
+        for folder in candidates:
+            path = folder / f"{name}.onnx"
+            side = sidecar_path(path)
+            sidecar = None
+            if side.is_file():
+                with contextlib.suppress(ExportError):  # an unreadable sidecar is reported as missing below
+                    sidecar = read_sidecar(side)
+            if onnx_problem(path, sidecar, weights) is None:
+                return path
+        return None
+
+    found = fresh()
+    if found is not None:
+        return found
+    with build_lock(candidates[-1] / f"{name}.onnx"):  # commands started together export it once
+        found = fresh()
+        if found is not None:
+            return found
+        if networks is None:
+            from capture.nets import build_networks
+
+            networks = build_networks(pack.checkpoint)
+        (result,) = export_networks(networks, candidates[-1], weights_sha256=weights,
+                                    synthetic=bool(pack.synthetic), names=[name])
+        check_parity(result.onnx_path, spec.module(networks), spec, parity_batches("dynamic"))
     return result.onnx_path

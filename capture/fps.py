@@ -174,6 +174,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def synthetic_clip(deca, n_frames: int, size: tuple[int, int], say: Callable[[str], None]) -> Path:
     """The demo performer clip at `size`, `n_frames` long, rendered once into the capture cache."""
+    from capture.artifacts import atomic_write, build_lock
     from capture.assets.locate import cache_dir
     from capture.demo import render_performer_clip
     from capture.export import pack_weights_sha256
@@ -182,11 +183,11 @@ def synthetic_clip(deca, n_frames: int, size: tuple[int, int], say: Callable[[st
     key = pack_weights_sha256(deca.pack)[:12]
     path = cache_dir() / "bench" / f"performer-{key}-{w}x{h}-{n_frames}.mp4"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        say(f"rendering the synthetic performer clip ({n_frames} frames, {w}x{h}) -> {path}")
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.mp4")
-        render_performer_clip(deca, tmp, n_frames, (w, h), CLIP_FPS)
-        os.replace(tmp, path)
+        with build_lock(path):
+            if not path.is_file():
+                say(f"rendering the synthetic performer clip ({n_frames} frames, {w}x{h}) -> {path}")
+                with atomic_write(path, suffix=".mp4") as tmp:
+                    render_performer_clip(deca, tmp, n_frames, (w, h), CLIP_FPS)
     return path
 
 

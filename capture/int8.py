@@ -18,7 +18,15 @@ from typing import Callable, Iterable, Optional, Union
 
 import numpy as np
 
-from capture.artifacts import ExportError, atomic_write, file_sha256, read_sidecar, sidecar_path, write_json_atomic
+from capture.artifacts import (
+    ExportError,
+    atomic_write,
+    build_lock,
+    file_sha256,
+    read_sidecar,
+    sidecar_path,
+    write_json_atomic,
+)
 from capture.nets import CODE_LAYOUT, INPUT_SIZE, GraphSpec, graph_spec
 
 INT8_FORMAT = "capture.onnx-int8/2"  # /2: the sidecar records the calibration source and the error vs fp32
@@ -215,14 +223,20 @@ def ensure_int8_onnx(pack, name: str, calibration: np.ndarray, *, engines_dir: O
     fp32_sha = file_sha256(fp32)
     key = hashlib.sha256(f"{fp32_sha}/{calibration_sha256(calibration)}/{reduce_range}".encode()).hexdigest()[:12]
     dst = fp32.parent / f"{name}.int8-{key}.onnx"
-    side = sidecar_path(dst)
-    if dst.is_file() and side.is_file():
-        with contextlib.suppress(ExportError):
-            sidecar = read_sidecar(side)
-            if (sidecar.get("format") == INT8_FORMAT and sidecar.get("source_onnx_sha256") == fp32_sha
-                    and sidecar.get("onnx_sha256") == file_sha256(dst)):
-                return dst
-    quantize_int8(fp32, dst, calibration, spec, reduce_range=reduce_range, source=source)
+
+    def fresh() -> bool:
+        side = sidecar_path(dst)
+        if dst.is_file() and side.is_file():
+            with contextlib.suppress(ExportError):
+                sidecar = read_sidecar(side)
+                return (sidecar.get("format") == INT8_FORMAT and sidecar.get("source_onnx_sha256") == fp32_sha
+                        and sidecar.get("onnx_sha256") == file_sha256(dst))
+        return False
+
+    if not fresh():
+        with build_lock(dst):  # commands started together quantise it once
+            if not fresh():
+                quantize_int8(fp32, dst, calibration, spec, reduce_range=reduce_range, source=source)
     return dst
 
 

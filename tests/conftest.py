@@ -6,6 +6,11 @@ import os
 # As capture/__init__.py does for the CLIs: numpy's BLAS on one thread (faster for the fit's small products and
 # bit-reproducible: test modules import numpy before capture, so it is set here, before anything loads it).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core: torch (here and in the CLIs the tests start) then takes one thread, so
+    # that two workers never oversubscribe the cores (OpenMP threads spin while waiting for a core). Set before
+    # torch loads; code that picks its thread count itself (fps.py's eager reference) still does.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
@@ -39,7 +44,23 @@ def _cuda_available() -> bool:
         return False
 
 
+# Parallel runs (`pytest -n auto --dist loadgroup`, what `make test` does): each module is one group, run by one
+# worker, so that module fixtures are built once; modules sharing a session fixture that is costly to build share a
+# group. The longest modules are handed out first, so that no worker starts one of them when the others are done.
+_SHARED_GROUPS = {"test_export": "onnx-export", "test_backends": "onnx-export"}
+_LONGEST_FIRST = ["test_train", "test_readme", "test_video", "test_entry_points", "test_export", "test_backends"]
+
+
+def _module(item) -> str:
+    return item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = _module(item)
+        item.add_marker(pytest.mark.xdist_group(_SHARED_GROUPS.get(module, module)))
+    rank = {m: i for i, m in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_module(item), len(rank)))  # stable: the order inside a module is kept
     if _cuda_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine); run on a GPU machine")

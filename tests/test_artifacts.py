@@ -8,6 +8,7 @@ import pytest
 
 from capture.artifacts import (
     atomic_write,
+    build_lock,
     file_sha256,
     read_sidecar,
     sidecar_path,
@@ -72,3 +73,31 @@ def test_file_hash_and_sidecar_name(tmp_path):
     assert file_sha256(path, chunk=7) == hashlib.sha256(b"graph bytes" * 1000).hexdigest()
     assert sidecar_path(path) == tmp_path / "E_flame.onnx.json"
     assert sidecar_path(tmp_path / "E_flame.engine").name == "E_flame.engine.json"
+
+
+def test_build_lock_makes_concurrent_first_uses_build_once(tmp_path):
+    """Four workers need the same artifact at once: one builds it, the others wait and then find it."""
+    import threading
+    import time
+
+    target = tmp_path / "cache" / "graph.onnx"
+    builds = []
+    start = threading.Barrier(4)
+
+    def need_it():
+        start.wait()
+        if not target.is_file():
+            with build_lock(target):
+                if not target.is_file():
+                    builds.append(threading.get_ident())
+                    time.sleep(0.2)  # a slow build: the others arrive while it runs
+                    write_bytes_atomic(target, b"graph")
+
+    workers = [threading.Thread(target=need_it) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(builds) == 1 and target.read_bytes() == b"graph"
+    with build_lock(target):  # released: taking it again does not wait
+        pass

@@ -35,10 +35,20 @@ def demo_pack_dir(seed: int = 0) -> Path:
 
 
 def ensure_demo_pack(seed: int = 0) -> Path:
-    """The demo pack in the cache, written once (atomically, so a crash never leaves half a pack)."""
+    """The demo pack in the cache, written once (atomically, so a crash never leaves half a pack; under a
+    build lock, so that commands started together build it once)."""
     target = demo_pack_dir(seed)
     if (target / "pack.json").is_file():
         return target
+    from ..artifacts import build_lock
+
+    with build_lock(target):
+        if not (target / "pack.json").is_file():
+            _write_demo_pack(target, seed)
+    return target
+
+
+def _write_demo_pack(target: Path, seed: int) -> None:
     from ..console import notice
     from .demo import write_demo_pack
 
@@ -49,13 +59,12 @@ def ensure_demo_pack(seed: int = 0) -> Path:
         write_demo_pack(scratch, seed=seed)
         try:
             scratch.rename(target)
-        except OSError:  # another process won the race
+        except OSError:  # another process won the race (a platform without build locks)
             if not (target / "pack.json").is_file():
                 raise
     finally:
         if scratch.exists():
             shutil.rmtree(scratch, ignore_errors=True)
-    return target
 
 
 def resolve_pack_dir(assets: Optional[str] = None) -> Path:

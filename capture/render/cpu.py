@@ -297,16 +297,19 @@ def _compile_c_kernel() -> ctypes.CDLL:
     key = hashlib.sha256("\0".join([_C_SOURCE, " ".join(_C_FLAGS), version, platform.machine()]).encode())
     target = _cache_dir() / f"cpu_raster_{key.hexdigest()[:16]}.so"
     if not target.is_file():
-        from capture.artifacts import atomic_write
+        from capture.artifacts import atomic_write, build_lock
 
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # atomic: concurrent first uses never load half a file
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp, atomic_write(target) as out:
-            src = Path(tmp) / "cpu_raster.c"
-            src.write_text(_C_SOURCE)
-            proc = subprocess.run([compiler, *_C_FLAGS, str(src), "-o", str(out)], capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{compiler} failed to build the CPU raster kernel:\n{proc.stderr[-2000:]}")
+        # atomic: a reader never loads half a file; locked: concurrent first uses compile it once
+        with build_lock(target):
+            if not target.is_file():
+                with tempfile.TemporaryDirectory(dir=target.parent) as tmp, atomic_write(target) as out:
+                    src = Path(tmp) / "cpu_raster.c"
+                    src.write_text(_C_SOURCE)
+                    proc = subprocess.run([compiler, *_C_FLAGS, str(src), "-o", str(out)], capture_output=True,
+                                          text=True)
+                    if proc.returncode != 0:
+                        raise RuntimeError(f"{compiler} failed to build the CPU raster kernel:\n"
+                                           f"{proc.stderr[-2000:]}")
     lib = ctypes.CDLL(str(target))
     fn = lib.capture_rasterize
     fn.restype = ctypes.c_int

@@ -44,6 +44,8 @@ def _main(argv=None) -> int:
     mk.add_argument("--per-identity", type=int, default=6)
     mk.add_argument("--size", type=int, default=224)
     mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--no-detail", action="store_true",
+                    help="shade with the coarse normals only (no D_detail pass: faster, for coarse-stage data)")
     ck = sub.add_parser("check", help="validate a dataset folder")
     ck.add_argument("dir")
     ck.add_argument("--k", type=int, default=2)
@@ -56,7 +58,7 @@ def _main(argv=None) -> int:
         from .make_dataset import make_dataset
 
         out = make_dataset(args.dir, assets=args.assets, identities=args.identities, per_identity=args.per_identity,
-                           size=args.size, seed=args.seed)
+                           size=args.size, seed=args.seed, detail=not args.no_detail)
         print(f"wrote {args.identities * args.per_identity} images of {args.identities} identities to {out}")
         return 0
     if args.command == "check":

@@ -28,13 +28,14 @@ def coarse_terms(renderer: TrainRenderer, codes: Codes, batch: Batch, identity_n
     """
     on = lambda term: weights[f"w_{term}"] != 0  # noqa: E731
     use_identity = on("identity") and identity_net is not None
-    geo = renderer.geometry(codes)
+    renders = on("photo") or use_identity or on("shape_consistency")
+    geo = renderer.geometry(codes, normals=renders)
     terms = {}
     if on("landmark"):
         terms["landmark"] = L.landmark_loss(geo.landmarks, batch.landmarks)
     if on("eye"):
         terms["eye"] = L.eye_closure_loss(geo.landmarks, batch.landmarks)
-    if on("photo") or use_identity or on("shape_consistency"):
+    if renders:
         albedo = renderer.albedo(codes.tex)
     if on("photo") or use_identity:
         rend = renderer.render(geo, albedo, codes.light)

@@ -28,6 +28,7 @@ from ..crop import image_points_to_crop, warp_crop
 
 N_LANDMARKS = 68
 LABELS = "labels.csv"
+FIXED_CROP_BUDGET = 512 * 2**20  # bytes of fixed crops kept in memory (about 8000 crops at 64 px, 700 at 224)
 
 
 class DatasetError(ValueError):
@@ -189,6 +190,8 @@ class FaceDataset:
         rng = np.random.default_rng(seed)
         self.crop_scales = rng.uniform(*self.scale_range, size=(len(self.entries), int(crops_per_image)))
         self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._fixed: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._fixed_bytes = 0
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -219,6 +222,19 @@ class FaceDataset:
         return (torch.from_numpy(crop).permute(2, 0, 1).contiguous(), torch.as_tensor(lmk, dtype=torch.float32),
                 torch.from_numpy(np.ascontiguousarray(mask_crop))[None])
 
+    def _fixed_crop(self, index: int, crop_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`crop(index, crop_scales[index, crop_id])`, warped once and kept while the kept crops fit the budget
+        (fine-tuning draws the same fixed crops at every step)."""
+        key = (index, crop_id)
+        if key in self._fixed:
+            return self._fixed[key]
+        part = self.crop(index, float(self.crop_scales[index, crop_id]))
+        size = sum(t.numel() * t.element_size() for t in part)
+        if self._fixed_bytes + size <= FIXED_CROP_BUDGET:
+            self._fixed[key] = part
+            self._fixed_bytes += size
+        return part
+
     def batch(self, indices, crops=None, scales=None) -> Batch:
         """Crops of `indices`: cached crop ids `crops`, or explicit `scales` (one per index)."""
         indices = list(map(int, indices))
@@ -226,11 +242,11 @@ class FaceDataset:
         for j, i in enumerate(indices):
             if crops is not None:
                 c = int(crops[j])
-                scale = float(self.crop_scales[i, c])
+                parts.append(self._fixed_crop(i, c))
             else:
                 c = -1
                 scale = float(scales[j]) if scales is not None else float(np.mean(self.scale_range))
-            parts.append(self.crop(i, scale))
+                parts.append(self.crop(i, scale))
             crop_ids.append(c)
         images, lmks, masks = (torch.stack(p) for p in zip(*parts))
         return Batch(images=images, landmarks=lmks, masks=masks,

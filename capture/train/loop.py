@@ -146,9 +146,13 @@ class TrainableEncoder:
         if todo:
             if any(keys[j][1] < 0 for j in todo):
                 raise ValueError("fine-tuning mode needs cached crops: sample batches with fresh=False")
-            self.encoder.encoder.eval()
+            backbone = self.encoder.encoder.eval()
+            # channels-last: the same convolutions about 1.3x faster on the CPU for these batches; the backbone is
+            # frozen here, so changing the weights' memory layout changes no value (the checkpoint is the same)
+            backbone.to(memory_format=torch.channels_last)
             with torch.no_grad():
-                feats = self.encoder.encoder(encoder_input(batch.images[todo]))
+                images = encoder_input(batch.images[todo]).contiguous(memory_format=torch.channels_last)
+                feats = backbone(images)
             for j, f in zip(todo, feats):
                 self._features[keys[j]] = f
         return torch.stack([self._features[k] for k in keys])

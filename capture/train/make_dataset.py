@@ -48,8 +48,12 @@ def random_codes(rng: np.random.Generator, identity: dict, n: int) -> Codes:
 
 
 def make_dataset(out: str | Path, *, assets: Optional[str] = None, identities: int = 4, per_identity: int = 6,
-                 size: int = 224, seed: int = 0) -> Path:
-    """Render the tiny dataset into `out`; returns the folder."""
+                 size: int = 224, seed: int = 0, detail: bool = True) -> Path:
+    """Render the tiny dataset into `out`; returns the folder.
+
+    detail: shade with D_detail's normals (as DECA's images have wrinkles); False shades the coarse surface, which
+    skips the largest cost of a render and is enough for the coarse stage (E_flame never sees the detail code).
+    The random draws do not depend on it: the same seed gives the same people, expressions, poses and lights."""
     out = Path(out)
     for sub in ("images", "landmarks", "masks", "truth"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -64,7 +68,11 @@ def make_dataset(out: str | Path, *, assets: Optional[str] = None, identities: i
         codes = random_codes(rng, identity, per_identity)
         with torch.no_grad():
             geo = renderer.geometry(codes)
-            rend, _ = render_with_detail(renderer, nets.d_detail, geo, renderer.albedo(codes.tex), codes, codes.detail)
+            albedo = renderer.albedo(codes.tex)
+            if detail:
+                rend, _ = render_with_detail(renderer, nets.d_detail, geo, albedo, codes, codes.detail)
+            else:
+                rend = renderer.render(geo, albedo, codes.light)
             skin = F.grid_sample(face_mask.expand(per_identity, -1, -1, -1), rend.uv, align_corners=False) * rend.alpha
         ys = torch.linspace(0, 1, size)[None, :, None]
         for j in range(per_identity):

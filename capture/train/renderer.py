@@ -25,7 +25,7 @@ from ..views import mesh_normals
 @dataclass
 class TrainGeometry:
     vertices: torch.Tensor  # [B, V, 3] world (FLAME metres)
-    normals: torch.Tensor  # [B, V, 3] world vertex normals
+    normals: Optional[torch.Tensor]  # [B, V, 3] world vertex normals (None when not asked for: nothing rendered)
     screen: torch.Tensor  # [B, V, 3] crop NDC
     landmarks: torch.Tensor  # [B, 68, 2] crop NDC (the 2D landmarks, contour following the yaw)
 
@@ -72,9 +72,11 @@ class TrainRenderer:
         self.pack = assets.pack
         self.rasterizer = get_rasterizer("cpu")
 
-    def geometry(self, codes: Codes) -> TrainGeometry:
+    def geometry(self, codes: Codes, normals: bool = True) -> TrainGeometry:
+        """FLAME, projected; normals=False leaves out the vertex normals (a landmark-only step renders nothing)."""
         out = self.assets.flame(codes.shape, codes.exp, codes.pose)
-        return TrainGeometry(vertices=out.vertices, normals=mesh_normals(self.assets, out.vertices),
+        vertex_normals = mesh_normals(self.assets, out.vertices) if normals else None
+        return TrainGeometry(vertices=out.vertices, normals=vertex_normals,
                              screen=orthographic(out.vertices, codes.cam),
                              landmarks=orthographic(out.landmarks2d, codes.cam)[..., :2])
 
