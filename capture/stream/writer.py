@@ -411,9 +411,12 @@ class VideoWriter:
             self._first_time = t
         if self._pad_w or self._pad_h:
             image = np.pad(image, ((0, self._pad_h), (0, self._pad_w), (0, 0)), mode="edge")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        image = np.ascontiguousarray(image)
         if self._to_yuv is not None:
-            frame = self._to_yuv.frame(frame, self._video.pix_fmt)
+            # no copy into an RGB frame first: the conversion reads the array and makes the encoder's frame
+            frame = self._to_yuv.frame(av.VideoFrame.from_numpy_buffer(image, format="rgb24"), self._video.pix_fmt)
+        else:
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")  # a copy: the encoder may keep the frame
         frame.pts = pts - round(self._origin_time() / self.time_base)
         frame.time_base = self.time_base
         if self._failed is not None:
