@@ -74,14 +74,15 @@ def session_options(threads: Optional[int] = None, spinning: bool = False):
     return options
 
 
-def _cpu_graph(path: Path) -> Optional[bytes]:
+def _cpu_graph(network: str, path: Path) -> Optional[bytes]:
     """The graph rewritten for the CPU provider (`capture.backends.conv_taps`), None: load the file as it is
     (nothing to rewrite, or no onnx package to rewrite it with: same numbers, slower)."""
     import importlib.util
 
-    if importlib.util.find_spec("onnx") is None:
+    from .conv_taps import NETWORKS, cpu_graph
+
+    if network not in NETWORKS or importlib.util.find_spec("onnx") is None:
         return None
-    from .conv_taps import cpu_graph
 
     return cpu_graph(path)
 
@@ -117,7 +118,7 @@ class OnnxRuntimeBackend(Backend):
             providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
-        graph = _cpu_graph(self.onnx_path) if self.device.type == "cpu" else None
+        graph = _cpu_graph(network, self.onnx_path) if self.device.type == "cpu" else None
         self.session = ort.InferenceSession(graph if graph is not None else str(self.onnx_path),
                                             session_options(threads, spinning), providers=providers)
         active = self.session.get_providers()
