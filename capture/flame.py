@@ -364,7 +364,13 @@ class FLAME(torch.nn.Module):
             out.shapedirs = self.shapedirs[..., self.n_shape:].contiguous()
         out.n_shape, out.n_exp = 0, self.n_exp
         out._parents = self._parents
-        out.lbs_impl = lbs if self.lbs_impl is lbs else type(self.lbs_impl).from_flame(out)
+        if self.lbs_impl is lbs:
+            out.lbs_impl = lbs
+        elif hasattr(type(self.lbs_impl), "from_flame"):
+            out.lbs_impl = type(self.lbs_impl).from_flame(out)
+        else:
+            raise TypeError(f"with_identity: lbs_impl {self.lbs_impl!r} has no from_flame(flame) to rebuild it for "
+                            "the shaped buffers; use torch's capture.flame.lbs or give it one")
         return out
 
     @property
