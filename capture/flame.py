@@ -244,8 +244,8 @@ def dynamic_contour_rows(pose: torch.Tensor, parents: Parents, neck_joint: int =
 class FlameOutput:
     vertices: torch.Tensor  # [B, V, 3] FLAME metres
     joints: torch.Tensor  # [B, 5, 3] posed joints
-    landmarks2d: torch.Tensor  # [B, 68, 3]: 17 yaw-dependent contour points, then 51 static ones
-    landmarks3d: torch.Tensor  # [B, 68, 3]: the fixed full embedding
+    landmarks2d: Optional[torch.Tensor]  # [B, 68, 3]: 17 yaw-dependent contour points, then 51 static ones
+    landmarks3d: Optional[torch.Tensor]  # [B, 68, 3]: the fixed full embedding (both None: not asked for)
 
 
 def _check(name: str, t: torch.Tensor, expected: tuple, ref: torch.Tensor) -> None:
@@ -345,6 +345,34 @@ class FLAME(torch.nn.Module):
         # Same signature as `lbs`; capture.lbs_cuda.CudaLBS.from_flame(self) can be put here on a GPU.
         self.lbs_impl = lbs
 
+    def with_identity(self, shape: torch.Tensor) -> "FLAME":
+        """This model with one identity's shape folded in, for posing that identity frame after frame.
+
+        shape [1, n_shape] -> a FLAME whose template is the shaped template v_template + shapedirs . shape and
+        whose only blendshapes are the expression ones (n_shape = 0: its forward takes shape [B, 0]). It gives
+        forward(shape, ...)'s vertices up to float rounding without the pass over the identity basis (two
+        thirds of the blendshape data, the bulk of LBS's memory traffic) on every call. Shares the other
+        buffers; an `lbs_impl` other than torch's is rebuilt for the new buffers (`.from_flame`).
+        """
+        _check("shape", shape, (1, self.n_shape), self.v_template)
+        out = FLAME.__new__(FLAME)
+        torch.nn.Module.__init__(out)
+        for name, buffer in self.named_buffers(recurse=False):
+            out.register_buffer(name, buffer)
+        with torch.no_grad():
+            out.v_template = self.v_template + blend_shapes(shape, self.shapedirs[..., : self.n_shape])[0]
+            out.shapedirs = self.shapedirs[..., self.n_shape:].contiguous()
+        out.n_shape, out.n_exp = 0, self.n_exp
+        out._parents = self._parents
+        if self.lbs_impl is lbs:
+            out.lbs_impl = lbs
+        elif hasattr(type(self.lbs_impl), "from_flame"):
+            out.lbs_impl = type(self.lbs_impl).from_flame(out)
+        else:
+            raise TypeError(f"with_identity: lbs_impl {self.lbs_impl!r} has no from_flame(flame) to rebuild it for "
+                            "the shaped buffers; use torch's capture.flame.lbs or give it one")
+        return out
+
     @property
     def joint_parents(self) -> tuple[int, ...]:
         """Each joint's parent index (-1 for the root), as Python ints."""
@@ -357,9 +385,11 @@ class FLAME(torch.nn.Module):
         pose: torch.Tensor,
         neck_pose: Optional[torch.Tensor] = None,
         eye_pose: Optional[torch.Tensor] = None,
+        landmarks: bool = True,
     ) -> FlameOutput:
         """shape [B, n_shape], expression [B, n_exp], pose [B, 6] = global(3) | jaw(3) axis-angle,
-        neck_pose [B, 3] and eye_pose [B, 6] (left | right) default to zeros as in DECA."""
+        neck_pose [B, 3] and eye_pose [B, 6] (left | right) default to zeros as in DECA.
+        landmarks=False: skip the landmarks (None in the output) where only the mesh is wanted."""
         ref = self.v_template
         _check("pose", pose, (None, 6), ref)
         B = pose.shape[0]
@@ -380,6 +410,8 @@ class FLAME(torch.nn.Module):
             betas, full_pose, self.v_template, self.shapedirs, self.posedirs,
             self.J_regressor, self._parents, self.lbs_weights,
         )
+        if not landmarks:
+            return FlameOutput(vertices=vertices, joints=joints, landmarks2d=None, landmarks3d=None)
         rows = dynamic_contour_rows(full_pose, self._parents)
         lmk_idx = torch.cat(
             [self.dynamic_lmk_faces_idx[rows], self.static_lmk_faces_idx.expand(B, -1)], dim=1

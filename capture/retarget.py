@@ -122,11 +122,14 @@ class AvatarRenderer:
         self._times = times if times is not None else no_times
         self._view_T = torch.as_tensor(view_transform(frame_size), dtype=torch.float32, device=self.device)
         self._template: Optional[np.ndarray] = None  # the background picture, made on first use
+        self._right_half: Optional[torch.Tensor] = None  # side-by-side: pixel index map, made on first use
         self._detail: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (latent, uv_z) of the last D_detail run
         self.detail_reused = 0  # frames that reused the last displacement map
         with torch.inference_mode():
-            # Constant per avatar: the merge always takes tex (hence the albedo) from the target.
+            # Constant per avatar: the merge always takes tex (hence the albedo) and shape from the target.
             self._albedo = self._make_albedo()
+            # the target's shape folded into FLAME's template once (the reference poses the full model)
+            self._flame = None if self.reference else self.assets.flame.with_identity(self.avatar.codes.shape)
             self._background = _to_uint8(torch.full((1, 3, 1, 1), BACKGROUND))[0, 0]  # as a float picture rounds
 
     def _make_albedo(self) -> torch.Tensor:
@@ -149,10 +152,17 @@ class AvatarRenderer:
         else:
             T = self._view_T
         with self._times("LBS"):
-            vertices = self.assets.flame(codes.shape, codes.exp, codes.pose).vertices
+            vertices = self._posed(codes)
             normals = self.drawing.normals(vertices)
             screen = crop_to_image_ndc(orthographic(vertices, codes.cam), T, INPUT_SIZE, self.frame_size)
         return Prepared(codes=codes, vertices=vertices, normals=normals, screen=screen)
+
+    def _posed(self, codes: Codes) -> torch.Tensor:
+        """FLAME's vertices [B, V, 3] for merged codes: through the target's shaped model when the codes carry
+        the target's shape (always, from `prepare`), else through the full model."""
+        if self._flame is not None and torch.equal(codes.shape, self.avatar.codes.shape):
+            return self._flame(codes.shape[:, :0], codes.exp, codes.pose, landmarks=False).vertices
+        return self.assets.flame(codes.shape, codes.exp, codes.pose).vertices
 
     def _displacement(self, codes: Codes) -> torch.Tensor:
         """D_detail on (jaw, exp, target detail code) -> uv_z [B, 1, S, S].
@@ -217,7 +227,7 @@ class AvatarRenderer:
         """uint8 compositing of the covered pixels over the frame or the grey background (batch 1). The same
         bytes as compositing float pictures (alpha is 0 or 1) and rounding them to uint8."""
         h, w = self.frame_size
-        colour = (pixels.colour.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+        colour = (pixels.colour.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu()
         index = pixels.index
         if self.layout == "overlay":
             out = np.array(frame, dtype=np.uint8, order="C")  # a fresh copy: the writer may still hold the last
@@ -228,8 +238,11 @@ class AvatarRenderer:
             out = self._template.copy()
             if self.layout == "side-by-side":
                 out[:, :w] = frame
-                index = torch.div(index, w, rounding_mode="floor") * (2 * w) + w + index % w
-        out.reshape(-1, 3)[index.cpu().numpy()] = colour
+                if self._right_half is None:  # frame pixel index -> the same pixel in the right half
+                    flat = torch.arange(h * w, device=index.device)
+                    self._right_half = torch.div(flat, w, rounding_mode="floor") * (2 * w) + w + flat % w
+                index = self._right_half.index_select(0, index)
+        torch.from_numpy(out).view(-1, 3).index_copy_(0, index.cpu(), colour)
         return out
 
     def _pass_through(self, frame: np.ndarray) -> np.ndarray:

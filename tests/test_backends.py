@@ -289,3 +289,42 @@ def test_deca_defaults_to_the_eager_reference_made_on_first_use(small_pack):
     for key, value in CODE_LAYOUT.split(reference).items():
         assert torch.equal(getattr(codes, key), value), key
     assert [line.split(":")[0] for line in deca.engines.describe()] == ["E_flame"]
+
+
+@pytest.mark.parametrize("k,bias", [(3, True), (5, False)])
+def test_single_output_conv_as_taps_gives_the_conv(k, bias):
+    # ONNX Runtime on the original graph is the reference; the rewrite only reorders the additions.
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from capture.backends.conv_taps import split_single_output_convs
+
+    rng = np.random.default_rng(k)
+    w = rng.standard_normal((1, 6, k, k)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w")] + ([numpy_helper.from_array(np.array([0.3], np.float32), "b")]
+                                                 if bias else [])
+    conv = helper.make_node("Conv", ["x", "w"] + (["b"] if bias else []), ["c"], name="last", kernel_shape=[k, k],
+                            pads=[k // 2] * 4)
+    graph = helper.make_graph([conv, helper.make_node("Tanh", ["c"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 6, 20, 24])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 1, 20, 24])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    original = model.SerializeToString()
+    assert split_single_output_convs(model) == 1
+    assert not [n for n in model.graph.node if n.op_type == "Conv" and n.name == "last"]
+    x = rng.standard_normal((2, 6, 20, 24)).astype(np.float32)
+    want, got = (ort.InferenceSession(g, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+                 for g in (original, model.SerializeToString()))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_d_detail_reaches_cpu_sessions_without_a_single_output_conv(engines_dir):
+    import onnx
+
+    from capture.backends.conv_taps import cpu_graph
+
+    backend = _backend("onnxruntime", "cpu", "D_detail", engines_dir)
+    model = onnx.load_from_string(cpu_graph(backend.onnx_path))
+    one_channel = {t.name for t in model.graph.initializer if len(t.dims) == 4 and t.dims[0] == 1}
+    assert not [n.name for n in model.graph.node if n.op_type == "Conv" and n.input[1] in one_channel]
+    assert cpu_graph(_backend("onnxruntime", "cpu", "E_flame", engines_dir).onnx_path) is None  # nothing to do

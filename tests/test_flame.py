@@ -210,6 +210,31 @@ def test_matches_smplx_with_neck_and_eyes(model, smplx_dir):
     np.testing.assert_allclose(out.landmarks2d[:, 17:], r.joints[:, 5:56], atol=1e-5, rtol=0)
 
 
+def test_identity_folded_in_poses_like_smplx(model, smplx_dir):
+    """with_identity(shape): the shaped template once, then expression + pose per call, as smplx poses them."""
+    flame_arrays, lmk = model
+    B = 5
+    rng = np.random.default_rng(11)
+    ref = smplx.FLAME(str(smplx_dir), gender="neutral", num_betas=100, num_expression_coeffs=50,
+                       use_face_contour=True, batch_size=B)
+    full = FLAME.from_arrays(flame_arrays, lmk)
+    shape = t32(rng.normal(size=(1, 100)) * 2)
+    shaped = full.with_identity(shape)
+    assert shaped.n_shape == 0 and shaped.shapedirs.shape[-1] == 50
+    exp = t32(rng.normal(size=(B, 50)) * 2)
+    pose = t32(random_axis_angle(rng, 2 * B, 2.0).reshape(B, 6))
+    with torch.no_grad():
+        out = shaped(shape[:, :0].expand(B, 0), exp, pose)
+        bare = shaped(shape[:, :0].expand(B, 0), exp, pose, landmarks=False)
+        r = ref(betas=shape.expand(B, -1), expression=exp, global_orient=pose[:, :3], jaw_pose=pose[:, 3:])
+    np.testing.assert_allclose(out.vertices, r.vertices, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(out.joints, r.joints[:, :5], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(out.landmarks2d[:, 17:], r.joints[:, 5:56], atol=1e-5, rtol=0)
+    assert torch.equal(bare.vertices, out.vertices) and bare.landmarks2d is None and bare.landmarks3d is None
+    with pytest.raises(ValueError, match="shape must be"):
+        full.with_identity(shape.expand(2, -1))
+
+
 def test_lbs_pure_function_matches_smplx_lbs(model):
     """The functional core alone (tensor parents, float64) against smplx.lbs.lbs."""
     from smplx.lbs import lbs as smplx_lbs

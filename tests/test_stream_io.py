@@ -353,3 +353,18 @@ def test_writer_converts_and_tags_bt709(tmp_path):
     assert abs(y.mean() - y_ref) < 1.5
     _, frames = _read_all(out)
     assert np.abs(frames[0].image.astype(np.float64) - rgb).max() <= 4
+
+
+def test_kept_conversion_context_gives_pyav_per_frame_bytes():
+    # The reader and the writer keep one swscale context per stream; PyAV's own calls make one per frame.
+    from capture.stream.reader import FrameConverter
+
+    rng = np.random.default_rng(3)
+    to_yuv, to_rgb = FrameConverter(dst_colorspace="ITU709", dst_color_range="MPEG"), FrameConverter()
+    for _ in range(3):
+        rgb = av.VideoFrame.from_ndarray(rng.integers(0, 256, (36, 64, 3), dtype=np.uint8), format="rgb24")
+        fresh = rgb.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
+        kept = to_yuv.frame(rgb, "yuv420p")
+        for a, b in zip(fresh.planes, kept.planes):
+            assert bytes(a) == bytes(b)
+        assert np.array_equal(to_rgb.rgb(fresh), fresh.to_ndarray(format="rgb24"))

@@ -74,6 +74,19 @@ def session_options(threads: Optional[int] = None, spinning: bool = False):
     return options
 
 
+def _cpu_graph(network: str, path: Path) -> Optional[bytes]:
+    """The graph rewritten for the CPU provider (`capture.backends.conv_taps`), None: load the file as it is
+    (nothing to rewrite, or no onnx package to rewrite it with: same numbers, slower)."""
+    import importlib.util
+
+    from .conv_taps import NETWORKS, cpu_graph
+
+    if network not in NETWORKS or importlib.util.find_spec("onnx") is None:
+        return None
+
+    return cpu_graph(path)
+
+
 class OnnxRuntimeBackend(Backend):
     """ONNX Runtime session over one network's ONNX graph.
 
@@ -105,8 +118,9 @@ class OnnxRuntimeBackend(Backend):
             providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(self.onnx_path), session_options(threads, spinning),
-                                            providers=providers)
+        graph = _cpu_graph(network, self.onnx_path) if self.device.type == "cpu" else None
+        self.session = ort.InferenceSession(graph if graph is not None else str(self.onnx_path),
+                                            session_options(threads, spinning), providers=providers)
         active = self.session.get_providers()
         if self.device.type == "cuda" and active[0] != "CUDAExecutionProvider":
             # Never fall back to CPU silently behind a backend that claims CUDA.

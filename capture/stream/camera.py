@@ -21,7 +21,7 @@ from typing import Iterator
 
 import av
 
-from .reader import Frame, VideoError, VideoReader, display_rotation, upright
+from .reader import Frame, FrameConverter, VideoError, VideoReader, display_rotation, upright
 
 __all__ = ["LiveSource", "open_camera", "camera_input"]
 
@@ -118,13 +118,14 @@ class LiveSource:
         wall0 = time.monotonic()
         rotation = None
         prev_pts: int | None = None
+        convert = FrameConverter()
         try:
             for frame in self._container.decode(stream):
                 if rotation is None:
                     rotation = self.rotation = display_rotation(frame.rotation)
                     if rotation in (90, 270):
                         self.width, self.height = self.height, self.width
-                image = upright(frame.to_ndarray(format="rgb24"), rotation)
+                image = upright(convert.rgb(frame), rotation)
                 tb = self.time_base
                 if frame.pts is not None:
                     pts = int(frame.pts)

@@ -29,7 +29,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from .reader import Frame, VideoError, open_input
+from .reader import Frame, FrameConverter, VideoError, open_input
 
 __all__ = ["VideoWriter", "check_writable", "check_encoder", "check_not_input", "same_file", "default_codec"]
 
@@ -233,6 +233,8 @@ class VideoWriter:
             self._video.width, self._video.height = self.coded_size
             self._video.pix_fmt = pix_fmt
             self._yuv_range = None if fmt.is_rgb else ("JPEG" if pix_fmt.startswith("yuvj") else "MPEG")
+            self._to_yuv = None if fmt.is_rgb else FrameConverter(dst_colorspace="ITU709",
+                                                                  dst_color_range=self._yuv_range)
             if self._yuv_range is not None:
                 # Convert with BT.709 and say so: untagged video leaves players guessing the matrix.
                 cc = self._video.codec_context
@@ -409,10 +411,12 @@ class VideoWriter:
             self._first_time = t
         if self._pad_w or self._pad_h:
             image = np.pad(image, ((0, self._pad_h), (0, self._pad_w), (0, 0)), mode="edge")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-        if self._yuv_range is not None:
-            frame = frame.reformat(format=self._video.pix_fmt, dst_colorspace="ITU709",
-                                   dst_color_range=self._yuv_range)
+        image = np.ascontiguousarray(image)
+        if self._to_yuv is not None:
+            # no copy into an RGB frame first: the conversion reads the array and makes the encoder's frame
+            frame = self._to_yuv.frame(av.VideoFrame.from_numpy_buffer(image, format="rgb24"), self._video.pix_fmt)
+        else:
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")  # a copy: the encoder may keep the frame
         frame.pts = pts - round(self._origin_time() / self.time_base)
         frame.time_base = self.time_base
         if self._failed is not None:
