@@ -13,6 +13,7 @@ import pytest
 
 from capture.stream import Pipeline, VideoError, VideoReader, VideoWriter
 from capture.stream.clips import make_test_clip, read_frame_number
+from capture.stream.pipeline import LIVE_IN_FLIGHT
 
 
 def _jitter(seed: int, fn=lambda x: x, max_ms: float = 3.0):
@@ -74,6 +75,41 @@ def test_live_drops_oldest_and_counts_drops_with_a_slow_consumer():
     assert stats.frames_in == 60 and stats.frames_out + stats.dropped == 60 == len(out) + stats.dropped
     assert out == sorted(out)  # still in order
     assert out[-1] == 59  # the newest frame survives (drop-newest would have lost it)
+
+
+def _most_in_flight(in_flight):
+    """Most items at once between entering the first of three slow stages and leaving the sink (live policy)."""
+    lock, now, most = threading.Lock(), [0], [0]
+
+    def enter(x):
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        time.sleep(0.005)
+        return x
+
+    def leave(x):
+        with lock:
+            now[0] -= 1
+
+    def camera():
+        for i in range(80):
+            time.sleep(0.001)
+            yield i
+
+    slow = lambda x: (time.sleep(0.005), x)[1]  # noqa: E731
+    stats = Pipeline(camera(), stages=[("a", enter), ("b", slow), ("c", slow)], sink=leave, policy="live", depth=1,
+                     in_flight=in_flight).run()
+    assert stats.frames_out + stats.dropped == 80 and stats.dropped > 0
+    return most[0]
+
+
+def test_live_keeps_at_most_in_flight_frames_past_the_source_queue():
+    """Live: frames never queue behind each other in front of every stage; the newest waits at the source."""
+    assert Pipeline([], policy="live").in_flight == LIVE_IN_FLIGHT and Pipeline([]).in_flight == 0
+    assert _most_in_flight(None) <= LIVE_IN_FLIGHT
+    assert _most_in_flight(1) == 1
+    assert _most_in_flight(0) > LIVE_IN_FLIGHT  # without the limit every queue holds a frame
 
 
 def test_stage_timing_stats_measure_the_stage():

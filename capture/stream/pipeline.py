@@ -9,8 +9,11 @@ per stage and FIFO queues keep the order of items. Policies:
 - offline: every put blocks while the next queue is full (lossless back-pressure: the source is read only
   as fast as the slowest stage).
 - live: the source never waits; when the first queue is full its oldest item is discarded to make room for
-  the newest (`PipelineStats.dropped` counts them), so latency stays bounded by the queue depths. Later
-  queues block as in offline mode.
+  the newest (`PipelineStats.dropped` counts them). Later queues block as in offline mode, and at most
+  `in_flight` items (default `LIVE_IN_FLIGHT`) are between the first stage and the sink: a frame that cannot
+  enter waits in the source queue, where a newer frame replaces it, instead of queueing behind the others in
+  front of every stage. Latency is then about the sum of the stage times, not the queue depth times the
+  slowest stage, and the frames dropped are the ones that would have been shown late.
 
 Stopping:
 - end of input: everything in flight is processed, then the sink is finalised.
@@ -43,6 +46,7 @@ __all__ = ["Pipeline", "PipelineStats", "StageStats", "StepTimes"]
 
 _END = object()
 _POLL_S = 0.05
+LIVE_IN_FLIGHT = 2  # live policy: frames between the first stage and the sink (two keep two cores busy)
 _WINDOW = 100_000  # timing samples kept per stage (percentiles over the most recent frames)
 
 
@@ -163,7 +167,9 @@ class Pipeline:
     """source: iterable of items (e.g. `Frame`s); stages: (name, fn) pairs, fn(item) -> item, run in order;
     sink(item): consumes the last stage's output; finalize(): called once at the end, whatever happened
     (e.g. `VideoWriter.close`). policy: "offline" or "live"; depth: capacity of each queue (>= 1).
-    quit_event: setting it stops the run gracefully (as stop() does), e.g. from a preview window."""
+    quit_event: setting it stops the run gracefully (as stop() does), e.g. from a preview window.
+    in_flight: most items between the first stage and the sink (0: no limit; default `LIVE_IN_FLIGHT` for the
+    live policy, no limit offline)."""
 
     def __init__(
         self,
@@ -175,11 +181,16 @@ class Pipeline:
         depth: int = 2,
         finalize: Callable[[], Any] | None = None,
         quit_event: threading.Event | None = None,
+        in_flight: int | None = None,
     ):
         if policy not in ("offline", "live"):
             raise ValueError(f"policy must be 'offline' or 'live', got {policy!r}")
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
+        if in_flight is None:
+            in_flight = LIVE_IN_FLIGHT if policy == "live" else 0
+        if in_flight < 0:
+            raise ValueError(f"in_flight must be >= 1 (or 0: no limit), got {in_flight}")
         names = [name for name, _ in stages]
         if len(set(names)) != len(names) or {"source", "sink"} & set(names):
             raise ValueError(f"stage names must be unique and not 'source'/'sink', got {names}")
@@ -190,6 +201,8 @@ class Pipeline:
         self.policy = policy
         self.depth = depth
         self.quit_event = quit_event or threading.Event()
+        self.in_flight = in_flight
+        self._slots = threading.Semaphore(in_flight) if in_flight and self._stages else None
         self._queues = [queue.Queue(maxsize=depth) for _ in range(len(self._stages) + 1)]
         self._timers = {n: _Timer(n) for n in ["source", *names, "sink"]}
         self._stop_reading = threading.Event()
@@ -304,14 +317,25 @@ class Pipeline:
         except BaseException as e:  # noqa: BLE001 - a source failure of any type is reported by the pipeline
             self._fail(e, "source")
 
+    def _take_slot(self) -> None:
+        """First stage, `in_flight` limit: wait until fewer than that many items are past it."""
+        while not self._slots.acquire(timeout=_POLL_S):
+            if self._abort.is_set():
+                raise _Abort
+
     def _run_stage(self, index: int) -> None:
         name, fn = self._stages[index]
         q_in, q_out = self._queues[index], self._queues[index + 1]
         timer = self._timers[name]
+        slots = self._slots if index == 0 else None
         try:
             while True:
+                if slots is not None:
+                    self._take_slot()
                 item = self._get(q_in)
                 if item is _END:
+                    if slots is not None:
+                        slots.release()
                     self._put(q_out, _END)
                     return
                 t = time.perf_counter()
@@ -334,7 +358,11 @@ class Pipeline:
                 if item is _END:
                     return
                 t = time.perf_counter()
-                self._sink(item)
+                try:
+                    self._sink(item)
+                finally:
+                    if self._slots is not None:
+                        self._slots.release()
                 timer.add(time.perf_counter() - t)
                 with self._lock:
                     self._frames_out += 1
