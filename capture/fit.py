@@ -22,6 +22,8 @@ camera is DECA's (s, tx, ty) in that crop, rotations are axis-angle as in DECA's
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -33,6 +35,31 @@ from .landmarks import IBUG68_WEIGHTS
 JAW_JOINT = 2
 N_CONTOUR = 17
 CONTOUR_MAX_YAW = 39
+
+
+_BLAS = []  # the threadpoolctl controller, made on first use ([None] without threadpoolctl)
+
+
+def one_blas_thread(method):
+    """Run `method` with numpy's BLAS on one thread. The fit is many small matrix products, for which a BLAS
+    thread pool is ~5x slower and fights the pipeline's threads for the cores. `import capture` asks for one
+    thread through OPENBLAS_NUM_THREADS, which only works when numpy was not loaded first (an application
+    using the API may well have loaded it); this holds whatever the import order."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        if not _BLAS:
+            try:
+                from threadpoolctl import ThreadpoolController
+
+                _BLAS.append(ThreadpoolController())
+            except ImportError:  # optional: without it the environment variable is all there is
+                _BLAS.append(None)
+        limit = _BLAS[0].limit(limits=1, user_api="blas") if _BLAS[0] is not None else contextlib.nullcontext()
+        with limit:
+            return method(*args, **kwargs)
+
+    return wrapper
 
 
 # ----------------------------------------------------------------------------------------------- rotations
@@ -447,6 +474,7 @@ class LandmarkFitter:
         return state
 
     # ------------------------------------------------------------------------------------------- public
+    @one_blas_thread
     def fit(self, target: np.ndarray, valid: Optional[np.ndarray] = None,
             prior_state: Optional[FitState] = None) -> FitState:
         """One frame: landmarks [68, 2] crop NDC (valid [68] in 0..1, 0 = missing) -> FitState.
@@ -475,6 +503,7 @@ class LandmarkFitter:
             self._schedule()
         return state
 
+    @one_blas_thread
     def calibrate(self, targets, iterations: int = 4) -> None:
         """Estimate the performer's identity (shape and offsets) from a batch of frames before tracking, e.g.
         the first seconds of a video: each [68, 2] target is fitted, then the shape is estimated jointly over
@@ -500,6 +529,7 @@ class LandmarkFitter:
             if k < self.cfg.reservoir:
                 self._reservoir[k] = item
 
+    @one_blas_thread
     def update_shape(self, iterations: int = 2) -> None:
         """Joint estimate of the performer's shape and each reservoir frame's pose/expression/camera.
 

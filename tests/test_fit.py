@@ -187,3 +187,18 @@ def test_performer_shape_goes_to_shape_not_expression(demo):
     # expression-driven landmark motion (crop NDC) on neutral frames: what is left of the identity in it
     assert estimated < 0.35 * leaked
     assert estimated < 0.01
+
+
+def test_the_fit_runs_numpy_blas_on_one_thread_whatever_the_import_order():
+    """OPENBLAS_NUM_THREADS only works before numpy loads; the fit's own limit holds regardless (a BLAS thread pool
+    makes its small products ~20x slower on a busy 2-core machine)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from capture.fit import one_blas_thread
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):  # as after `import numpy` on 2 cores
+        assert set(blas_threads()) == {2}
+        inside = one_blas_thread(blas_threads)()
+    assert inside and set(inside) == {1}
