@@ -199,6 +199,6 @@ def test_the_fit_runs_numpy_blas_on_one_thread_whatever_the_import_order():
         return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
 
     with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):  # as after `import numpy` on 2 cores
-        assert set(blas_threads()) == {2}
+        assert 2 in blas_threads()  # (a library built or started for one thread stays at one)
         inside = one_blas_thread(blas_threads)()
     assert inside and set(inside) == {1}
