@@ -39,6 +39,10 @@ import json
 import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as capture/__init__.py: before numpy loads
+# torch's OpenMP threads sleep instead of spinning while they wait for each other (read when torch loads): on a
+# busy machine a spinning eager reference burnt 1x-3x its own CPU time per frame from one chunk to the next,
+# which no pairing of chunks corrects. On a quiet machine it costs the reference ~3 % (4.87 vs 5.04 FPS).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import platform
 import shlex
@@ -881,7 +885,8 @@ def machine_load(report: dict) -> dict:
     swing = round(max(cpu) / min(cpu), 2) if len(cpu) > 1 and min(cpu) > 0 else None
     if swing is not None and swing > EAGER_CPU_SWING:
         reasons.append(f"the eager reference's CPU time per frame varied {swing:.1f}x between chunks (its torch "
-                       "threads spin while a core is taken away; --eager-threads 1 avoids that)")
+                       "threads spin while a core is taken away when OMP_WAIT_POLICY is not PASSIVE; "
+                       "--eager-threads 1 avoids that too)")
     return {"nproc": nproc, "load_1min_before": before, "load_1min_after": after,
             "cores_busy_by_this_run": round(ours, 2), "other_load_estimate": others, "eager_cpu_swing": swing,
             "chunk_ratio_spread": spreads, "busy": bool(reasons), "reasons": reasons}
@@ -915,7 +920,19 @@ def entry_with_ratios(result: RunResult, eager: Optional[RunResult]) -> dict:
         else:
             entry["ratio_to_eager"] = round(result.fps / eager.fps, 3)
         entry["ratio_to_eager_medians"] = round(result.fps / eager.fps_from_medians, 3)
+        cpu = paired_cpu_ratio(result, eager)
+        if cpu is not None:
+            entry["cpu_ratio_to_eager"] = cpu
     return entry
+
+
+def paired_cpu_ratio(result: RunResult, eager: RunResult) -> Optional[float]:
+    """Median over chunks of the eager reference's CPU time per frame over the path's. Wall-clock ratios on a
+    busy machine favour the path with more runnable threads (the kernel shares the cores per thread, so a
+    pipeline of five threads takes more of them from other jobs than a reference of two); CPU time per frame
+    does not depend on that share."""
+    pairs = [e / r for r, e in zip(result.chunk_cpu_ms, eager.chunk_cpu_ms) if r and e]
+    return round(float(np.median(pairs)), 3) if pairs else None
 
 
 def compare(result: RunResult, eager: RunResult) -> dict:
@@ -1048,6 +1065,10 @@ def format_tables(report: dict) -> str:
     if report.get("eager"):
         lines.append("x eager*: against the eager reference's FPS from its stage medians (1000 / sum of medians), "
                      "which other processes' bursts on the machine do not move")
+    cpu_ratios = [(r["backend"], r["cpu_ratio_to_eager"]) for r in runs if r.get("cpu_ratio_to_eager")]
+    if cpu_ratios:
+        lines.append("x eager in CPU time per frame (median over chunks; what a busy machine does not bias): "
+                     + ", ".join(f"{name} {ratio:.2f}x" for name, ratio in cpu_ratios))
     for r in runs:
         diff = r.get("vs_eager")
         if diff:

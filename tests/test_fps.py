@@ -258,6 +258,20 @@ def test_paired_ratio_is_the_median_and_ignores_one_disturbed_chunk():
     assert fps.paired_ratios(fast, eager)["iqr_relative"] > fps.BUSY_SPREAD
 
 
+def test_cpu_ratio_is_the_median_of_paired_chunk_cpu_times():
+    """The ratio in CPU time per frame: chunks without a figure are left out; entry_with_ratios records it."""
+    fps = _load_fps()
+    eager = fps.RunResult("eager", "", 5, 1.0, 5.0, {}, {}, 0.0, None, {})
+    fast = fps.RunResult("b", "", 5, 1.0, 25.0, {}, {}, 0.0, None, {})
+    eager.chunk_cpu_ms = [300.0, 290.0, 900.0, None, 310.0]
+    fast.chunk_cpu_ms = [60.0, 58.0, 60.0, 50.0, 62.0]
+    assert fps.paired_cpu_ratio(fast, eager) == pytest.approx(5.0)  # median of 5, 5, 15, 5
+    eager.chunk_fps, fast.chunk_fps, eager.fps_from_medians = [5.0] * 5, [25.0] * 5, 5.0
+    assert fps.entry_with_ratios(fast, eager)["cpu_ratio_to_eager"] == pytest.approx(5.0)
+    fast.chunk_cpu_ms = []
+    assert fps.paired_cpu_ratio(fast, eager) is None
+
+
 def test_machine_load_says_when_the_machine_was_busy():
     fps = _load_fps()
     run = {"wall_s": 10.0, "cores_busy": 1.8}
