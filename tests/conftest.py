@@ -55,10 +55,17 @@ def _module(item) -> str:
     return item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
 
 
+# Tests that need the three networks exported to ONNX (the session's export takes ~30 s) are slow wherever they are.
+_SLOW_FIXTURES = {"exported", "engines_dir"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = _module(item)
         item.add_marker(pytest.mark.xdist_group(_SHARED_GROUPS.get(module, module)))
+        if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     rank = {m: i for i, m in enumerate(_LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(_module(item), len(rank)))  # stable: the order inside a module is kept
     if _cuda_available():

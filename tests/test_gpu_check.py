@@ -23,6 +23,7 @@ def _load():
     return module
 
 
+@pytest.mark.slow
 def test_dry_run_runs_every_part_and_writes_the_report(tmp_path, demo_pack_dir):
     out = tmp_path / "report"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(out), "--assets", str(demo_pack_dir),

@@ -55,6 +55,7 @@ def api_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_readme_api_example_runs(scratch):
     """The README's Python example, as written, prints one line per frame of the clip (10 frames)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
