@@ -130,6 +130,32 @@ def load_average() -> Optional[list[float]]:
         return None
 
 
+def cpu_counters() -> Optional[tuple[float, float, float]]:
+    """(seconds of CPU every process on the machine has used, this process's, wall clock) now; None without
+    /proc/stat. Two readings give what other processes used in between, which the load average (a decaying
+    1-minute mean that still holds the previous command's work) cannot."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 8:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[1:8])
+    steal = int(fields[8]) if len(fields) > 8 else 0
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    own = os.times()
+    return (user + nice + system + irq + softirq + steal) / tick, own.user + own.system, time.perf_counter()
+
+
+def other_cores(start: Optional[tuple], end: Optional[tuple]) -> Optional[float]:
+    """Cores other processes kept busy between two `cpu_counters` readings, on average."""
+    if start is None or end is None or end[2] <= start[2]:
+        return None
+    others = (end[0] - start[0]) - (end[1] - start[1])
+    return round(max(0.0, others) / (end[2] - start[2]), 2)
+
+
 # ------------------------------------------------------------------------------------------------ memory
 def rss_mb() -> float:
     """Resident set size of this process now, MB."""
@@ -859,20 +885,28 @@ EAGER_CPU_SWING = 1.5  # largest / smallest CPU time per frame of the eager refe
 
 
 def machine_load(report: dict) -> dict:
-    """Whether the numbers were taken on a busy machine, and why: the 1-minute load average before the run
-    (this benchmark not yet running) against the usable CPUs, the load during the run beyond the CPU time
-    this process used, and the spread of each backend's chunk ratios."""
+    """Whether the numbers were taken on a busy machine, and why: the CPU time other processes used during the
+    run (`other_processes_cores`, from /proc/stat; where it is missing, the 1-minute load average before the run
+    and the load at the end beyond this process's share), and the spread of each backend's chunk ratios."""
     nproc = report["machine"]["nproc"] or 1
     before = (report["load_average"].get("before") or [None])[0]
     after = (report["load_average"].get("after") or [None])[0]
     runs = [r for r in [report.get("eager")] + list(report["backends"].values()) if r]
     ours = sum((r.get("cores_busy") or 0) * r["wall_s"] for r in runs) / max(sum(r["wall_s"] for r in runs), 1e-9)
     reasons = []
-    if before is not None and before > BUSY_LOAD_PER_CPU * nproc:
-        reasons.append(f"load average {before:.2f} before the run on {nproc} CPUs")
-    others = None if after is None else round(max(0.0, after - ours), 2)
-    if others is not None and others > BUSY_LOAD_PER_CPU * nproc:
-        reasons.append(f"load average {after:.2f} at the end, of which ~{ours:.2f} was this benchmark")
+    measured = report.get("other_processes_cores")
+    if measured is not None:
+        # what other processes really used during the run (/proc/stat); the load average would still count the
+        # previous command's work for a minute or more
+        others = measured
+        if others > BUSY_LOAD_PER_CPU * nproc:
+            reasons.append(f"other processes kept {others:.2f} of the {nproc} CPUs busy during the run")
+    else:
+        if before is not None and before > BUSY_LOAD_PER_CPU * nproc:
+            reasons.append(f"load average {before:.2f} before the run on {nproc} CPUs")
+        others = None if after is None else round(max(0.0, after - ours), 2)
+        if others is not None and others > BUSY_LOAD_PER_CPU * nproc:
+            reasons.append(f"load average {after:.2f} at the end, of which ~{ours:.2f} was this benchmark")
     spreads = {name: r["ratio_chunks"]["iqr_relative"] for name, r in report["backends"].items()
                if r.get("ratio_chunks") and r["ratio_chunks"]["iqr_relative"] is not None}
     for name, spread in spreads.items():
@@ -1150,6 +1184,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
     load_before = load_average()
+    counters_before = cpu_counters()
     bench = Bench(args, say)
     if args.backends == "all":
         wanted = CPU_BACKENDS if bench.device.type == "cpu" else GPU_BACKENDS
@@ -1213,6 +1248,7 @@ def main(argv=None) -> int:
             say(f"long run: {args.long_frames} frames through {name}")
             report["long"] = long_run(bench, engines_by_name[name], folder, args.long_frames)
     report["load_average"] = {"before": load_before, "after": load_average()}
+    report["other_processes_cores"] = other_cores(counters_before, cpu_counters())
     report["machine_load"] = machine_load(report)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -288,3 +289,23 @@ def test_machine_load_says_when_the_machine_was_busy():
             and len(fps.machine_load(report)["reasons"]) == 4)
     report["eager"]["chunk_cpu_ms_per_frame"] = [250.0, 260.0, 255.0]
     assert len(fps.machine_load(report)["reasons"]) == 3
+    # measured CPU time of the other processes replaces the load averages (which lag by a minute)
+    report["backends"]["b"]["ratio_chunks"]["iqr_relative"] = 0.05
+    report["other_processes_cores"] = 0.1
+    assert not fps.machine_load(report)["busy"] and fps.machine_load(report)["other_load_estimate"] == 0.1
+    report["other_processes_cores"] = 1.6
+    assert fps.machine_load(report)["reasons"] == ["other processes kept 1.60 of the 2 CPUs busy during the run"]
+
+
+def test_other_cores_counts_what_other_processes_used():
+    fps = _load_fps()
+    start = fps.cpu_counters()
+    if start is None:
+        pytest.skip("no /proc/stat here")
+    t = time.perf_counter()
+    while time.perf_counter() - t < 0.05:
+        pass
+    measured = fps.other_cores(start, fps.cpu_counters())  # other test workers may be busy: only its type here
+    assert isinstance(measured, float) and measured >= 0.0
+    assert fps.other_cores((10.0, 1.0, 0.0), (16.0, 2.0, 2.0)) == pytest.approx(2.5)  # 5 of 6 CPU-s were others'
+    assert fps.other_cores(None, start) is None
