@@ -83,7 +83,6 @@ def _cpu_graph(network: str, path: Path) -> Optional[bytes]:
 
     if network not in NETWORKS or importlib.util.find_spec("onnx") is None:
         return None
-
     return cpu_graph(path)
 
 

@@ -205,7 +205,9 @@ def write_run_pack(out: Path, base_pack_dir: Path, networks: dict[str, nn.Module
     meta.pop("weights_sha256", None)
     meta["trained"] = note
     (pack / "pack.json").write_text(json.dumps(meta, indent=2) + "\n")
-    ckpt = {name: {k: v.detach().cpu().clone() for k, v in networks[name].state_dict().items()}
+    # standard layout: fine-tuning keeps its frozen backbone channels-last, which a loaded pack would adopt
+    ckpt = {name: {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+                   for k, v in networks[name].state_dict().items()}
             for name in NETWORK_NAMES}
     with atomic_write(pack / CHECKPOINT) as tmp:
         torch.save(ckpt, tmp)

@@ -58,7 +58,7 @@ def make_dataset(out: str | Path, *, assets: Optional[str] = None, identities: i
     for sub in ("images", "landmarks", "masks", "truth"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     pack = load_pack(resolve_pack_dir(assets or "demo"))
-    nets = build_networks(pack.checkpoint)
+    d_detail = build_networks(pack.checkpoint).d_detail if detail else None
     renderer = TrainRenderer(ModelAssets.build(pack, fused_lbs=False), size)
     face_mask = torch.as_tensor(pack.face_mask)[None, None]
     rng = np.random.default_rng(seed)
@@ -70,7 +70,7 @@ def make_dataset(out: str | Path, *, assets: Optional[str] = None, identities: i
             geo = renderer.geometry(codes)
             albedo = renderer.albedo(codes.tex)
             if detail:
-                rend, _ = render_with_detail(renderer, nets.d_detail, geo, albedo, codes, codes.detail)
+                rend, _ = render_with_detail(renderer, d_detail, geo, albedo, codes, codes.detail)
             else:
                 rend = renderer.render(geo, albedo, codes.light)
             skin = F.grid_sample(face_mask.expand(per_identity, -1, -1, -1), rend.uv, align_corners=False) * rend.alpha
