@@ -50,6 +50,7 @@ KPT68_MESH_IDX = JAW_MESH_IDX + BROW_MESH_IDX
 DETECTION_TO_KPT68 = {"dx": 0.0, "dy": 0.02, "sw": 0.93, "sh": 0.91}
 
 DECA_SCALE = 1.25  # TestData's `scale`
+COLD_RUNS = 2  # runs that found a face before a graph's native logs are let through (FaceDetector._process)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -298,7 +299,7 @@ class FaceDetector:
         self._det = None
         self._mesh = None
         self._mesh_track = None
-        self._cold: set[int] = set()  # graphs that have not run yet (their first run logs natively)
+        self._cold: dict[int, int] = {}  # graph -> runs with a face left to silence (see _process)
 
     # -- graphs ---------------------------------------------------------------------------------
     def _detector(self):
@@ -309,7 +310,7 @@ class FaceDetector:
                 self._det = face_detection.FaceDetection(
                     model_selection=1 if self.full_range else 0, min_detection_confidence=self.min_score
                 )
-            self._cold.add(id(self._det))
+            self._cold[id(self._det)] = COLD_RUNS
         return self._det
 
     def _mesh_static(self):
@@ -321,7 +322,7 @@ class FaceDetector:
                     static_image_mode=True, max_num_faces=self.max_faces, refine_landmarks=self.refine,
                     min_detection_confidence=self.min_score,
                 )
-            self._cold.add(id(self._mesh))
+            self._cold[id(self._mesh)] = COLD_RUNS
         return self._mesh
 
     def _mesh_tracking(self):
@@ -333,16 +334,24 @@ class FaceDetector:
                     static_image_mode=False, max_num_faces=1, refine_landmarks=self.refine,
                     min_detection_confidence=self.min_score, min_tracking_confidence=0.5,
                 )
-            self._cold.add(id(self._mesh_track))
+            self._cold[id(self._mesh_track)] = COLD_RUNS
         return self._mesh_track
 
     def _process(self, graph, img: np.ndarray):
-        """graph.process(img); a graph's first run (where MediaPipe logs its set-up) with native logs silenced."""
-        if id(graph) not in self._cold:
+        """graph.process(img), with native logs silenced while the graph is cold: MediaPipe logs as a graph is built
+        and the first time each of its models runs, and the landmark model runs only once a face is found (a clip
+        that opens on an empty room logs at its first face), so a graph stays cold until COLD_RUNS runs have found
+        a face."""
+        left = self._cold.get(id(graph), 0)
+        if not left:
             return graph.process(img)
         with native_logs_silenced():
             result = graph.process(img)
-        self._cold.discard(id(graph))
+        if getattr(result, "multi_face_landmarks", None) or getattr(result, "detections", None):
+            if left > 1:
+                self._cold[id(graph)] = left - 1
+            else:
+                del self._cold[id(graph)]
         return result
 
     def close(self) -> None:
@@ -350,7 +359,7 @@ class FaceDetector:
             graph = getattr(self, name)
             if graph is not None:
                 graph.close()
-                self._cold.discard(id(graph))
+                self._cold.pop(id(graph), None)
                 setattr(self, name, None)
 
     def __enter__(self) -> "FaceDetector":
