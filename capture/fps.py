@@ -299,6 +299,7 @@ class Engines:
     description: str
     settings: dict = field(default_factory=dict)
     int8_path: Optional[Path] = None
+    detail_int8: Optional[dict] = None  # the INT8 D_detail graph's sidecar (calibration, error vs fp32)
 
 
 def backend_present(name: str, device: torch.device) -> tuple[bool, str]:
@@ -326,12 +327,14 @@ def make_engines(name: str, pack, device: torch.device, args, calibration: Calla
                "onnxruntime-int8": dict(ort, calibration=Calibration(INT8_CALIBRATION_SOURCE, calibration))}
     engines = InferenceEngines(pack, name, device=str(device), options=options)
     flame = engines.backend("E_flame")
-    engines.backend("D_detail")  # made now, as the CLIs do: a failure shows before any frame
+    detail = engines.backend("D_detail")  # made now, as the CLIs do: a failure shows before any frame
     int8_path = flame.onnx_path if isinstance(flame, OnnxRuntimeInt8Backend) else None
+    detail_int8 = detail.int8_sidecar if isinstance(detail, OnnxRuntimeInt8Backend) else None
     if isinstance(flame, OnnxRuntimeBackend):
         threads = flame.session.get_session_options().intra_op_num_threads
-        what = f"ONNX Runtime {'E_flame int8' if int8_path else 'fp32'}, D_detail fp32, {threads} thread(s) each"
-        settings = {"ort_threads": threads, "spinning": args.spinning, "e_flame_int8": int8_path is not None}
+        what = f"ONNX Runtime {'E_flame and D_detail int8' if int8_path else 'fp32'}, {threads} thread(s) each"
+        settings = {"ort_threads": threads, "spinning": args.spinning, "e_flame_int8": int8_path is not None,
+                    "d_detail_int8": detail_int8 is not None}
     elif isinstance(flame, TorchBackend):
         what = ("PyTorch CUDA graphs " + ("fp16" if flame.half else "fp32") if flame.cuda_graphs
                 else "PyTorch eager fp32")
@@ -339,7 +342,7 @@ def make_engines(name: str, pack, device: torch.device, args, calibration: Calla
     else:
         what, settings = "TensorRT", {}
     return Engines(engines.choice["E_flame"], engines.encode_flame, engines.decode_detail, what, settings,
-                   int8_path)
+                   int8_path, detail_int8)
 
 
 # ------------------------------------------------------------------------------------------------ one run
@@ -1004,6 +1007,10 @@ def int8_accuracy(bench: Bench, engines: Engines, crops: list) -> dict:
     report["calibration_crops"] = int(len(bench.calibration()))
     report["calibration_from"] = INT8_CALIBRATION_SOURCE
     report["int8_file"] = str(engines.int8_path)
+    if engines.detail_int8 is not None:  # D_detail's error as its sidecar measured it, on its calibration latents
+        side = engines.detail_int8
+        report["D_detail"] = dict(side["error_vs_fp32"], latents=side["calibration"]["count"],
+                                  latents_from=side["calibration"]["source"])
     return report
 
 
@@ -1118,6 +1125,10 @@ def format_tables(report: dict) -> str:
                      f"fp32 itself moves exp by {sens.get('noise_half_level', {}).get('exp_rms', float('nan')):.3g} "
                      f"rms for +-0.5 level input noise, {sens.get('shift_1px', {}).get('exp_rms', float('nan')):.3g} "
                      f"for a 1 px crop shift")
+        if q.get("D_detail"):
+            d = q["D_detail"]
+            lines.append(f"  D_detail INT8 vs fp32 on its {d['latents']} calibration latents: displacement rms error "
+                         f"{1e3 * d['rms']:.3g} mm (displacement rms {1e3 * d['reference_rms']:.3g} mm)")
     if report.get("long"):
         lg = report["long"]
         lines.append(f"long run ({lg['backend']}): {lg['frames']} frames at {lg['fps']:.1f} FPS, RSS "

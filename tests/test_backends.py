@@ -22,6 +22,7 @@ from capture.backends import (
     make_backend,
 )
 from capture.backends.onnxruntime_backend import physical_cores, session_options
+from capture.nets import graph_spec
 from test_export import EXPECTED_IO, export_once, memory_pack, reference_input, reference_output, rel_err
 
 HAS_CUDA = torch.cuda.is_available()
@@ -191,12 +192,14 @@ def test_every_registered_backend_builds_or_says_why(engines_dir, name):
         with pytest.raises(ValueError, match=f"'{name}' is unavailable"):
             make_backend(name, "D_detail", memory_pack(), device, engines_dir=engines_dir)
         pytest.skip(f"{name} on {device}: {why}")
-    # D_detail: INT8 is made for E_flame only, so every backend here runs D_detail in float32
-    backend = make_backend(name, "D_detail", memory_pack(), device, engines_dir=engines_dir,
+    # a float32 graph on every backend: D_detail, or E_detail for INT8 (which quantises E_flame and D_detail)
+    network = "E_detail" if name == "onnxruntime-int8" else "D_detail"
+    spec = graph_spec(network)
+    backend = make_backend(name, network, memory_pack(), device, engines_dir=engines_dir,
                            options={"tensorrt": {"precision": "fp32", "max_batch": 4}})
     assert backend.name == name and backend.reason.startswith(f"{name} on {backend.device}: requested explicitly")
-    value = backend.run({"latent": reference_input("D_detail", 3)})["uv_z"]
-    assert rel_err(value.cpu().numpy(), reference_output("D_detail", 3)) <= (1e-4 if device == "cpu" else 5e-3)
+    value = backend.run({spec.input_name: reference_input(network, 3)})[spec.output_name]
+    assert rel_err(value.cpu().numpy(), reference_output(network, 3)) <= (1e-4 if device == "cpu" else 5e-3)
 
 
 def test_names_are_the_registry_keys_and_auto_never_picks_int8_or_the_reference():
@@ -237,8 +240,8 @@ def test_torch_eager_is_eager_float32_on_any_device():
 def test_int8_backend_refuses_the_gpu_and_runs_fp32_where_int8_is_not_made(engines_dir):
     ok, why = BACKENDS["onnxruntime-int8"].available("cuda")
     assert not ok and "CPU" in why
-    backend = make_backend("onnxruntime-int8", "D_detail", memory_pack(), "cpu", engines_dir=engines_dir)
-    assert backend.int8_sidecar is None and "fp32 (INT8 is made for E_flame only)" in backend.reason
+    backend = make_backend("onnxruntime-int8", "E_detail", memory_pack(), "cpu", engines_dir=engines_dir)
+    assert backend.int8_sidecar is None and "fp32 (INT8 is made for E_flame, D_detail only)" in backend.reason
 
 
 class _RecordingEngines:

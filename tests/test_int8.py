@@ -1,5 +1,5 @@
-"""INT8 as a registry backend: E_flame quantised on calibration crops, its sidecar, its error against float32
-on the same crops, the cache, and where calibration crops come from.
+"""INT8 as a registry backend: E_flame quantised on calibration crops and D_detail on those faces' latents, their
+sidecars, their error against float32 on the same inputs, the cache, and where calibration crops come from.
 
 Uses test_export.py's seeded networks and the graphs it exports once per session.
 """
@@ -17,6 +17,9 @@ from test_export import export_once, memory_pack
 # INT8 E_flame may differ from float32 by at most this fraction of the code's rms, on the crops it was
 # calibrated on (seeded ResNet-50 on smooth images: 2.1 % measured; 8-bit activations over MinMax ranges).
 INT8_TOLERANCE = 0.06
+# INT8 D_detail, as a fraction of the displacement's rms on its calibration latents (seeded generator: 1.0 %
+# measured; the demo pack's 5.6 %, which was 21 % with the latent's Gemm and BatchNorm quantised too).
+DETAIL_TOLERANCE = 0.1
 
 
 def smooth_images(n: int, seed: int) -> np.ndarray:
@@ -39,6 +42,12 @@ def calibration():
 @pytest.fixture(scope="module")
 def int8_flame(engines_dir, calibration):
     return make_backend("onnxruntime-int8", "E_flame", memory_pack(), "cpu", engines_dir=engines_dir,
+                        options={"onnxruntime-int8": {"calibration": calibration, "threads": 1}})
+
+
+@pytest.fixture(scope="module")
+def int8_detail(engines_dir, calibration):
+    return make_backend("onnxruntime-int8", "D_detail", memory_pack(), "cpu", engines_dir=engines_dir,
                         options={"onnxruntime-int8": {"calibration": calibration, "threads": 1}})
 
 
@@ -70,7 +79,8 @@ def test_int8_sidecar_records_the_calibration_and_the_source_graph(int8_flame, e
 
     side = read_sidecar(sidecar_path(int8_flame.onnx_path))
     assert side == int8_flame.int8_sidecar
-    assert side["format"] == "capture.onnx-int8/2" and side["network"] == "E_flame" and side["precision"] == "int8"
+    assert side["format"] == "capture.onnx-int8/3" and side["network"] == "E_flame" and side["precision"] == "int8"
+    assert side["method"]["float32_nodes"] == []  # E_flame starts with a convolution: all of it is quantised
     assert side["calibration"] == {"source": "smooth test images", "count": 12,
                                    "sha256": calibration_sha256(calibration.crops())}
     assert side["source_onnx_sha256"] == file_sha256(engines_dir / "E_flame.onnx")
@@ -117,3 +127,36 @@ def test_pack_renders_are_varied_face_crops(small_pack):
     assert 0 <= crops.min() and crops.max() <= 1
     assert np.abs(crops[0] - crops[1]).mean() > 0.01  # different faces, poses and backgrounds
     assert np.array_equal(crops, render_faces(DECA(small_pack), 3, seed=0))  # seeded: the cache key is stable
+
+
+def test_int8_detail_is_calibrated_on_the_faces_latents_and_keeps_the_latent_layers_float(int8_detail, engines_dir,
+                                                                                          calibration):
+    import onnx
+    import onnxruntime as ort
+
+    from capture.int8 import detail_latents
+
+    latents = detail_latents(memory_pack(), calibration.crops(), engines_dir=engines_dir)
+    assert latents.shape == (24, 181)
+    # the first half: the faces' own codes, as float32 E_flame and E_detail give them (jaw | exp | detail)
+    flame = ort.InferenceSession(str(engines_dir / "E_flame.onnx"), providers=["CPUExecutionProvider"])
+    code = flame.run(["code"], {"image": calibration.crops()[:1]})[0][0]
+    np.testing.assert_allclose(latents[0, :53], np.r_[code[203:206], code[150:200]], rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(latents[12:, 53:], latents[:12, 53:])  # the broad half keeps the detail codes
+    fp32 = ort.InferenceSession(str(engines_dir / "D_detail.onnx"), providers=["CPUExecutionProvider"])
+    ref = _one_at_a_time(lambda x: fp32.run(["uv_z"], {"latent": x})[0], latents)
+    got = _one_at_a_time(lambda x: int8_detail.run({"latent": x})["uv_z"].numpy(), latents)
+    rms, ref_rms = np.sqrt(((got - ref) ** 2).mean()), np.sqrt((ref ** 2).mean())
+    assert 0 < rms <= DETAIL_TOLERANCE * ref_rms, rms / ref_rms
+    side = int8_detail.int8_sidecar
+    assert side["network"] == "D_detail" and side["calibration"]["count"] == 24
+    assert side["calibration"]["source"] == "latents of 12 crops of smooth test images"
+    assert side["error_vs_fp32"]["rms"] == pytest.approx(rms, rel=1e-5)
+    kept = side["method"]["float32_nodes"]
+    graph = onnx.load(str(int8_detail.onnx_path)).graph
+    ops = {n.name: n.op_type for n in graph.node}
+    assert kept and {ops[name] for name in kept} >= {"Gemm", "BatchNormalization"}
+    first_conv = next(n for n in graph.node if n.op_type == "Conv")
+    assert any(n.op_type == "DequantizeLinear" and n.output[0] in first_conv.input for n in graph.node)
+    assert "INT8 D_detail calibrated on 24 latents of 12 crops of smooth test images" in int8_detail.reason
+    assert "displacement rms error" in int8_detail.reason

@@ -171,12 +171,13 @@ class OnnxRuntimeBackend(Backend):
 
 
 class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
-    """ONNX Runtime on the CPU with E_flame statically quantised to INT8 (`capture.int8`); the other networks
-    run their float32 graphs (INT8 is made for E_flame only; `.detail` says which ran).
+    """ONNX Runtime on the CPU with the per-frame networks, E_flame and D_detail, statically quantised to INT8
+    (`capture.int8`); E_detail, which runs once per target, keeps its float32 graph (`.detail` says which ran).
 
     calibration: a `capture.int8.Calibration` (face crops and what they are); default: renders of the pack.
-    The INT8 graph is cached beside the float32 one, keyed by that graph and the crops; its sidecar
-    (`.int8_sidecar`) records the calibration and the error against float32 on the same crops.
+    E_flame is calibrated on the crops, D_detail on the latents of those faces. The INT8 graph is cached beside
+    the float32 one, keyed by that graph and the crops; its sidecar (`.int8_sidecar`) records the calibration
+    and the error against float32 on the same inputs.
     reduce_range, threads, spinning: as `capture.int8.quantize_int8` and `OnnxRuntimeBackend`.
     """
 
@@ -216,4 +217,4 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
 
         if importlib.util.find_spec("onnx") is None:
             return False, "the onnx package is missing (pip install onnx): ONNX Runtime's quantiser needs it"
-        return True, why.replace(" CPU,", " CPU with INT8 E_flame,")
+        return True, why.replace(" CPU,", " CPU with INT8 E_flame and D_detail,")
