@@ -35,6 +35,9 @@ INT8_FORMAT = "capture.onnx-int8/3"  # /3: D_detail too; the nodes before the fi
 # What INT8 is made for: the per-frame networks. E_flame (4 GMAC) runs ~3.7x faster in INT8 on a VNNI CPU,
 # D_detail ~1.8x (20.5 -> 11 ms, one thread); E_detail runs once per target and stays float32.
 INT8_NETWORKS = ("E_flame", "D_detail")
+# Faces whose latents calibrate D_detail (the first of the crops): the detail code is all D_detail takes from a
+# face, and the expression half is drawn broadly anyway; 16 faces cost ~4 s of encoder passes on 2 cores, 48 ~12.
+DETAIL_FACES = 16
 PACK_RENDERS = 32  # calibration crops rendered from the pack when there is no input to take them from
 
 
@@ -267,10 +270,10 @@ def _ort_version() -> str:
 def ensure_int8_onnx(pack, name: str, crops: np.ndarray, *, engines_dir: Optional[Union[str, Path]] = None,
                      reduce_range: bool = False, source: str = "") -> Path:
     """An INT8 `<name>.int8-<key>.onnx` next to the float32 graph of `capture.export.ensure_onnx`, calibrated on
-    face crops [N, 3, 224, 224] (E_flame on the crops, D_detail on their latents, `detail_latents`); keyed by
-    that graph's and the crops' hashes (and, for D_detail, the pack's weights, which make the latents);
-    quantised on first use, reused while they are unchanged (its sidecar, `read_sidecar(sidecar_path(path))`,
-    says how it was calibrated and its error against fp32)."""
+    face crops [N, 3, 224, 224] (E_flame on the crops, D_detail on the latents of the first DETAIL_FACES,
+    `detail_latents`); keyed by that graph's and the crops' hashes (and, for D_detail, the pack's weights, which
+    make the latents); quantised on first use, reused while they are unchanged (its sidecar,
+    `read_sidecar(sidecar_path(path))`, says how it was calibrated and its error against fp32)."""
     from capture.export import ensure_onnx, pack_weights_sha256
 
     spec = graph_spec(name)
@@ -296,8 +299,9 @@ def ensure_int8_onnx(pack, name: str, crops: np.ndarray, *, engines_dir: Optiona
             if not fresh():
                 inputs = crops
                 if name == "D_detail":
-                    inputs = detail_latents(pack, crops, engines_dir=engines_dir)
-                    source = f"latents of {len(crops)} crops of {source or 'unnamed inputs'}"
+                    faces = crops[:DETAIL_FACES]
+                    inputs = detail_latents(pack, faces, engines_dir=engines_dir)
+                    source = f"latents of {len(faces)} crops of {source or 'unnamed inputs'}"
                 quantize_int8(fp32, dst, inputs, spec, reduce_range=reduce_range, source=source)
     return dst
 

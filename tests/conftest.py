@@ -47,7 +47,7 @@ def _cuda_available() -> bool:
 # Parallel runs (`pytest -n auto --dist loadgroup`, what `make test` does): each module is one group, run by one
 # worker, so that module fixtures are built once; modules sharing a session fixture that is costly to build share a
 # group. The longest modules are handed out first, so that no worker starts one of them when the others are done.
-_SHARED_GROUPS = {"test_export": "onnx-export", "test_backends": "onnx-export"}
+_SHARED_GROUPS = {"test_export": "onnx-export", "test_backends": "onnx-export", "test_int8": "onnx-export"}
 _LONGEST_FIRST = ["test_train", "test_readme", "test_video", "test_entry_points", "test_export", "test_backends"]
 
 

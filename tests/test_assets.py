@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -17,14 +16,13 @@ import torch
 from capture.assets import AssetError, inspect_pack, load_pack, resolve_pack_dir
 from capture.assets.official import read_flame_pickle, read_landmark_embedding
 from capture.assets.safe_pickle import ForeignClassError, restricted_loads
+from cli_runs import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run_cli(*args, env=None):
-    full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "capture.assets", *args], capture_output=True, text=True,
-                          cwd=ROOT, env=full_env, timeout=300)
+def _run_cli(*args):
+    return run_main("capture.assets", *args)
 
 
 # ------------------------------------------------------------------ an official-style pickle, written here

@@ -15,6 +15,7 @@ import av
 import numpy as np
 import pytest
 
+from cli_runs import run_main
 from face_clips import make_face_clip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,17 +118,17 @@ def test_bad_inputs_give_one_line(tmp_path, pack_dir):
     not_an_image = tmp_path / "target.jpg"
     not_an_image.write_text("not an image")
 
-    assert_one_line_error(run_cli("capture.video", garbage, "-o", tmp_path / "o1.mp4", "--assets", pack_dir),
+    assert_one_line_error(run_main("capture.video", garbage, "-o", tmp_path / "o1.mp4", "--assets", pack_dir),
                           "garbage.mp4")
-    assert_one_line_error(run_cli("capture.video", tmp_path / "missing.mp4", "-o", tmp_path / "o2.mp4"),
+    assert_one_line_error(run_main("capture.video", tmp_path / "missing.mp4", "-o", tmp_path / "o2.mp4"),
                           "missing.mp4")
-    assert_one_line_error(run_cli("capture.video", clip.path, "-o", tmp_path / "no" / "dir" / "o.mp4"),
+    assert_one_line_error(run_main("capture.video", clip.path, "-o", tmp_path / "no" / "dir" / "o.mp4"),
                           "does not exist")
-    assert_one_line_error(run_cli("capture.video", clip.path, "-o", tmp_path / "o3.mp4", "--assets", pack_dir,
+    assert_one_line_error(run_main("capture.video", clip.path, "-o", tmp_path / "o3.mp4", "--assets", pack_dir,
                                   "--target", not_an_image, "--no-progress"), "target.jpg")
-    assert_one_line_error(run_cli("capture.video", clip.path, "-o", tmp_path / "o4.mp4", "--assets", pack_dir,
+    assert_one_line_error(run_main("capture.video", clip.path, "-o", tmp_path / "o4.mp4", "--assets", pack_dir,
                                   "--target", tmp_path / "nobody.png", "--no-progress"), "nobody.png")
-    result = run_cli("capture.video", truncated, "-o", tmp_path / "o5.mp4", "--assets", pack_dir, "--no-progress",
+    result = run_main("capture.video", truncated, "-o", tmp_path / "o5.mp4", "--assets", pack_dir, "--no-progress",
                      "--backend", "torch")
     assert_one_line_error(result, "truncated")
     pts, _, _ = probe(tmp_path / "o5.mp4")
@@ -229,7 +230,7 @@ def test_output_that_is_a_hard_link_of_an_input_is_refused_by_every_command(tmp_
     for cmd in (["capture.video", clip.path, "-o", link, "--assets", pack_dir],
                 ["capture.live", "--cam", clip.path, "--no-display", "--record", link, "--assets", pack_dir],
                 ["capture.demo", "--source", clip.path, "-o", link]):
-        assert_one_line_error(run_cli(*cmd), "same file")
+        assert_one_line_error(run_main(*cmd), "same file")
     assert Path(clip.path).read_bytes() == before
 
 
@@ -255,7 +256,7 @@ def test_damaged_packet_is_skipped_counted_and_in_the_exit_status(tmp_path, pack
 
 @pytest.mark.slow
 def test_live_missing_camera_is_one_line(tmp_path):
-    assert_one_line_error(run_cli("capture.live", "--cam", "7", "--no-display"), "camera 7")
+    assert_one_line_error(run_main("capture.live", "--cam", "7", "--no-display"), "camera 7")
 
 
 @pytest.mark.slow
