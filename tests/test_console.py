@@ -41,19 +41,22 @@ def _stderr_of(code: str) -> str:
     return result.stderr
 
 
-def test_native_writes_to_fd2_are_silenced_only_inside():
+def test_native_log_lines_are_dropped_inside_and_everything_else_kept():
     err = _stderr_of("""
-        import os
+        import os, sys
         from capture.console import native_logs_silenced
         os.write(2, b"before\\n")
         with native_logs_silenced():
-            os.write(2, b"native noise\\n")
+            os.write(2, b"W0000 00:00:1796151621.148772   12538 inference_feedback_manager.cc:114] noise\\n")
             with native_logs_silenced():
-                os.write(2, b"nested noise\\n")
-            os.write(2, b"still inside\\n")
-        os.write(2, b"after\\n")
+                os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n")
+                print("a message from Python", file=sys.stderr)
+            os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n")
+            os.write(2, b"I0000 00:00:1796151621.1   12538 gl_context.cc:369] more noise\\n")
+        os.write(2, b"W0000 00:00:1796151621.2   12538 outside.cc:1] after the window: shown\\n")
     """)
-    assert err.split() == ["before", "after"]
+    assert err.splitlines() == ["before", "a message from Python",
+                                "W0000 00:00:1796151621.2   12538 outside.cc:1] after the window: shown"]
 
 
 def test_mediapipe_graphs_start_without_log_lines():
