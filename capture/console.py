@@ -3,13 +3,14 @@ native log lines of MediaPipe (absl, TF Lite) kept off the terminal, where they 
 
 MediaPipe's C++ side writes its INFO/WARNING lines ("Created TensorFlow Lite XNNPACK delegate", "Feedback
 manager requires a model with a single signature", "All log messages before absl::InitializeLog()") straight
-to file descriptor 2 while a graph is created and while it runs its first image; neither GLOG_minloglevel nor
-TF_CPP_MIN_LOG_LEVEL reaches them (measured with mediapipe 0.10.21). `native_logs_silenced()` points fd 2 into a
-pipe for exactly those moments and passes on everything but those lines when it closes.
+to file descriptor 2, from its own threads, while a graph starts and while it runs its first faces; neither
+GLOG_minloglevel nor TF_CPP_MIN_LOG_LEVEL reaches them (measured with mediapipe 0.10.21). `native_logs_silenced()`
+points fd 2 through a filter thread for those moments that passes on everything but those lines.
 `CAPTURE_NATIVE_LOGS=1` keeps the lines (for debugging a graph).
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
@@ -21,36 +22,98 @@ from typing import Callable, Iterator
 
 _lock = threading.Lock()
 _silenced = 0  # nesting depth over all threads
-_saved_fd = -1  # the real fd 2 while silenced
-_pipe_fd = -1  # read end of the pipe fd 2 points at while silenced
+_filter = None  # the _LogFilter while silenced
 
 # The native lines: glog/absl ("W0000 00:00:1796151621.148772   12538 file.cc:114] ..."), TF Lite's INFO line, absl's
 # pre-initialisation warning. Everything else written to fd 2 in the window (Python's messages, a progress bar
-# from another thread) is passed on when the window closes, not lost.
+# from another thread) is passed on as it comes.
 _NATIVE_LINE = re.compile(rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ ]+:\d+\]|INFO: Created TensorFlow Lite "
                           rb"|WARNING: All log messages before absl::InitializeLog\(\))")
+_HOLD_S = 0.1  # an unfinished line (a progress bar's "\r..." update) is passed on after this long without more
 
 
-def _drain(fd: int) -> bytes:
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:  # a child process started in the window may still hold the write end
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
+class _LogFilter:
+    """fd 2 pointed into a pipe; a thread passes each line on to the real fd 2 unless it is a native log line.
+
+    Lines end at "\n" or "\r" (a progress bar redraws with "\r"), so what Python and other threads write goes out
+    as it comes; closing puts fd 2 back, passes on what is left in the pipe and stops the thread."""
+
+    def __init__(self):
+        self.out = os.dup(2)  # the real fd 2, for the thread (raises OSError without one)
+        self.saved = os.dup(2)  # ... and to put back on close
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        self.read = read
+        self.wake_read, self.wake_write = os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
+        self.thread = threading.Thread(target=self._forward, name="capture-log-filter", daemon=True)
+        self.thread.start()
+
+    def _emit(self, segments: list[bytes]) -> None:
+        kept = b"".join(seg for seg in segments if not _NATIVE_LINE.match(seg))
+        if kept:
+            with contextlib.suppress(OSError):
+                os.write(self.out, kept)
+
+    def _forward(self) -> None:
+        import select
+
+        pending = b""
+        stopping = False
+        while True:
+            try:
+                ready, _, _ = select.select([self.read, self.wake_read], [], [], _HOLD_S if pending else None)
+                if self.wake_read in ready:
+                    stopping = True
+                chunk = b""
+                if self.read in ready or stopping:
+                    with contextlib.suppress(BlockingIOError):
+                        chunk = os.read(self.read, 65536)
+            except OSError:  # closed under us (close gave up waiting): nothing more to pass on
+                break
+            if chunk:
+                segments = re.split(rb"(?<=[\r\n])", pending + chunk)
+                pending = segments.pop()  # "" after a complete line
+                self._emit(segments)
+                continue
+            if pending and (not ready or stopping):  # nothing more came: pass the unfinished line on
+                self._emit([pending])
+                pending = b""
+            if stopping:  # the pipe is empty (a child process started in the window may still hold it open)
+                break
+        os.close(self.out)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        os.write(self.wake_write, b"x")
+        self.thread.join(timeout=5)
+        for fd in (self.read, self.wake_read, self.wake_write):
+            os.close(fd)
+
+
+def _close_at_exit() -> None:
+    """A window still open at exit (a detector never closed, an error on the way out): pass the rest on."""
+    global _silenced, _filter
+    with _lock:
+        if _filter is not None:
+            _filter.close()
+            _filter = None
+        _silenced = 0
+
+
+atexit.register(_close_at_exit)
 
 
 @contextlib.contextmanager
 def native_logs_silenced() -> Iterator[None]:
-    """fd 2 into a pipe for the duration (thread-safe, nestable); when the outermost window closes, every line
-    written there except MediaPipe's native log lines goes on to the real fd 2. Keep it to graph creation and
-    first runs: what other threads write in the window shows when it closes, and a single write larger than the
-    pipe (64 KiB) would wait for that."""
-    global _silenced, _saved_fd, _pipe_fd
+    """fd 2 through a filter for the duration (thread-safe, nestable): every line written there except MediaPipe's
+    native log lines goes on to the real fd 2 as it comes. May stay open as long as needed (a face graph keeps it
+    from its creation until it has found faces: the native lines come from MediaPipe's own threads)."""
+    global _silenced, _filter
     if os.environ.get("CAPTURE_NATIVE_LOGS"):
         yield
         return
@@ -59,35 +122,18 @@ def native_logs_silenced() -> Iterator[None]:
             with contextlib.suppress(Exception):
                 sys.stderr.flush()
             try:
-                saved = os.dup(2)
+                _filter = _LogFilter()
             except OSError:  # no fd 2 at all (a detached process): nothing to silence
-                saved = -1
-            if saved >= 0:
-                read, write = os.pipe()
-                os.set_blocking(read, False)
-                os.dup2(write, 2)
-                os.close(write)
-                _pipe_fd = read
-            _saved_fd = saved
+                _filter = None
         _silenced += 1
     try:
         yield
     finally:
         with _lock:
-            _silenced -= 1
-            if _silenced == 0 and _saved_fd >= 0:
-                with contextlib.suppress(Exception):
-                    sys.stderr.flush()
-                os.dup2(_saved_fd, 2)
-                os.close(_saved_fd)
-                _saved_fd = -1
-                written = _drain(_pipe_fd)
-                os.close(_pipe_fd)
-                _pipe_fd = -1
-                kept = b"".join(line for line in written.splitlines(keepends=True) if not _NATIVE_LINE.match(line))
-                if kept:
-                    with contextlib.suppress(OSError):
-                        os.write(2, kept)
+            _silenced = max(0, _silenced - 1)
+            if _silenced == 0 and _filter is not None:
+                _filter.close()
+                _filter = None
 
 
 def prog(command: str, module: str) -> str:

@@ -33,6 +33,7 @@ u = (x + 1) * size / 2 - 0.5: `capture.conventions.ndc_to_pixel` / `pixel_to_ndc
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -50,7 +51,7 @@ KPT68_MESH_IDX = JAW_MESH_IDX + BROW_MESH_IDX
 DETECTION_TO_KPT68 = {"dx": 0.0, "dy": 0.02, "sw": 0.93, "sh": 0.91}
 
 DECA_SCALE = 1.25  # TestData's `scale`
-COLD_RUNS = 2  # runs that found a face before a graph's native logs are let through (FaceDetector._process)
+COLD_RUNS = 2  # runs that found a face before a graph's native logs are let through (FaceDetector._start)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -299,59 +300,65 @@ class FaceDetector:
         self._det = None
         self._mesh = None
         self._mesh_track = None
-        self._cold: dict[int, int] = {}  # graph -> runs with a face left to silence (see _process)
+        self._cold: dict[int, list] = {}  # graph -> [runs with a face left, its open log window] (see _start)
 
     # -- graphs ---------------------------------------------------------------------------------
+    def _start(self, make):
+        """make() builds a MediaPipe graph; fd 2 stays filtered (`native_logs_silenced`) from then until the graph
+        has found a face in COLD_RUNS runs. MediaPipe logs from its own threads as the graph starts and the first
+        time each of its models runs, and the landmark model runs only once a face is found (a clip that opens on
+        an empty room logs at its first face), so a window around each call would miss lines."""
+        window = contextlib.ExitStack()
+        window.enter_context(native_logs_silenced())
+        try:
+            graph = make()
+        except BaseException:
+            window.close()
+            raise
+        self._cold[id(graph)] = [COLD_RUNS, window]
+        return graph
+
     def _detector(self):
         if self._det is None:
-            with native_logs_silenced():
+            def make():
                 from mediapipe.python.solutions import face_detection
 
-                self._det = face_detection.FaceDetection(
-                    model_selection=1 if self.full_range else 0, min_detection_confidence=self.min_score
-                )
-            self._cold[id(self._det)] = COLD_RUNS
+                return face_detection.FaceDetection(model_selection=1 if self.full_range else 0,
+                                                    min_detection_confidence=self.min_score)
+
+            self._det = self._start(make)
         return self._det
 
     def _mesh_static(self):
         if self._mesh is None:
-            with native_logs_silenced():
+            def make():
                 from mediapipe.python.solutions import face_mesh
 
-                self._mesh = face_mesh.FaceMesh(
-                    static_image_mode=True, max_num_faces=self.max_faces, refine_landmarks=self.refine,
-                    min_detection_confidence=self.min_score,
-                )
-            self._cold[id(self._mesh)] = COLD_RUNS
+                return face_mesh.FaceMesh(static_image_mode=True, max_num_faces=self.max_faces,
+                                          refine_landmarks=self.refine, min_detection_confidence=self.min_score)
+
+            self._mesh = self._start(make)
         return self._mesh
 
     def _mesh_tracking(self):
         if self._mesh_track is None:
-            with native_logs_silenced():
+            def make():
                 from mediapipe.python.solutions import face_mesh
 
-                self._mesh_track = face_mesh.FaceMesh(
-                    static_image_mode=False, max_num_faces=1, refine_landmarks=self.refine,
-                    min_detection_confidence=self.min_score, min_tracking_confidence=0.5,
-                )
-            self._cold[id(self._mesh_track)] = COLD_RUNS
+                return face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=self.refine,
+                                          min_detection_confidence=self.min_score, min_tracking_confidence=0.5)
+
+            self._mesh_track = self._start(make)
         return self._mesh_track
 
     def _process(self, graph, img: np.ndarray):
-        """graph.process(img), with native logs silenced while the graph is cold: MediaPipe logs as a graph is built
-        and the first time each of its models runs, and the landmark model runs only once a face is found (a clip
-        that opens on an empty room logs at its first face), so a graph stays cold until COLD_RUNS runs have found
-        a face."""
-        left = self._cold.get(id(graph), 0)
-        if not left:
-            return graph.process(img)
-        with native_logs_silenced():
-            result = graph.process(img)
-        if getattr(result, "multi_face_landmarks", None) or getattr(result, "detections", None):
-            if left > 1:
-                self._cold[id(graph)] = left - 1
-            else:
-                del self._cold[id(graph)]
+        """graph.process(img); a cold graph's log window closes after its COLD_RUNS-th run with a face."""
+        result = graph.process(img)
+        cold = self._cold.get(id(graph))
+        if cold is not None and (getattr(result, "multi_face_landmarks", None) or getattr(result, "detections", None)):
+            cold[0] -= 1
+            if cold[0] <= 0:
+                self._cold.pop(id(graph))[1].close()
         return result
 
     def close(self) -> None:
@@ -359,7 +366,9 @@ class FaceDetector:
             graph = getattr(self, name)
             if graph is not None:
                 graph.close()
-                self._cold.pop(id(graph), None)
+                cold = self._cold.pop(id(graph), None)
+                if cold is not None:  # closed before it warmed up: its shutdown is filtered too
+                    cold[1].close()
                 setattr(self, name, None)
 
     def __enter__(self) -> "FaceDetector":

@@ -59,6 +59,29 @@ def test_native_log_lines_are_dropped_inside_and_everything_else_kept():
                                 "W0000 00:00:1796151621.2   12538 outside.cc:1] after the window: shown"]
 
 
+def test_the_window_passes_lines_on_as_they_come_and_its_rest_at_exit(tmp_path):
+    """A window may stay open for minutes (a face graph keeps it until it has found faces): Python's lines and a
+    progress bar's unfinished "\\r" line reach the real stderr while it is open; one left open at exit (with an
+    uncaught error) still passes the traceback on."""
+    log = tmp_path / "stderr.txt"
+    code = textwrap.dedent(f"""
+        import os, sys, time
+        from capture.console import native_logs_silenced
+        window = native_logs_silenced()
+        window.__enter__()
+        print("a warning", file=sys.stderr, flush=True)
+        os.write(2, b"I0000 00:00:1796151621.1   12538 gl_context.cc:369] noise\\n")
+        os.write(2, b"\\r 50%|#####     |")
+        time.sleep(1.0)
+        assert open({str(log)!r}, "rb").read() == b"a warning\\n\\r 50%|#####     |", open({str(log)!r}, "rb").read()
+        raise SystemExit("stopped with the window open")
+    """)
+    with open(log, "wb") as fh:
+        result = subprocess.run([sys.executable, "-c", code], stderr=fh, cwd=ROOT, timeout=300)
+    assert result.returncode == 1
+    assert log.read_bytes() == b"a warning\n\r 50%|#####     |stopped with the window open\n"
+
+
 def test_mediapipe_graphs_start_without_log_lines():
     """Without the silencing, MediaPipe 0.10 prints 'INFO: Created TensorFlow Lite XNNPACK delegate', 'All log
     messages before absl::InitializeLog()' and 'W0000 ... inference_feedback_manager.cc' lines here; the landmark
