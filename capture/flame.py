@@ -373,6 +373,46 @@ class FLAME(torch.nn.Module):
                             "the shaped buffers; use torch's capture.flame.lbs or give it one")
         return out
 
+    def landmark_model(self) -> "FLAME":
+        """This model cut down to the vertices its landmarks read, for work that needs the landmarks alone.
+
+        forward gives the same landmarks and joints (up to float rounding) at a fraction of the cost: LBS runs
+        on the corners of the landmark triangles (static, every row of the dynamic contour table, the full
+        embedding) and on J extra rows holding the joint regressor applied to the template and to every
+        blendshape. The rest joints are linear in the shaped vertices, so those rows give them exactly, and
+        the cut model's J_regressor only picks them out. Its `vertices` are those corners then the J rows (not
+        posed: zero skinning weights), not a mesh; `faces` are the landmark triangles in the cut numbering.
+        """
+        lmk_faces = [self.static_lmk_faces_idx, self.dynamic_lmk_faces_idx, self.full_lmk_faces_idx]
+        used_faces = torch.unique(torch.cat([f.reshape(-1) for f in lmk_faces]))
+        keep = torch.unique(self.faces[used_faces].reshape(-1))
+        K, J = keep.numel(), self.J_regressor.shape[0]
+        vertex_slot = torch.full((self.v_template.shape[0],), -1, dtype=torch.int64, device=keep.device)
+        vertex_slot[keep] = torch.arange(K, device=keep.device)
+        face_slot = torch.full((self.faces.shape[0],), -1, dtype=torch.int64, device=keep.device)
+        face_slot[used_faces] = torch.arange(used_faces.numel(), device=keep.device)
+        jreg = self.J_regressor
+        n_pose = self.posedirs.shape[0]
+        posedirs = self.posedirs.reshape(n_pose, -1, 3)[:, keep]
+        buffers = {
+            "v_template": torch.cat([self.v_template[keep], jreg @ self.v_template]),
+            "shapedirs": torch.cat([self.shapedirs[keep], torch.einsum("jv,vck->jck", jreg, self.shapedirs)]),
+            "posedirs": torch.cat([posedirs, posedirs.new_zeros(n_pose, J, 3)], 1).reshape(n_pose, -1).contiguous(),
+            "J_regressor": torch.cat([jreg.new_zeros(J, K), torch.eye(J, dtype=jreg.dtype, device=jreg.device)], 1),
+            "lbs_weights": torch.cat([self.lbs_weights[keep], self.lbs_weights.new_zeros(J, J)]),
+            "faces": vertex_slot[self.faces[used_faces]],
+            "static_lmk_faces_idx": face_slot[self.static_lmk_faces_idx],
+            "dynamic_lmk_faces_idx": face_slot[self.dynamic_lmk_faces_idx],
+            "full_lmk_faces_idx": face_slot[self.full_lmk_faces_idx],
+        }
+        out = FLAME.__new__(FLAME)
+        torch.nn.Module.__init__(out)
+        for name, buffer in self.named_buffers(recurse=False):
+            out.register_buffer(name, buffers.get(name, buffer))
+        out.n_shape, out.n_exp, out._parents = self.n_shape, self.n_exp, self._parents
+        out.lbs_impl = lbs
+        return out
+
     @property
     def joint_parents(self) -> tuple[int, ...]:
         """Each joint's parent index (-1 for the root), as Python ints."""

@@ -235,6 +235,57 @@ def test_identity_folded_in_poses_like_smplx(model, smplx_dir):
         full.with_identity(shape.expand(2, -1))
 
 
+def test_landmark_model_gives_smplx_landmarks_and_joints_from_the_landmark_corners(model, smplx_dir):
+    """landmark_model(): LBS on the landmark triangles' corners only, the same joints and landmarks as smplx
+    (head turns over the whole contour table, neck and eyes posed), and gradients that agree with the full model."""
+    flame_arrays, lmk = model
+    B = 6
+    rng = np.random.default_rng(5)
+    ref = smplx.FLAME(str(smplx_dir), gender="neutral", num_betas=100, num_expression_coeffs=50,
+                       use_face_contour=True, batch_size=B)
+    full = FLAME.from_arrays(flame_arrays, lmk)
+    cut = full.landmark_model()
+    corners = np.unique(np.asarray(flame_arrays.faces)[np.r_[np.ravel(lmk.static_lmk_faces_idx),
+                                                             np.ravel(lmk.dynamic_lmk_faces_idx),
+                                                             np.ravel(lmk.full_lmk_faces_idx)]])
+    assert cut.v_template.shape[0] == corners.size + 5  # (this small test mesh: every vertex is a corner)
+    shape, exp = t32(rng.normal(size=(B, 100))), t32(rng.normal(size=(B, 50)) * 2)
+    pose = t32(random_axis_angle(rng, 2 * B, 1.0).reshape(B, 6))
+    pose[:, 1] = t32(np.linspace(-1.2, 1.2, B))  # yaw from beyond -39 to beyond +39 degrees
+    neck, eyes = t32(random_axis_angle(rng, B, 0.5)), t32(random_axis_angle(rng, 2 * B, 0.5).reshape(B, 6))
+    with torch.no_grad():
+        out = cut(shape, exp, pose, neck_pose=neck, eye_pose=eyes)
+        r = ref(betas=shape, expression=exp, global_orient=pose[:, :3], jaw_pose=pose[:, 3:], neck_pose=neck,
+                leye_pose=eyes[:, :3], reye_pose=eyes[:, 3:])
+        whole = full(shape, exp, pose, neck_pose=neck, eye_pose=eyes)
+    np.testing.assert_allclose(out.joints, r.joints[:, :5], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(out.landmarks2d[:, 17:], r.joints[:, 5:56], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(out.landmarks2d, whole.landmarks2d, atol=1e-5, rtol=0)  # contour rows too
+    np.testing.assert_allclose(out.landmarks3d, whole.landmarks3d, atol=1e-5, rtol=0)
+    grads = []
+    for m in (full, cut):
+        e = exp.clone().requires_grad_(True)
+        p = pose.clone().requires_grad_(True)
+        m(shape, e, p).landmarks2d.square().sum().backward()
+        grads.append(torch.cat([e.grad, p.grad], 1))
+    np.testing.assert_allclose(grads[1], grads[0], atol=1e-4, rtol=1e-4)
+
+
+def test_landmark_model_of_the_demo_head_reads_a_tenth_of_its_vertices(demo_pack):
+    """On a FLAME-sized mesh the cut model renumbers vertices and faces; landmarks and joints stay the full model's."""
+    full = FLAME(demo_pack)
+    cut = full.landmark_model()
+    assert cut.v_template.shape[0] < full.v_template.shape[0] / 5
+    rng = np.random.default_rng(2)
+    B = 4
+    shape, exp = t32(rng.normal(size=(B, 100))), t32(rng.normal(size=(B, 50)) * 2)
+    pose = t32(random_axis_angle(rng, 2 * B, 0.8).reshape(B, 6))
+    with torch.no_grad():
+        a, b = full(shape, exp, pose), cut(shape, exp, pose)
+    for name in ("joints", "landmarks2d", "landmarks3d"):
+        np.testing.assert_allclose(getattr(b, name), getattr(a, name), atol=1e-6, rtol=0, err_msg=name)
+
+
 def test_lbs_pure_function_matches_smplx_lbs(model):
     """The functional core alone (tensor parents, float64) against smplx.lbs.lbs."""
     from smplx.lbs import lbs as smplx_lbs

@@ -177,6 +177,8 @@ def test_barycentrics_match_the_rasterizer(demo_pack):
     # the CPU rasteriser's weights come from fixed-point edge functions: equal to a few 1e-3
     diff = (bary[covered] - frags.bary[covered]).abs()
     assert diff.max() < 5e-2 and diff.mean() < 2e-3
+    # a landmark-only step's landmarks (FLAME on the landmark triangles) are the full geometry's
+    torch.testing.assert_close(r.landmarks(codes), geo.landmarks, atol=1e-5, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------------ networks
@@ -323,6 +325,23 @@ def test_feature_cache_is_reused_only_for_the_same_crops_and_weights(tiny_datase
     assert sum(calls) == 2 * len(data)
 
 
+def test_bfloat16_features_are_within_a_percent_of_float32_and_cached_apart(tiny_dataset, demo_pack, tmp_path):
+    from capture.train.loop import TrainableEncoder, feature_dtype
+
+    assert feature_dtype("float32") == torch.float32 and feature_dtype("bfloat16") == torch.bfloat16
+    assert feature_dtype("auto", "cuda") == torch.float32
+    with pytest.raises(ConfigError, match="feature_precision must be one of auto, float32, bfloat16"):
+        feature_dtype("fp16")
+    data = FaceDataset(tiny_dataset, k=2, render_size=64, crops_per_image=1, seed=0)
+    f32 = TrainableEncoder(_own_e_flame(demo_pack).eval(), False, "float32")
+    b16 = TrainableEncoder(_own_e_flame(demo_pack).eval(), False, "bfloat16")
+    exact, low = f32.cache_all(data, save=tmp_path / "f.pt"), b16.cache_all(data, reuse=[tmp_path / "f.pt"])
+    assert low.dtype == torch.float32 and not torch.equal(low, exact)  # recomputed: the key holds the precision
+    # measured 1.2 % of the features, 3.5 % of their spread between faces (what the standardised head learns from)
+    assert float((low - exact).norm() / exact.norm()) < 0.03
+    assert float((low - exact).norm() / (exact - exact.mean(0)).norm()) < 0.08
+
+
 # ------------------------------------------------------------------------------------------------ both stages
 def _finite_rows(rows):
     for row in rows:
@@ -379,8 +398,10 @@ def _backbone_features(source, batch) -> tuple[torch.Tensor, dict]:
     from capture.train.loop import encoder_input, load_networks
 
     net = load_networks(source)["E_flame"].eval()
+    backbone = net.encoder.to(memory_format=torch.channels_last)  # float32 as inference runs it, 1.3x faster
     with torch.no_grad():
-        feats = torch.cat([net.encoder(encoder_input(batch.images[i:i + 32])) for i in range(0, batch.size, 32)])
+        feats = torch.cat([backbone(encoder_input(batch.images[i:i + 32]).contiguous(memory_format=torch.channels_last))
+                           for i in range(0, batch.size, 32)])
     return feats, net.encoder.state_dict()
 
 

@@ -24,17 +24,18 @@ def coarse_terms(renderer: TrainRenderer, codes: Codes, batch: Batch, identity_n
     """Unweighted coarse-stage loss terms for one batch (keys match the `w_<term>` weights of `weights`).
 
     Terms whose weight is 0 are not computed, and nothing is rendered when no image term is left: a
-    landmark-only run (`pretrain`) costs a FLAME pass per step instead of three renders.
+    landmark-only run (`pretrain`) costs FLAME on the landmark triangles per step instead of three renders.
     """
     on = lambda term: weights[f"w_{term}"] != 0  # noqa: E731
     use_identity = on("identity") and identity_net is not None
     renders = on("photo") or use_identity or on("shape_consistency")
-    geo = renderer.geometry(codes, normals=renders)
+    geo = renderer.geometry(codes) if renders else None
+    landmarks = geo.landmarks if renders else renderer.landmarks(codes)
     terms = {}
     if on("landmark"):
-        terms["landmark"] = L.landmark_loss(geo.landmarks, batch.landmarks)
+        terms["landmark"] = L.landmark_loss(landmarks, batch.landmarks)
     if on("eye"):
-        terms["eye"] = L.eye_closure_loss(geo.landmarks, batch.landmarks)
+        terms["eye"] = L.eye_closure_loss(landmarks, batch.landmarks)
     if renders:
         albedo = renderer.albedo(codes.tex)
     if on("photo") or use_identity:
@@ -83,7 +84,7 @@ def train_coarse(data_dir: str | Path, out: str | Path, cfg: dict, *, assets: Op
     inputs = prepare_stage(data_dir, cfg, assets=assets, init=init, resume=resume)
     networks, renderer = inputs.networks, inputs.renderer
     stage_cfg = cfg[stage]
-    e_flame = TrainableEncoder(networks["E_flame"], stage_cfg["train_backbone"])
+    e_flame = TrainableEncoder(networks["E_flame"], stage_cfg["train_backbone"], cfg["data"]["feature_precision"])
     if not stage_cfg["train_backbone"]:
         reuse, save = feature_cache_files("E_flame", out, init, resume)
         e_flame.standardise_head(inputs.data, reuse, save)

@@ -83,11 +83,12 @@ def train_detail(data_dir: str | Path, out: str | Path, cfg: dict, *, assets: Op
     inputs = prepare_stage(data_dir, cfg, assets=assets, init=init, resume=resume)
     networks, renderer = inputs.networks, inputs.renderer
     stage_cfg = cfg["detail"]
-    e_flame = TrainableEncoder(networks["E_flame"], train_backbone=False)  # cached codes per crop when fine-tuning
+    precision = cfg["data"]["feature_precision"]
+    e_flame = TrainableEncoder(networks["E_flame"], False, precision)  # cached codes per crop when fine-tuning
     networks["E_flame"].requires_grad_(False)
     if not stage_cfg["train_backbone"]:  # E_flame's features of the same crops: from the coarse run when it kept them
         e_flame.cache_all(inputs.data, *feature_cache_files("E_flame", out, init, resume))
-    e_detail = TrainableEncoder(networks["E_detail"], stage_cfg["train_backbone"])
+    e_detail = TrainableEncoder(networks["E_detail"], stage_cfg["train_backbone"], precision)
     if not stage_cfg["train_backbone"]:
         reuse, save = feature_cache_files("E_detail", out, init, resume)
         e_detail.standardise_head(inputs.data, reuse, save)

@@ -18,6 +18,7 @@ from ..artifacts import atomic_write
 from ..assets import load_pack
 from ..assets.official import PACK_FILES
 from ..nets import INPUT_SIZE, NETWORK_NAMES, ResNet50Encoder, build_networks
+from .config import ConfigError
 from .dataset import Batch, FaceDataset
 
 if TYPE_CHECKING:
@@ -41,6 +42,27 @@ def freeze_batchnorm(module: nn.Module) -> None:
             m.eval()
 
 
+FEATURE_PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def feature_dtype(precision: str, device: torch.device | str = "cpu") -> torch.dtype:
+    """The dtype a frozen backbone computes its cached features in (`data.feature_precision`).
+
+    auto: bfloat16 on a CPU that computes it natively (AVX512-BF16 or AMX), else float32. Measured on one core
+    of an AVX512-BF16 EPYC, ResNet-50 at 224: 66 ms a crop in bfloat16 against 154 in float32; E_flame's features
+    of demo-pack crops differ from float32's by 1.2 % rms, 3.5 % of their spread between faces (what the
+    standardised head learns from). Only the head is trained on them; inference runs float32 as before.
+    Without native support bfloat16 is emulated (slower than float32), hence the check.
+    """
+    if precision not in FEATURE_PRECISIONS:
+        raise ConfigError(f"data.feature_precision must be one of {', '.join(FEATURE_PRECISIONS)}, not {precision!r}")
+    if precision == "auto":
+        native = torch.device(device).type == "cpu" and (torch.cpu._is_avx512_bf16_supported()
+                                                        or torch.cpu._is_amx_tile_supported())
+        return torch.bfloat16 if native else torch.float32
+    return torch.bfloat16 if precision == "bfloat16" else torch.float32
+
+
 class TrainableEncoder:
     """E_flame or E_detail, trained whole (`train_backbone`) or as its MLP head on cached backbone features.
 
@@ -49,8 +71,9 @@ class TrainableEncoder:
     then trains the first head layer in standardised feature coordinates (see there).
     """
 
-    def __init__(self, encoder: ResNet50Encoder, train_backbone: bool):
+    def __init__(self, encoder: ResNet50Encoder, train_backbone: bool, feature_precision: str = "auto"):
         self.encoder, self.train_backbone = encoder, bool(train_backbone)
+        self.feature_dtype = feature_dtype(feature_precision, next(encoder.parameters()).device)
         self._features: dict[tuple[int, int], torch.Tensor] = {}
         self._standard: Optional[tuple[torch.Tensor, torch.Tensor, nn.Parameter, nn.Parameter]] = None
         encoder.requires_grad_(False)
@@ -73,8 +96,9 @@ class TrainableEncoder:
         freeze_batchnorm(self.encoder)
 
     def cache_key(self, data: FaceDataset) -> str:
-        """What the cached features depend on: backbone weights, images (names, sizes, times), crops, size."""
-        h = hashlib.sha256()
+        """What the cached features depend on: backbone weights and precision, images (names, sizes, times),
+        crops, size."""
+        h = hashlib.sha256(str(self.feature_dtype).encode())
         for name, t in self.encoder.encoder.state_dict().items():
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
@@ -150,9 +174,10 @@ class TrainableEncoder:
             # channels-last: the same convolutions about 1.3x faster on the CPU for these batches; the backbone is
             # frozen here, so changing the weights' memory layout changes no value (the checkpoint is the same)
             backbone.to(memory_format=torch.channels_last)
-            with torch.no_grad():
-                images = encoder_input(batch.images[todo]).contiguous(memory_format=torch.channels_last)
-                feats = backbone(images)
+            images = encoder_input(batch.images[todo]).contiguous(memory_format=torch.channels_last)
+            low = self.feature_dtype != torch.float32
+            with torch.no_grad(), torch.autocast(images.device.type, dtype=self.feature_dtype, enabled=low):
+                feats = backbone(images).float()
             for j, f in zip(todo, feats):
                 self._features[keys[j]] = f
         return torch.stack([self._features[k] for k in keys])

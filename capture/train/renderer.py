@@ -25,7 +25,7 @@ from ..views import mesh_normals
 @dataclass
 class TrainGeometry:
     vertices: torch.Tensor  # [B, V, 3] world (FLAME metres)
-    normals: Optional[torch.Tensor]  # [B, V, 3] world vertex normals (None when not asked for: nothing rendered)
+    normals: torch.Tensor  # [B, V, 3] world vertex normals
     screen: torch.Tensor  # [B, V, 3] crop NDC
     landmarks: torch.Tensor  # [B, 68, 2] crop NDC (the 2D landmarks, contour following the yaw)
 
@@ -71,12 +71,20 @@ class TrainRenderer:
         self.assets, self.size, self.device = assets, int(size), assets.device
         self.pack = assets.pack
         self.rasterizer = get_rasterizer("cpu")
+        self._landmark_flame = None
 
-    def geometry(self, codes: Codes, normals: bool = True) -> TrainGeometry:
-        """FLAME, projected; normals=False leaves out the vertex normals (a landmark-only step renders nothing)."""
+    def landmarks(self, codes: Codes) -> torch.Tensor:
+        """The 2D landmarks alone [B, 68, 2] crop NDC, as `geometry(codes).landmarks`: FLAME on the landmark
+        triangles' corners only (`FLAME.landmark_model`; a landmark-only step costs a tenth of a full pass)."""
+        if self._landmark_flame is None:
+            self._landmark_flame = self.assets.flame.landmark_model()
+        out = self._landmark_flame(codes.shape, codes.exp, codes.pose)
+        return orthographic(out.landmarks2d, codes.cam)[..., :2]
+
+    def geometry(self, codes: Codes) -> TrainGeometry:
+        """FLAME, projected, with vertex normals (what a render needs; `landmarks` when nothing is rendered)."""
         out = self.assets.flame(codes.shape, codes.exp, codes.pose)
-        vertex_normals = mesh_normals(self.assets, out.vertices) if normals else None
-        return TrainGeometry(vertices=out.vertices, normals=vertex_normals,
+        return TrainGeometry(vertices=out.vertices, normals=mesh_normals(self.assets, out.vertices),
                              screen=orthographic(out.vertices, codes.cam),
                              landmarks=orthographic(out.landmarks2d, codes.cam)[..., :2])
 
