@@ -8,54 +8,70 @@ from __future__ import annotations
 import importlib
 import sys
 
+# command function -> (the module `python -m` runs, how its errors become the exit status: "run_cli" = through
+# cli_common.run_cli (one `error:` line, 128 + signal on a stop), "exit" = main()'s own status, "cli" = the
+# module's own cli())
+COMMANDS = {
+    "video": ("capture.video", "run_cli"),
+    "live": ("capture.live", "run_cli"),
+    "demo": ("capture.demo", "run_cli"),
+    "train": ("capture.train.__main__", "cli"),
+    "reconstruct": ("capture.reconstruct", "exit"),
+    "assets": ("capture.assets.__main__", "exit"),
+    "export": ("capture.export_onnx", "exit"),
+    "build_engines": ("capture.build_engines", "exit"),
+    "fps": ("capture.fps", "exit"),
+}
 
-def _run_cli(module: str) -> None:
-    """Commands whose __main__ goes through cli_common.run_cli (one `error:` line, 128 + signal on a stop)."""
-    from .cli_common import run_cli
 
-    run_cli(importlib.import_module(module).main)
+def run(command: str) -> None:
+    """Run `command` (a key of COMMANDS) on sys.argv[1:]; always ends in SystemExit."""
+    module_name, how = COMMANDS[command]
+    module = importlib.import_module(module_name)
+    if how == "run_cli":
+        from .cli_common import run_cli
 
-
-def _exit_with(module: str) -> None:
-    """Commands that turn their own errors into an exit status."""
+        run_cli(module.main)
+    if how == "cli":
+        module.cli()  # exits
     try:
-        sys.exit(importlib.import_module(module).main())
+        sys.exit(module.main())
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
 
 
 def video() -> None:
-    _run_cli("capture.video")
+    run("video")
 
 
 def live() -> None:
-    _run_cli("capture.live")
+    run("live")
 
 
 def demo() -> None:
-    _run_cli("capture.demo")
+    run("demo")
 
 
 def train() -> None:
-    importlib.import_module("capture.train.__main__").cli()
+    run("train")
 
 
 def reconstruct() -> None:
-    _exit_with("capture.reconstruct")
+    run("reconstruct")
 
 
 def assets() -> None:
-    _exit_with("capture.assets.__main__")
+    run("assets")
 
 
 def export() -> None:
-    _exit_with("capture.export_onnx")
+    run("export")
 
 
 def build_engines() -> None:
-    _exit_with("capture.build_engines")
+    run("build_engines")
 
 
 def fps() -> None:
-    _exit_with("capture.fps")
+    run("fps")

@@ -1,18 +1,22 @@
-"""A command's main() run in the test process, its stdout and stderr captured, as its console script runs it.
+"""A command run in the test process, its stdout and stderr captured, exactly as its console script runs it.
 
 A subprocess costs every such check ~2.5 s of imports and a fresh pack load; the commands' start in a fresh process
-(`python -m`, console scripts, the README's commands) is tested once per command elsewhere (test_entry_points,
-test_readme, the signal tests).
+(`python -m`, console scripts, the top-level scripts) is tested once per command elsewhere (test_entry_points, the
+signal tests).
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import io
 import signal
+import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
-from capture.cli_common import run_cli
+from capture import commands
 
 
 @dataclass
@@ -23,28 +27,36 @@ class Result:
 
 
 _SIGNALS = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
-_UNDER_RUN_CLI = {"capture.video", "capture.live", "capture.demo"}  # the others' __main__: sys.exit(main())
 
 
-def run_main(module: str, *args) -> Result:
-    """`python -m module args...` in this process: main(argv) of `module` (or of its `__main__`) as its
-    `__main__` block runs it (video, live, demo under `cli_common.run_cli`: its error lines and exit statuses);
-    the signal handlers that installs are put back afterwards."""
-    mod = importlib.import_module(module)
-    if not hasattr(mod, "main"):
-        mod = importlib.import_module(module + ".__main__")
+def command_of(module: str) -> str:
+    """The `capture.commands` function that runs what `python -m module` runs."""
+    for name, (target, _) in commands.COMMANDS.items():
+        if target in (module, module + ".__main__"):
+            return name
+    raise KeyError(f"no console command runs {module} (capture.commands.COMMANDS)")
+
+
+def run_main(module: str, *args, script: Optional[Path] = None) -> Result:
+    """`python -m module args...` (or `python script args...` for a checkout's top-level script) in this process:
+    the console command's function (`capture.commands.run`) on sys.argv, its exit status from SystemExit; the
+    signal handlers it installs and sys.argv are put back afterwards."""
+    name = command_of(module)
+    target = commands.COMMANDS[name][0]
+    argv0 = str(script) if script is not None else importlib.util.find_spec(target).origin
     out, err = io.StringIO(), io.StringIO()
     handlers = {s: signal.getsignal(s) for s in _SIGNALS}
+    saved_argv = sys.argv
+    sys.argv = [argv0, *map(str, args)]
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            argv = [str(a) for a in args]
             try:
-                if module in _UNDER_RUN_CLI:
-                    run_cli(lambda: mod.main(argv))  # always exits
-                code = mod.main(argv)
+                commands.run(name)
+                code = 0
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
+        sys.argv = saved_argv
         for s, handler in handlers.items():
             signal.signal(s, handler)
     return Result(code, out.getvalue(), err.getvalue())

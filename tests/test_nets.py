@@ -124,8 +124,9 @@ def face_crop(img: np.ndarray, cx: float, cy: float, side: float) -> torch.Tenso
 
 
 @pytest.fixture(scope="module")
-def demo():
-    return make_demo_checkpoint(0)
+def demo(demo_pack):
+    """make_demo_checkpoint(0), as the session's demo pack holds it (written by whichever worker built the pack)."""
+    return demo_pack.checkpoint
 
 
 @pytest.fixture(scope="module")

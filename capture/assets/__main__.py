@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,10 +31,24 @@ def _check(folder: str) -> int:
 
 
 def _demo(folder: str, seed: int, n_vertices: int | None) -> int:
+    """The full-size pack is the one `--assets demo` uses: copied from the cache (built there first if need be),
+    the same bytes as writing it afresh; another vertex count is generated here."""
     from .demo import write_demo_pack
 
     started = time.perf_counter()
-    path = write_demo_pack(Path(folder), seed=seed, n_vertices=n_vertices)
+    if n_vertices is None:
+        from ..artifacts import atomic_write
+        from .locate import ensure_demo_pack
+
+        cached = ensure_demo_pack(seed)
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        for src in sorted(cached.iterdir()):
+            if src.is_file() and not src.name.startswith("."):
+                with atomic_write(path / src.name) as tmp:
+                    shutil.copyfile(src, tmp)
+    else:
+        path = write_demo_pack(Path(folder), seed=seed, n_vertices=n_vertices)
     print(f"wrote the SYNTHETIC demo pack to {path} in {time.perf_counter() - started:.1f} s "
           f"(seed {seed}); check it with: python -m capture.assets check {path}")
     return 0
