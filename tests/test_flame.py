@@ -145,6 +145,12 @@ def smplx_dir(model, tmp_path_factory):
     return root
 
 
+def smplx_flame(smplx_dir, batch: int, n_shape: int = 100, n_exp: int = 50):
+    """The independent reference: smplx's FLAME on the same model files, with the face contour."""
+    return smplx.FLAME(str(smplx_dir), gender="neutral", num_betas=n_shape, num_expression_coeffs=n_exp,
+                       use_face_contour=True, batch_size=batch)
+
+
 def random_axis_angle(rng: np.random.Generator, n: int, max_angle: float) -> np.ndarray:
     axis = rng.normal(size=(n, 3))
     axis /= np.linalg.norm(axis, axis=1, keepdims=True)
@@ -165,8 +171,7 @@ def test_matches_smplx(model, smplx_dir, n_shape, n_exp):
     flame_arrays, lmk = model
     B = 12
     rng = np.random.default_rng(n_shape)
-    ref = smplx.FLAME(str(smplx_dir), gender="neutral", num_betas=n_shape,
-                       num_expression_coeffs=n_exp, use_face_contour=True, batch_size=B)
+    ref = smplx_flame(smplx_dir, B, n_shape, n_exp)
     ours = FLAME.from_arrays(flame_arrays, lmk, n_shape=n_shape, n_exp=n_exp)
 
     shape = t32(rng.normal(size=(B, n_shape)) * 2)
@@ -215,8 +220,7 @@ def test_identity_folded_in_poses_like_smplx(model, smplx_dir):
     flame_arrays, lmk = model
     B = 5
     rng = np.random.default_rng(11)
-    ref = smplx.FLAME(str(smplx_dir), gender="neutral", num_betas=100, num_expression_coeffs=50,
-                       use_face_contour=True, batch_size=B)
+    ref = smplx_flame(smplx_dir, B)
     full = FLAME.from_arrays(flame_arrays, lmk)
     shape = t32(rng.normal(size=(1, 100)) * 2)
     shaped = full.with_identity(shape)
@@ -241,8 +245,7 @@ def test_landmark_model_gives_smplx_landmarks_and_joints_from_the_landmark_corne
     flame_arrays, lmk = model
     B = 6
     rng = np.random.default_rng(5)
-    ref = smplx.FLAME(str(smplx_dir), gender="neutral", num_betas=100, num_expression_coeffs=50,
-                       use_face_contour=True, batch_size=B)
+    ref = smplx_flame(smplx_dir, B)
     full = FLAME.from_arrays(flame_arrays, lmk)
     cut = full.landmark_model()
     corners = np.unique(np.asarray(flame_arrays.faces)[np.r_[np.ravel(lmk.static_lmk_faces_idx),
