@@ -44,8 +44,8 @@ from capture.nets import CODE_LAYOUT, GRAPHS, NETWORK_NAMES, GraphSpec, Networks
 # Names other modules have long imported from here (export_onnx.py, build_engines.py, capture.trt).
 __all__ = [
     "DEFAULT_OPSET", "EXPORTERS", "GRAPHS", "MAX_REL_ERR_FP32", "SIDECAR_FORMAT", "ExportError", "ExportResult",
-    "GraphSpec", "ParityError", "check_graph", "check_parity", "cpu_session", "default_engines_dir", "ensure_onnx",
-    "export_graph", "export_networks", "file_sha256", "graph_io", "graph_spec", "layout_description",
+    "GraphSpec", "ParityError", "cached_export", "check_graph", "check_parity", "cpu_session", "default_engines_dir",
+    "ensure_onnx", "export_graph", "export_networks", "file_sha256", "graph_io", "graph_spec", "layout_description",
     "make_sidecar", "onnx_cache_dir", "onnx_problem", "pack_weights_sha256", "parity_batches", "parse_batch",
     "read_sidecar", "relative_error", "sidecar_path", "write_json_atomic",
 ]
@@ -337,6 +337,26 @@ def onnx_problem(onnx_path: Union[str, Path], sidecar: Optional[dict], weights_s
     if file_sha256(onnx_path) != sidecar.get("onnx_sha256"):
         return f"{onnx_path.name} changed since it was exported (its sha256 no longer matches the sidecar)"
     return None
+
+
+def cached_export(name: str, weights_sha256: str, *, opset: int = DEFAULT_OPSET, batch: BatchMode = "dynamic",
+                  exporter: str = "dynamo") -> Optional[Path]:
+    """The on-demand export of `name` in the per-weights cache (`ensure_onnx`) when it is what exporting now with
+    these settings would write: fresh for these weights, the same batch mode, exporter and opset, made by this torch
+    and onnx. None otherwise (then export)."""
+    path = onnx_cache_dir(weights_sha256) / f"{name}.onnx"
+    side = sidecar_path(path)
+    if not side.is_file():
+        return None
+    try:
+        sidecar = read_sidecar(side)
+    except ExportError:
+        return None
+    made_by = {"torch": torch.__version__, "mode": exporter, "onnx": _onnx_version()}
+    if (onnx_problem(path, sidecar, weights_sha256) is not None or sidecar.get("batch") != batch
+            or sidecar.get("exporter") != made_by or sidecar.get("opset") != opset or "opset_requested" in sidecar):
+        return None
+    return path
 
 
 def ensure_onnx(pack, name: str, *, engines_dir: Optional[Union[str, Path]] = None,

@@ -5,6 +5,10 @@
 
 (also `python -m capture.export_onnx ...` and, in a checkout, `python export_onnx.py ...`)
 
+A network the backends already exported on demand into the per-weights cache, with what this run would write
+(the same weights, batch mode, exporter and opset, this torch and onnx), is copied from there, then checked like
+a fresh export (the output line says so).
+
 Exit status: 0 on success, 1 when an export, the checker or the parity check fails, 2 for a bad pack or
 arguments or an output folder that cannot be written. Errors are one line on stderr; an `--opset` the exporter
 cannot honour is one warning line (the sidecar records the graph's real opset).
@@ -14,9 +18,11 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import shutil
 import sys
 from pathlib import Path
 
+from .artifacts import atomic_write
 from .assets import AssetError, open_pack
 from .console import add_version_argument, prog
 from .export import (
@@ -25,11 +31,15 @@ from .export import (
     GRAPHS,
     MAX_REL_ERR_FP32,
     ExportError,
+    ExportResult,
+    cached_export,
     check_parity,
     export_networks,
     pack_weights_sha256,
     parity_batches,
     parse_batch,
+    read_sidecar,
+    sidecar_path,
 )
 
 
@@ -59,6 +69,16 @@ def check_out_dir(out: Path) -> None:
         raise OSError(errno.EACCES, f"--out {out}: the folder is not writable (permission denied); choose another")
 
 
+def copy_export(path: Path, out: Path) -> ExportResult:
+    """A cached export (`cached_export`: what exporting now would write) and its sidecar, copied into `out`."""
+    dst = out / path.name
+    for src, to in ((path, dst), (sidecar_path(path), sidecar_path(dst))):
+        with atomic_write(to) as tmp:
+            shutil.copyfile(src, tmp)
+    sidecar = read_sidecar(sidecar_path(dst))
+    return ExportResult(sidecar["network"], dst, sidecar_path(dst), sidecar)
+
+
 def run(args: argparse.Namespace) -> None:
     batch = parse_batch(args.batch)
     check_out_dir(args.out)
@@ -67,10 +87,17 @@ def run(args: argparse.Namespace) -> None:
     from .nets import build_networks
 
     networks = build_networks(pack.checkpoint)
-    results = export_networks(networks, args.out, weights_sha256=pack_weights_sha256(pack),
-                              synthetic=pack.synthetic, names=args.networks, opset=args.opset, batch=batch,
-                              exporter=args.exporter)
-    for result in results:
+    weights = pack_weights_sha256(pack)
+    cached = {name: cached_export(name, weights, opset=args.opset, batch=batch, exporter=args.exporter)
+              for name in args.networks}
+    exported = export_networks(networks, args.out, weights_sha256=weights, synthetic=pack.synthetic,
+                               names=[n for n in args.networks if cached[n] is None], opset=args.opset, batch=batch,
+                               exporter=args.exporter)
+    results = {r.name: r for r in exported}
+    for name, path in cached.items():
+        if path is not None:
+            results[name] = copy_export(path, args.out)
+    for result in (results[name] for name in args.networks):
         spec = GRAPHS[result.name]
         io = result.sidecar
         shapes = (f"{io['inputs'][0]['name']} {io['inputs'][0]['shape']} -> "
@@ -78,7 +105,8 @@ def run(args: argparse.Namespace) -> None:
         errors = check_parity(result.onnx_path, spec.module(networks), spec, parity_batches(batch),
                               tolerance=args.max_rel_err)
         worst = ", ".join(f"batch {b}: {e:.2e}" for b, e in errors.items())
-        print(f"{result.onnx_path}  {shapes}  checker ok  max rel err vs torch ({worst})", flush=True)
+        source = "  (the same export, from the cache)" if cached[result.name] is not None else ""
+        print(f"{result.onnx_path}  {shapes}  checker ok  max rel err vs torch ({worst}){source}", flush=True)
         if "opset_requested" in io:
             print(f"export_onnx: warning: {result.name}: the {args.exporter} exporter cannot write opset"
                   f" {io['opset_requested']} for this graph; it is opset {io['opset']} (recorded in"

@@ -293,6 +293,27 @@ def test_export_cli_prints_label_first_and_writes_graph_and_sidecar(tmp_path, mo
     assert not (tmp_path / "E_flame.onnx").exists()
 
 
+def test_export_cli_copies_the_cached_export_when_it_is_what_it_would_write(tmp_path, monkeypatch, capsys):
+    """A network the backends exported on demand (same weights, settings, torch and onnx) is copied from the cache
+    and parity-checked like a fresh export; other settings are exported anew."""
+    cli = _load_cli("export_onnx")
+    pack = memory_pack()
+    cached = ex.ensure_onnx(pack, "D_detail", engines_dir=tmp_path / "none")
+    weights = ex.pack_weights_sha256(pack)
+    assert ex.cached_export("D_detail", weights) == cached
+    assert ex.cached_export("D_detail", weights, batch=1) is None
+    assert ex.cached_export("D_detail", weights, exporter="legacy") is None
+    assert ex.cached_export("D_detail", weights, opset=ex.DEFAULT_OPSET - 1) is None
+    assert ex.cached_export("E_flame", "0" * 64) is None
+    monkeypatch.setattr(cli, "open_pack", lambda assets=None: pack)
+    assert cli.main(["--networks", "D_detail", "--out", str(tmp_path / "out")]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert "max rel err" in line and line.endswith("(the same export, from the cache)")
+    assert (tmp_path / "out" / "D_detail.onnx").read_bytes() == cached.read_bytes()
+    side = ex.read_sidecar(tmp_path / "out" / "D_detail.onnx.json")
+    assert ex.onnx_problem(tmp_path / "out" / "D_detail.onnx", side, weights) is None
+
+
 def test_export_cli_fails_loudly_in_one_line_when_parity_fails(tmp_path, monkeypatch, capsys):
     cli = _load_cli("export_onnx")
     monkeypatch.setattr(cli, "open_pack", lambda assets=None: memory_pack())
