@@ -77,8 +77,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def small_pack_dir(tmp_path_factory):
-    """A small demo pack (~600 vertices) written in the official formats."""
+def small_pack_dir(tmp_path_factory, demo_pack_dir):
+    """A small demo pack (~600 vertices) written in the official formats (its networks copied from the full demo
+    pack's: the same seed's, which every session builds anyway)."""
     from capture.assets import write_demo_pack
 
     return write_demo_pack(tmp_path_factory.mktemp("small-pack"), seed=0, n_vertices=600)

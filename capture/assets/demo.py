@@ -8,6 +8,7 @@ users' real files go through. `pack.json` marks the pack as synthetic.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -67,11 +68,23 @@ def _rgba(mask: np.ndarray) -> np.ndarray:
     return np.stack([mask, mask, mask, np.full_like(mask, 255)], axis=2)
 
 
+def _write_checkpoint(path: Path, seed: int) -> None:
+    """The seed's networks: the same for every head size, so copied from the cached full demo pack of this seed
+    when there is one (make_demo_checkpoint costs a few seconds of ResNet-50 passes), else made."""
+    from .demo_weights import make_demo_checkpoint
+    from .locate import demo_pack_dir
+
+    cached = demo_pack_dir(seed)
+    if (cached / "pack.json").is_file() and (cached / "deca_model.tar").is_file() and cached != path.parent:
+        shutil.copyfile(cached / "deca_model.tar", path)
+    else:
+        torch.save(make_demo_checkpoint(seed=seed), path)
+
+
 def write_demo_pack(path, seed: int = 0, n_vertices: Optional[int] = None,
                     albedo_resolution: Optional[int] = None) -> Path:
     """Write every pack file for the synthetic demo head into `path` (created if needed)."""
     from .demo_head import EXPRESSION_NAMES, make_demo_head
-    from .demo_weights import make_demo_checkpoint
 
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
@@ -93,7 +106,7 @@ def write_demo_pack(path, seed: int = 0, n_vertices: Optional[int] = None,
     Image.fromarray(np.asarray(head.mean_texture, np.uint8), "RGB").save(root / "mean_texture.jpg", quality=92)
     np.savez(root / "FLAME_albedo_from_BFM.npz", MU=np.asarray(head.albedo_mean, np.float32),
              PC=np.asarray(head.albedo_basis, np.float32))
-    torch.save(make_demo_checkpoint(seed=seed), root / "deca_model.tar")
+    _write_checkpoint(root / "deca_model.tar", seed)
     meta = {
         "synthetic": True,
         "generator": "capture.assets.demo",
