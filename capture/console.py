@@ -27,8 +27,11 @@ _filter = None  # the _LogFilter while silenced
 # The native lines: glog/absl ("W0000 00:00:1796151621.148772   12538 file.cc:114] ..."), TF Lite's INFO line, absl's
 # pre-initialisation warning. Everything else written to fd 2 in the window (Python's messages, a progress bar
 # from another thread) is passed on as it comes.
-_NATIVE_LINE = re.compile(rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ ]+:\d+\]|INFO: Created TensorFlow Lite "
-                          rb"|WARNING: All log messages before absl::InitializeLog\(\))")
+_NATIVE = (rb"(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ ]+:\d+\]|INFO: Created TensorFlow Lite "
+           rb"|WARNING: All log messages before absl::InitializeLog\(\))")
+_NATIVE_LINE = re.compile(rb"^" + _NATIVE)
+# where written text is cut into lines: after "\n" or "\r", and before a native line glued to an unfinished one
+_SEGMENT_END = re.compile(rb"(?<=[\r\n])|(?=" + _NATIVE + rb")")
 _HOLD_S = 0.1  # an unfinished line (a progress bar's "\r..." update) is passed on after this long without more
 
 
@@ -73,7 +76,7 @@ class _LogFilter:
             except OSError:  # closed under us (close gave up waiting): nothing more to pass on
                 break
             if chunk:
-                segments = re.split(rb"(?<=[\r\n])", pending + chunk)
+                segments = _SEGMENT_END.split(pending + chunk)
                 pending = segments.pop()  # "" after a complete line
                 self._emit(segments)
                 continue
