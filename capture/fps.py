@@ -332,7 +332,8 @@ def make_engines(name: str, pack, device: torch.device, args, calibration: Calla
     detail_int8 = detail.int8_sidecar if isinstance(detail, OnnxRuntimeInt8Backend) else None
     if isinstance(flame, OnnxRuntimeBackend):
         threads = flame.session.get_session_options().intra_op_num_threads
-        what = f"ONNX Runtime {'E_flame and D_detail int8' if int8_path else 'fp32'}, {threads} thread(s) each"
+        quantised = [n for n, q in (("E_flame", int8_path), ("D_detail", detail_int8)) if q is not None]
+        what = f"ONNX Runtime {' and '.join(quantised) + ' int8' if quantised else 'fp32'}, {threads} thread(s) each"
         settings = {"ort_threads": threads, "spinning": args.spinning, "e_flame_int8": int8_path is not None,
                     "d_detail_int8": detail_int8 is not None}
     elif isinstance(flame, TorchBackend):

@@ -57,8 +57,9 @@ def feature_dtype(precision: str, device: torch.device | str = "cpu") -> torch.d
     if precision not in FEATURE_PRECISIONS:
         raise ConfigError(f"data.feature_precision must be one of {', '.join(FEATURE_PRECISIONS)}, not {precision!r}")
     if precision == "auto":
-        native = torch.device(device).type == "cpu" and (torch.cpu._is_avx512_bf16_supported()
-                                                        or torch.cpu._is_amx_tile_supported())
+        # torch's own CPU-feature probes (private: a torch without them means "not known to be native")
+        probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        native = torch.device(device).type == "cpu" and any(probe() for probe in probes if probe is not None)
         return torch.bfloat16 if native else torch.float32
     return torch.bfloat16 if precision == "bfloat16" else torch.float32
 
