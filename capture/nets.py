@@ -2,7 +2,8 @@
 
 - `CODE_LAYOUT`: the one description of E_flame's 236-d output (shape | tex | exp | pose | cam | light).
 - `ResNet50Encoder`: E_flame (out 236) and E_detail (out 128); ResNet-50 in plain torch with torchvision's
-  parameter names under `encoder.`, then a two-layer MLP under `layers.`.
+  parameter names under `encoder.`, then a two-layer MLP under `layers.`; `fold_batchnorms`: a frozen
+  backbone's inference copy.
 - `DetailGenerator`: D_detail, (jaw | exp | detail) -> UV displacement [B, 1, 256, 256] in FLAME metres.
 - `GRAPHS` / `graph_spec`: each network's input and output tensors (names, shapes), read by the exporter and
   every inference backend.
@@ -13,6 +14,7 @@ Shape vocabulary: B batch, H/W image rows/columns. Images are RGB float32 in [0,
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
@@ -214,6 +216,30 @@ class ResNet50Backbone(nn.Module):
         return torch.flatten(self.avgpool(x), 1)
 
 
+def fold_batchnorms(backbone: ResNet50Backbone) -> ResNet50Backbone:
+    """A copy of `backbone` for inference in torch: each BatchNorm folded (with its running statistics) into the
+    convolution before it, as ONNX Runtime's graph optimiser does. The same function (float32: within ~1e-6
+    relative), a third fewer passes over the activations; ~15 % faster on the CPU. `backbone` is unchanged."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    net = copy.deepcopy(backbone).eval().requires_grad_(False)
+
+    def fold(owner: nn.Module, conv: str, bn: str) -> None:
+        setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
+        setattr(owner, bn, nn.Identity())
+
+    fold(net, "conv1", "bn1")
+    for block in net.modules():
+        if isinstance(block, Bottleneck):
+            for i in (1, 2, 3):
+                fold(block, f"conv{i}", f"bn{i}")
+            if block.downsample is not None:
+                fold(block.downsample, "0", "1")
+    return net
+
+
 class ResNet50Encoder(nn.Module):
     """DECA's ResnetEncoder: [B, 3, 224, 224] RGB in [0, 1] -> [B, out_size] float32, no output activation.
 
@@ -294,13 +320,17 @@ def _new_module(name: str) -> nn.Module:
 def checkpoint_spec() -> dict[str, dict[str, tuple[int, ...]]]:
     """Every state-dict key and shape of deca_model.tar: {"E_flame"|"E_detail"|"D_detail": {key: shape}}.
 
-    Built on the `meta` device, so no memory is allocated. Includes `num_batches_tracked` (shape ()).
+    Built on the `meta` device, so no memory is allocated, once per process (every pack load checks against it;
+    building the three modules takes ~0.5 s); each call returns its own dicts. Includes `num_batches_tracked`
+    (shape ()).
     """
-    spec = {}
+    return {name: dict(keys) for name, keys in _checkpoint_spec().items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _checkpoint_spec() -> dict[str, dict[str, tuple[int, ...]]]:
     with torch.device("meta"):
-        for name in NETWORK_NAMES:
-            spec[name] = {k: tuple(v.shape) for k, v in _new_module(name).state_dict().items()}
-    return spec
+        return {name: {k: tuple(v.shape) for k, v in _new_module(name).state_dict().items()} for name in NETWORK_NAMES}
 
 
 @dataclass

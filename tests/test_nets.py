@@ -20,6 +20,7 @@ from capture.nets import (
     build_networks,
     checkpoint_spec,
     detail_input,
+    fold_batchnorms,
 )
 
 C0 = 1.0 / math.sqrt(4.0 * math.pi)  # SH band-0 constant, 0.282095
@@ -77,13 +78,15 @@ def ref_bottleneck(x, sd, p, stride):
     return F.relu(y + x)
 
 
-def ref_encoder(x, sd):
+def ref_encoder(x, sd, features_only: bool = False):
     x = F.relu(ref_bn(F.conv2d(x, sd["encoder.conv1.weight"], stride=2, padding=3), sd, "encoder.bn1"))
     x = F.max_pool2d(x, 3, stride=2, padding=1)
     for li, n_blocks in enumerate(BLOCKS, start=1):
         for b in range(n_blocks):
             x = ref_bottleneck(x, sd, f"encoder.layer{li}.{b}", 2 if (b == 0 and li > 1) else 1)
     x = F.avg_pool2d(x, 7, stride=1).flatten(1)
+    if features_only:
+        return x
     x = F.relu(F.linear(x, sd["layers.0.weight"], sd["layers.0.bias"]))
     return F.linear(x, sd["layers.2.weight"], sd["layers.2.bias"])
 
@@ -244,6 +247,25 @@ def test_bottleneck_and_whole_encoder_match_functional_reference():
         out, ref = enc(x), ref_encoder(x, sd)
     assert out.shape == (1, 236)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_folded_batchnorms_give_the_reference_features_and_leave_the_backbone_alone():
+    gen = torch.Generator().manual_seed(2)
+    enc = ResNet50Encoder(236).eval()
+    sd = randomise_bn(enc, gen)
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    folded = fold_batchnorms(enc.encoder)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in folded.modules()) == 53
+    x = torch.rand(2, 3, 224, 224, generator=gen)
+    with torch.no_grad():  # against the reference in float64: folding rounds differently, not less accurately
+        ref = ref_encoder(x.double(), {k: v.double() for k, v in sd.items()}, features_only=True)
+        scale = float(ref.abs().max())
+        for inputs in (x, x.contiguous(memory_format=torch.channels_last)):
+            torch.testing.assert_close(folded(inputs).double(), ref, rtol=0, atol=1e-6 * scale)
+        torch.testing.assert_close(enc.encoder(x).double(), ref, rtol=0, atol=1e-6 * scale)  # as the unfolded one
+    assert all(torch.equal(v, before[k]) for k, v in enc.state_dict().items())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in enc.modules())
 
 
 def test_encoder_rejects_other_sizes():
