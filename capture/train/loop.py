@@ -17,7 +17,7 @@ from torch import nn
 from ..artifacts import atomic_write
 from ..assets import load_pack
 from ..assets.official import PACK_FILES
-from ..nets import INPUT_SIZE, NETWORK_NAMES, ResNet50Encoder, build_networks
+from ..nets import INPUT_SIZE, NETWORK_NAMES, ResNet50Encoder, build_networks, fold_batchnorms
 from .config import ConfigError
 from .dataset import Batch, FaceDataset
 
@@ -77,6 +77,7 @@ class TrainableEncoder:
         self.feature_dtype = feature_dtype(feature_precision, next(encoder.parameters()).device)
         self._features: dict[tuple[int, int], torch.Tensor] = {}
         self._standard: Optional[tuple[torch.Tensor, torch.Tensor, nn.Parameter, nn.Parameter]] = None
+        self._frozen: Optional[nn.Module] = None  # the backbone's inference copy (`features`)
         encoder.requires_grad_(False)
         (encoder if train_backbone else encoder.layers).requires_grad_(True)
 
@@ -99,7 +100,7 @@ class TrainableEncoder:
     def cache_key(self, data: FaceDataset) -> str:
         """What the cached features depend on: backbone weights and precision, images (names, sizes, times),
         crops, size."""
-        h = hashlib.sha256(str(self.feature_dtype).encode())
+        h = hashlib.sha256(f"{self.feature_dtype}/batchnorm folded".encode())
         for name, t in self.encoder.encoder.state_dict().items():
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
@@ -171,10 +172,11 @@ class TrainableEncoder:
         if todo:
             if any(keys[j][1] < 0 for j in todo):
                 raise ValueError("fine-tuning mode needs cached crops: sample batches with fresh=False")
-            backbone = self.encoder.encoder.eval()
-            # channels-last: the same convolutions about 1.3x faster on the CPU for these batches; the backbone is
-            # frozen here, so changing the weights' memory layout changes no value (the checkpoint is the same)
-            backbone.to(memory_format=torch.channels_last)
+            if self._frozen is None:
+                # the backbone is frozen here: an inference copy with its BatchNorms folded into the convolutions
+                # (~15 % faster), channels-last (the same convolutions ~1.3x faster on the CPU for these batches)
+                self._frozen = fold_batchnorms(self.encoder.encoder).to(memory_format=torch.channels_last)
+            backbone = self._frozen
             images = encoder_input(batch.images[todo]).contiguous(memory_format=torch.channels_last)
             low = self.feature_dtype != torch.float32
             with torch.no_grad(), torch.autocast(images.device.type, dtype=self.feature_dtype, enabled=low):
@@ -280,6 +282,17 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
     return min(1.0, (step + 1) / warmup_steps)
 
 
+def adam(params: Iterable, lr: float) -> torch.optim.Adam:
+    """Adam over `params` (tensors or param groups), fused where torch has a fused kernel for them (CPU and CUDA):
+    one pass over the parameters instead of a dozen per tensor (the 2.3 M-parameter head on one core: 5.9 ->
+    0.6 ms a step). The same update up to rounding."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for these tensors (device, dtype, torch)
+        return torch.optim.Adam(params, lr=lr)
+
+
 def run_stage(stage: str, *, data: FaceDataset, pack_dir: Path, out: Path, networks: dict[str, nn.Module],
               params: Iterable[nn.Parameter], step_fn, cfg: dict, resume: Optional[Path], show_progress: bool,
               modules_for_train, fresh_crops: bool, before_save=lambda: None) -> list[dict]:
@@ -289,7 +302,7 @@ def run_stage(stage: str, *, data: FaceDataset, pack_dir: Path, out: Path, netwo
     """
     out.mkdir(parents=True, exist_ok=True)
     stage_cfg = cfg[stage]
-    optimizer = torch.optim.Adam(list(params), lr=stage_cfg["lr"])  # params: tensors or param groups
+    optimizer = adam(params, stage_cfg["lr"])
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     start = 0
     state_path = out / f"{stage}_{STATE}"
