@@ -202,8 +202,9 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def synthetic_clip(deca, n_frames: int, size: tuple[int, int], say: Callable[[str], None]) -> Path:
-    """The demo performer clip at `size`, `n_frames` long, rendered once into the capture cache."""
+def synthetic_clip(deca, n_frames: int, size: tuple[int, int], say: Callable[[str], None],
+                   fps: float = CLIP_FPS) -> Path:
+    """The demo performer clip at `size`, `n_frames` long at `fps`, rendered once into the capture cache."""
     from capture.artifacts import atomic_write, build_lock
     from capture.assets.locate import cache_dir
     from capture.demo import render_performer_clip
@@ -211,13 +212,14 @@ def synthetic_clip(deca, n_frames: int, size: tuple[int, int], say: Callable[[st
 
     w, h = size
     key = pack_weights_sha256(deca.pack)[:12]
-    path = cache_dir() / "bench" / f"performer-{key}-{w}x{h}-{n_frames}.mp4"
+    rate = "" if fps == CLIP_FPS else f"-{fps:g}fps"
+    path = cache_dir() / "bench" / f"performer-{key}-{w}x{h}-{n_frames}{rate}.mp4"
     if not path.is_file():
         with build_lock(path):
             if not path.is_file():
                 say(f"rendering the synthetic performer clip ({n_frames} frames, {w}x{h}) -> {path}")
                 with atomic_write(path, suffix=".mp4") as tmp:
-                    render_performer_clip(deca, tmp, n_frames, (w, h), CLIP_FPS)
+                    render_performer_clip(deca, tmp, n_frames, (w, h), fps)
     return path
 
 
@@ -273,15 +275,15 @@ def clip_info(path: Path):
                 "frames": reader.frame_count, "time_base": str(reader.time_base)}, reader.time_base
 
 
-def collect_crops(path: Path, n: int, every: int = 1) -> np.ndarray:
-    """Face crops [n, 3, 224, 224] float32 from a clip, through the same tracker as the pipeline."""
+def collect_crops(path: Path, n: int) -> np.ndarray:
+    """Face crops [n, 3, 224, 224] float32 from a clip's first n frames, through the same tracker as the pipeline."""
     from capture.crop import FaceTracker, crop_to_tensor, crop_transform
 
     crops = []
     with FaceTracker() as tracker:
-        for frame in FrameSource(path, n * every):
+        for frame in FrameSource(path, n):
             face = tracker.update(frame.image).face
-            if face is not None and frame.index % every == 0:
+            if face is not None:
                 crops.append(crop_to_tensor(frame.image, crop_transform(face.box)).numpy())
     if not crops:
         raise RuntimeError(f"{path}: no face found for the INT8 calibration crops")
@@ -443,8 +445,9 @@ class Bench:
             w, h = parse_size(self.args.size)
             other = (h, h) if w != h else (w * 3 // 4, h)
             n = self.args.calibration_frames
-            clip = synthetic_clip(self.deca, n * 2, (other[0] // 2 * 2, other[1] // 2 * 2), self.say)
-            self._calibration = collect_crops(clip, n, every=2)
+            # at half the frame rate: twice the motion of n frames at the benchmark's rate, n frames to render
+            clip = synthetic_clip(self.deca, n, (other[0] // 2 * 2, other[1] // 2 * 2), self.say, fps=CLIP_FPS / 2)
+            self._calibration = collect_crops(clip, n)
         return self._calibration
 
     def frames(self, n: int, pace: bool = False):
