@@ -273,7 +273,7 @@ def test_smoothing_reduces_jitter_on_a_steady_face(tmp_path, pack_dir):
     def draw(i, size):
         return np.clip(still + rng.integers(-12, 13, still.shape), 0, 255).astype(np.uint8)
 
-    clip = make_test_clip(tmp_path / "steady.mp4", frames=30, size=SIZE, fps=25, draw=draw)
+    clip = make_test_clip(tmp_path / "steady.mp4", frames=20, size=SIZE, fps=25, draw=draw)
     jitter = {}
     for mode in ("raw", "smooth"):
         codes = tmp_path / f"{mode}.npz"
