@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+import pytest  # imports neither numpy nor torch: the settings below still come first
+
 # As capture/__init__.py does for the CLIs: numpy's BLAS on one thread (faster for the fit's small products and
 # bit-reproducible: test modules import numpy before capture, so it is set here, before anything loads it).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -15,11 +17,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # faults its pages in again, zeroed: with ResNet-50 activations and fresh CLI processes that was ~12 % of the
 # suite's CPU time as system time. The workers and the processes the tests start (they inherit this environment;
 # the controller imports this file before it starts them) keep such blocks for reuse instead. Memory then stays at
-# each process's peak, which these short processes reach anyway.
-for _name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
-    os.environ.setdefault(_name, str(1 << 30))
+# each process's peak, which these short processes reach anyway. Only where glibc takes a threshold this high (older
+# ones refuse an mmap threshold above 32 MB, and a trim threshold alone would turn the adaptive one off: worse).
+def _glibc_at_least(major: int, minor: int) -> bool:
+    try:
+        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
+        return name == "glibc" and tuple(map(int, version.split(".")[:2])) >= (major, minor)
+    except (AttributeError, OSError, ValueError):  # not glibc, or not saying
+        return False
 
-import pytest
+
+if _glibc_at_least(2, 36):  # measured here (Debian 12)
+    for _name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        os.environ.setdefault(_name, str(1 << 30))
 
 # Keep every cache (demo pack, avatar cache) inside the test session, never in the user's home.
 _SESSION_CACHE = None
