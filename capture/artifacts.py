@@ -88,6 +88,14 @@ def write_bytes_atomic(path: PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def copy_file_atomic(src: PathLike, dst: PathLike) -> None:
+    """`src`'s bytes to `dst`, which is either left as it was or replaced whole."""
+    import shutil
+
+    with atomic_write(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
 def write_json_atomic(path: PathLike, data: Mapping) -> None:
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"  # serialise first: a bad value never truncates
     with atomic_write(path) as tmp:

@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import shutil
 import sys
 from pathlib import Path
 
-from .artifacts import atomic_write
+from .artifacts import copy_file_atomic
 from .assets import AssetError, open_pack
 from .console import add_version_argument, prog
 from .export import (
@@ -73,8 +72,7 @@ def copy_export(path: Path, out: Path) -> ExportResult:
     """A cached export (`cached_export`: what exporting now would write) and its sidecar, copied into `out`."""
     dst = out / path.name
     for src, to in ((path, dst), (sidecar_path(path), sidecar_path(dst))):
-        with atomic_write(to) as tmp:
-            shutil.copyfile(src, tmp)
+        copy_file_atomic(src, to)
     sidecar = read_sidecar(sidecar_path(dst))
     return ExportResult(sidecar["network"], dst, sidecar_path(dst), sidecar)
 

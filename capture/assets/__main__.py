@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ def _demo(folder: str, seed: int, n_vertices: int | None) -> int:
 
     started = time.perf_counter()
     if n_vertices is None:
-        from ..artifacts import atomic_write
+        from ..artifacts import copy_file_atomic
         from .locate import ensure_demo_pack
 
         cached = ensure_demo_pack(seed)
@@ -45,8 +44,7 @@ def _demo(folder: str, seed: int, n_vertices: int | None) -> int:
         path.mkdir(parents=True, exist_ok=True)
         for src in sorted(cached.iterdir()):
             if src.is_file() and not src.name.startswith("."):
-                with atomic_write(path / src.name) as tmp:
-                    shutil.copyfile(src, tmp)
+                copy_file_atomic(src, path / src.name)
     else:
         path = write_demo_pack(Path(folder), seed=seed, n_vertices=n_vertices)
     print(f"wrote the SYNTHETIC demo pack to {path} in {time.perf_counter() - started:.1f} s "

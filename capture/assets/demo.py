@@ -8,7 +8,6 @@ users' real files go through. `pack.json` marks the pack as synthetic.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -71,12 +70,13 @@ def _rgba(mask: np.ndarray) -> np.ndarray:
 def _write_checkpoint(path: Path, seed: int) -> None:
     """The seed's networks: the same for every head size, so copied from the cached full demo pack of this seed
     when there is one (make_demo_checkpoint costs a few seconds of ResNet-50 passes), else made."""
+    from ..artifacts import copy_file_atomic
     from .demo_weights import make_demo_checkpoint
     from .locate import demo_pack_dir
 
     cached = demo_pack_dir(seed)
     if (cached / "pack.json").is_file() and (cached / "deca_model.tar").is_file() and cached != path.parent:
-        shutil.copyfile(cached / "deca_model.tar", path)
+        copy_file_atomic(cached / "deca_model.tar", path)
     else:
         torch.save(make_demo_checkpoint(seed=seed), path)
 
