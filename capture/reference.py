@@ -134,6 +134,10 @@ class ReferenceDrawing(Drawing):
         return displacement_to_normals(uv_z, vertices, normals, a.uv_sampler, a.face_eye_mask,
                                        a.fixed_displacement, a.grid_faces).uv_detail_normals
 
+    def rasterize(self, rasterizer, screen: torch.Tensor, size: tuple[int, int]):
+        """The whole frame, as DECA rasterises."""
+        return rasterizer.rasterize(screen, self.assets.faces, size)
+
     def lit(self, rasterizer, fragments, screen: torch.Tensor, normals: torch.Tensor, albedo_uv: torch.Tensor,
             normal_map: torch.Tensor, light: torch.Tensor) -> LitPixels:
         a = self.assets

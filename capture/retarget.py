@@ -127,7 +127,7 @@ class AvatarRenderer:
         self.detail_reused = 0  # frames that reused the last displacement map
         with torch.inference_mode():
             # Constant per avatar: the merge always takes tex (hence the albedo) and shape from the target.
-            self._albedo = self._make_albedo()
+            self._albedo = self._make_albedo().contiguous()  # read every frame: one contiguous copy
             # the target's shape folded into FLAME's template once (the reference poses the full model)
             self._flame = None if self.reference else self.assets.flame.with_identity(self.avatar.codes.shape)
             self._background = _to_uint8(torch.full((1, 3, 1, 1), BACKGROUND))[0, 0]  # as a float picture rounds
@@ -216,7 +216,7 @@ class AvatarRenderer:
     def _lit_pixels(self, prepared: Prepared) -> LitPixels:
         uv_z = prepared.uv_z if prepared.uv_z is not None else self._displacement(prepared.codes)
         with self._times("rasterize"):
-            fragments = self.rasterizer.rasterize(prepared.screen, self.assets.faces, self.frame_size)
+            fragments = self.drawing.rasterize(self.rasterizer, prepared.screen, self.frame_size)
         with self._times("shading"):
             albedo = self._albedo if self.drawing.reuses else self._make_albedo()
             normal_map = self.drawing.detail_map(uv_z, prepared.vertices, prepared.normals)

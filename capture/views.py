@@ -2,7 +2,7 @@
 
     normals = mesh_normals(assets, vertices)                       # appearance.vertex_normals (sparse)
     normal_map = detail_normal_map(assets, uv_z, vertices, normals)  # UVSampler.sample + appearance.detail_normals
-    fragments = rasterizer.rasterize(screen, assets.faces, (H, W))
+    fragments = rasterizer.rasterize(screen, assets.faces, (H, W), covering_window(screen, (H, W)))
     pixels = lit_pixels(fragments, assets.uv_face, albedo_uv, normal_map, light)   # the product's picture
     views = draw_views(fragments, assets, ...)                     # every picture DECA draws (decode)
 
@@ -31,6 +31,7 @@ from .appearance import (
     sh_terms,
     vertex_normals,
 )
+from .render import covering_window, cpu_shading
 
 
 @dataclass
@@ -69,14 +70,17 @@ class CoveredPixels:
 
     @classmethod
     def of(cls, fragments) -> "CoveredPixels":
+        """The covered pixels of fragments, indexed in the whole image (also when they are of a `Window`)."""
         batch, h, w = fragments.face_id.shape
         face_id = fragments.face_id.reshape(-1)
         if face_id.device.type == "cpu":  # numpy's flatnonzero: half the time of torch's nonzero on the CPU
-            index = torch.from_numpy(np.flatnonzero(face_id.numpy() >= 0))
+            local = torch.from_numpy(np.flatnonzero(face_id.numpy() >= 0))
         else:
-            index = (face_id >= 0).nonzero().squeeze(1)
-        return cls(index=index, face=face_id.index_select(0, index),
-                   bary=fragments.bary.reshape(-1, 3).index_select(0, index), size=(h, w), batch=batch)
+            local = (face_id >= 0).nonzero().squeeze(1)
+        window = getattr(fragments, "window", None)
+        index, size = (local, (h, w)) if window is None else (window.to_image_index(local), window.image_size)
+        return cls(index=index, face=face_id.index_select(0, local),
+                   bary=fragments.bary.reshape(-1, 3).index_select(0, local), size=size, batch=batch)
 
     def interpolate(self, face_attrs: torch.Tensor) -> torch.Tensor:
         """Per-face-corner attributes [F, 3, C] -> [N, C] at the covered pixels (barycentric)."""
@@ -179,13 +183,20 @@ def _shade(pixels: CoveredPixels, albedo: torch.Tensor, normals: torch.Tensor, l
 
 
 def lit_pixels(fragments, uv_face: torch.Tensor, albedo_uv: torch.Tensor, detail_normals_uv: torch.Tensor,
-               light: torch.Tensor) -> LitPixels:
+               light: torch.Tensor, kernel: str = "auto") -> LitPixels:
     """Albedo x SH of the detail normals for the covered pixels only: the product's picture.
 
     fragments: from `rasterizer.rasterize`; uv_face [F, 3, 2] the UV layout per face corner in NDC
     (`ModelAssets.uv_face`); albedo_uv [1 or B, 3, S, S]; detail_normals_uv [B, 3, S, S]; light [B, 9, 3].
-    The work scales with the head's pixels instead of the frame's.
+    The work scales with the head's pixels instead of the frame's. kernel "auto": on CPU tensors without
+    gradients the same arithmetic runs in one compiled pass (`capture.render.cpu_shading`), else (and with
+    "torch") as the torch steps below.
     """
+    if kernel not in ("auto", "torch"):
+        raise ValueError(f"kernel: expected 'auto' or 'torch', got {kernel!r}")
+    if kernel == "auto" and cpu_shading.applies(fragments, uv_face, albedo_uv, detail_normals_uv, light):
+        index, colour, size = cpu_shading.lit_pixels_c(fragments, uv_face, albedo_uv, detail_normals_uv, light)
+        return LitPixels(index=index, colour=colour, size=size, batch=fragments.face_id.shape[0])
     pixels = CoveredPixels.of(fragments)
     albedo, normals = _sample(pixels, pixels.interpolate(uv_face), albedo_uv, detail_normals_uv)
     return LitPixels(index=pixels.index, colour=_shade(pixels, albedo, normals, light), size=pixels.size,
@@ -233,6 +244,11 @@ class Drawing:
 
     def __init__(self, assets):
         self.assets = assets
+
+    def rasterize(self, rasterizer, screen: torch.Tensor, size: tuple[int, int]):
+        """The mesh (frame NDC) rasterised within the rectangle of the frame it can cover (`covering_window`):
+        the same covered pixels as the whole frame's fragments, without clearing and scanning the rest."""
+        return rasterizer.rasterize(screen, self.assets.faces, size, covering_window(screen, size))
 
     def normals(self, vertices: torch.Tensor) -> torch.Tensor:
         return mesh_normals(self.assets, vertices)

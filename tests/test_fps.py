@@ -18,7 +18,7 @@ import torch
 from capture.appearance import UVSampler, detail_normals, face_incidence, grid_normals, grid_triangles, vertex_normals
 from capture.reference import displacement_to_normals, render_views, world2uv
 from capture.reference import vertex_normals as reference_vertex_normals
-from capture.render import get_rasterizer
+from capture.render import covering_window, get_rasterizer
 from capture.stream.pipeline import StepTimes, no_times
 from capture.views import lit_pixels
 from meshes import front_hemisphere
@@ -96,11 +96,14 @@ def test_lit_pixels_match_render_views():
     wn = reference_vertex_normals(v, f)
     views = render_views(rast, v, f, uv_ndc, f, wn, wn, (48, 64), albedo_uv=albedo, light=light,
                          detail_normals_uv=normals_uv, want_shape=False)
-    pixels = lit_pixels(rast.rasterize(v, f, (48, 64)), uv_ndc[f], albedo, normals_uv, light)
-    lit, alpha = pixels.images()
-    assert pixels.index.numel() == int(views.alpha.sum()) > 500
-    torch.testing.assert_close(alpha, views.alpha)
-    torch.testing.assert_close(lit, views.lit, atol=1e-5, rtol=1e-5)
+    fragments = rast.rasterize(v, f, (48, 64))
+    windowed = rast.rasterize(v, f, (48, 64), covering_window(v, (48, 64)))
+    for frags, kernel in ((fragments, "torch"), (fragments, "auto"), (windowed, "torch"), (windowed, "auto")):
+        pixels = lit_pixels(frags, uv_ndc[f], albedo, normals_uv, light, kernel=kernel)
+        lit, alpha = pixels.images()
+        assert pixels.index.numel() == int(views.alpha.sum()) > 500
+        torch.testing.assert_close(alpha, views.alpha)
+        torch.testing.assert_close(lit, views.lit, atol=1e-5, rtol=1e-5)
 
 
 def test_fast_renderer_matches_the_reference_renderer(demo_pack):

@@ -22,7 +22,7 @@ from capture.conventions import (
     pixel_to_ndc,
     tensor_to_image,
 )
-from capture.render import CpuRasterizer, Fragments, get_rasterizer, texture
+from capture.render import CpuRasterizer, Fragments, Window, covering_window, get_rasterizer, texture
 from capture.render.cpu import c_kernel_error
 
 KERNELS = [
@@ -361,6 +361,47 @@ def test_c_and_torch_kernels_agree_bit_for_bit():
         assert torch.equal(c.depth, t.depth)
 
 
+def test_window_gives_the_whole_images_pixels(rast):
+    """A window of the image (`rasterize(..., window=...)`) holds exactly the whole image's fragments there,
+    for windows inside, at the borders and around a mesh partly off screen; `covering_window` misses none."""
+    rng = np.random.default_rng(11)
+    verts, faces = sphere_mesh(25, 40, radius=1.3)
+    v = torch.tensor(np.stack([verts @ rotation(rng).T + rng.normal(scale=0.3, size=3) for _ in range(2)]),
+                     dtype=torch.float32)
+    f = torch.tensor(faces)
+    H, W = 37, 53
+    whole = rast.rasterize(v, f, (H, W))
+    windows = [Window(5, 7, 20, 30, (H, W)), Window(0, 0, H, W, (H, W)), Window(H - 1, W - 3, 1, 3, (H, W)),
+               covering_window(v, (H, W)), covering_window(v * 0.25, (H, W))]
+    for window in windows:
+        part = rast.rasterize(v, f, (H, W), window)
+        rows, cols = slice(window.top, window.top + window.height), slice(window.left, window.left + window.width)
+        assert part.window == window and part.face_id.shape == (2, window.height, window.width)
+        assert torch.equal(part.face_id, whole.face_id[:, rows, cols])
+        assert torch.equal(part.bary, whole.bary[:, rows, cols])
+        assert torch.equal(part.depth, whole.depth[:, rows, cols])
+    small = v * 0.25
+    covering = covering_window(small, (H, W))
+    assert covering.height * covering.width < H * W / 4
+    covered = int(rast.rasterize(small, f, (H, W)).mask.sum())
+    assert int(rast.rasterize(small, f, (H, W), covering).mask.sum()) == covered > 0
+    index = torch.arange(2 * covering.height * covering.width)
+    image = torch.zeros(2 * H * W, dtype=torch.bool)
+    image[covering.to_image_index(index)] = True
+    inside = torch.zeros(2, H, W, dtype=torch.bool)
+    inside[:, covering.top:covering.top + covering.height, covering.left:covering.left + covering.width] = True
+    assert torch.equal(image.view(2, H, W), inside)
+    # nothing finite, or all of it off the image: a 1-pixel window with no fragments
+    assert covering_window(torch.full((1, 3, 3), float("nan")), (H, W)).size == (1, 1)
+    off = covering_window(v + torch.tensor([5.0, 0.0, 0.0]), (H, W))
+    assert not bool(rast.rasterize(v + torch.tensor([5.0, 0.0, 0.0]), f, (H, W), off).mask.any())
+    for bad in (Window(0, 0, H + 1, W, (H, W)), Window(-1, 0, 2, 2, (H, W)), Window(0, 0, 2, 2, (H + 1, W))):
+        with pytest.raises(ValueError, match="window"):
+            rast.rasterize(v, f, (H, W), bad)
+    with pytest.raises(TypeError, match="window"):
+        rast.rasterize(v, f, (H, W), (0, 0, 2, 2))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Interpolation and texture.
 
@@ -551,6 +592,13 @@ def test_nvdiffrast_matches_cpu(size):
         a = cpu.rasterize(v, f, size)
         b = gpu.rasterize(v.cuda(), f.cuda(), size)
         assert b.face_id.shape == (1, H, W) and b.face_id.dtype == torch.int64
+        # a window of the frame: nvdiffrast renders the rectangle alone, with the frame's pixel centres
+        window = covering_window(v, size)
+        part = gpu.rasterize(v.cuda(), f.cuda(), size, window)
+        rows, cols = slice(window.top, window.top + window.height), slice(window.left, window.left + window.width)
+        agree = (part.face_id.cpu() == b.face_id.cpu()[:, rows, cols]).float().mean().item()
+        assert part.face_id.shape == (1, *window.size) and agree >= 0.999, f"trial {trial}: window {agree:.4f}"
+        assert int(part.mask.sum()) >= 0.999 * int(b.mask.sum())
         assert b.bary.dtype == torch.float32 and b.depth.dtype == torch.float32
         b = type(b)(b.face_id.cpu(), b.bary.cpu(), b.depth.cpu())
         inter = (a.mask & b.mask).sum().item()

@@ -14,6 +14,7 @@ from capture.avatar import demo_identity
 from capture.deca import DECA
 from capture.model_assets import ModelAssets
 from capture.projection import orthographic
+from capture.render import covering_window, cpu_shading, get_rasterizer
 from capture.views import detail_normal_map, draw_views, lit_pixels, mesh_normals
 
 
@@ -99,3 +100,34 @@ def test_decode_is_the_drawing_path_end_to_end(frame):
         differ = (bytes_p != bytes_o)
         assert int(differ.sum()) <= 10, name  # a value at a rounding boundary, at most
         assert int((bytes_p.int() - bytes_o.int()).abs().max()) <= 1, name
+
+
+@pytest.mark.skipif(cpu_shading.kernel_error() is not None, reason=f"no C kernel: {cpu_shading.kernel_error()}")
+def test_compiled_lit_pixels_match_the_torch_steps():
+    """The compiled CPU pass of `lit_pixels` against its torch steps: a batch of two frames sharing one albedo,
+    maps of two sizes, UVs running past the maps' borders (grid_sample's zero padding), a window of the frame."""
+    gen = torch.Generator().manual_seed(5)
+    B, H, W = 2, 40, 56
+    rast = get_rasterizer("cpu")
+    x, y = torch.meshgrid(torch.linspace(-0.9, 0.7, 9), torch.linspace(-0.8, 0.9, 8), indexing="xy")
+    grid = torch.stack([x, y, torch.zeros_like(x)], -1).reshape(-1, 3)
+    ids = torch.arange(72).view(8, 9)
+    faces = torch.cat([torch.stack([ids[:-1, :-1], ids[:-1, 1:], ids[1:, 1:]], -1).reshape(-1, 3),
+                       torch.stack([ids[:-1, :-1], ids[1:, 1:], ids[1:, :-1]], -1).reshape(-1, 3)])
+    vertices = torch.stack([grid, grid * 0.8 + 0.1])
+    uv_face = (torch.rand(faces.shape[0], 3, 2, generator=gen) * 2.3 - 1.15)  # some beyond +-1
+    albedo = torch.rand(1, 3, 16, 16, generator=gen)
+    normals = torch.nn.functional.normalize(torch.randn(B, 3, 24, 24, generator=gen), dim=1)
+    light = torch.randn(B, 9, 3, generator=gen)
+    for window in (None, covering_window(vertices, (H, W))):
+        fragments = rast.rasterize(vertices, faces, (H, W), window)
+        assert cpu_shading.applies(fragments, uv_face, albedo, normals, light)
+        fast = lit_pixels(fragments, uv_face, albedo, normals, light)
+        slow = lit_pixels(fragments, uv_face, albedo, normals, light, kernel="torch")
+        assert fast.index.numel() > 1000 and fast.size == slow.size == (H, W) and fast.batch == B
+        assert torch.equal(fast.index, slow.index)
+        torch.testing.assert_close(fast.colour, slow.colour, atol=1e-5, rtol=1e-5)
+    # gradients wanted (training): the torch steps
+    assert not cpu_shading.applies(fragments, uv_face, albedo.clone().requires_grad_(), normals, light)
+    with pytest.raises(ValueError, match="kernel"):
+        lit_pixels(fragments, uv_face, albedo, normals, light, kernel="c")

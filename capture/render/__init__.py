@@ -15,7 +15,16 @@ from typing import Callable, Dict
 
 import torch
 
-from .base import Fragments, Rasterizer, empty_fragments, interpolate, interpolate_face_attributes, texture
+from .base import (
+    Fragments,
+    Rasterizer,
+    Window,
+    covering_window,
+    empty_fragments,
+    interpolate,
+    interpolate_face_attributes,
+    texture,
+)
 from .cpu import CpuRasterizer
 
 log = logging.getLogger(__name__)
@@ -70,5 +79,5 @@ def get_rasterizer(kind: str = "auto", device=None, **kwargs) -> Rasterizer:
     return rast
 
 
-__all__ = ["Fragments", "Rasterizer", "CpuRasterizer", "get_rasterizer", "interpolate",
+__all__ = ["Fragments", "Rasterizer", "Window", "covering_window", "CpuRasterizer", "get_rasterizer", "interpolate",
            "interpolate_face_attributes", "texture", "empty_fragments", "RASTERIZERS"]

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F_nn
 
-from ..conventions import DEPTH_FAR, DEPTH_NEAR
+from ..conventions import DEPTH_FAR, DEPTH_NEAR, ndc_to_pixel
 
 # Pixel coordinates are limited so that the CPU rasterizer's fixed-point edge functions fit in int64.
 MAX_IMAGE_SIDE = 1 << 15
@@ -32,11 +32,14 @@ class Fragments:
     bary:    [B, H, W, 3] float32, weights of the triangle's vertices in the order of faces[f]
              (screen-space, sum 1); zeros where empty.
     depth:   [B, H, W] float32, NDC z of the nearest surface; +inf where empty.
+    window:  None for a whole image; for a rasterised rectangle of a larger image (`rasterize(...,
+             window=...)`) the `Window` these H x W pixels are, so that pixels can be placed in the image.
     """
 
     face_id: torch.Tensor
     bary: torch.Tensor
     depth: torch.Tensor
+    window: Optional["Window"] = None
 
     @property
     def mask(self) -> torch.Tensor:
@@ -49,13 +52,69 @@ class Fragments:
         return int(self.face_id.shape[1]), int(self.face_id.shape[2])
 
 
-def empty_fragments(batch: int, size: Tuple[int, int], device) -> Fragments:
-    """Fragments of a frame that no triangle touches."""
+@dataclass(frozen=True)
+class Window:
+    """A rectangle of pixels of an image of `image_size` (H, W): rows top..top+height-1, columns
+    left..left+width-1. Rasterising only the rectangle a mesh can cover gives the same pixels as the whole
+    image and skips the rest (a head covers a fraction of a video frame)."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    image_size: Tuple[int, int]
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        """(height, width): the size of the fragments."""
+        return self.height, self.width
+
+    def to_image_index(self, index: torch.Tensor) -> torch.Tensor:
+        """Flat pixel indices b * h * w + y * w + x of the window -> b * H * W + (top + y) * W + left + x."""
+        H, W = self.image_size
+        h, w = self.size
+        b, rest = torch.div(index, h * w, rounding_mode="floor"), index % (h * w)
+        row, col = torch.div(rest, w, rounding_mode="floor"), rest % w
+        return b * (H * W) + (row + self.top) * W + col + self.left
+
+
+def covering_window(vertices: torch.Tensor, size: Tuple[int, int], margin: int = 1) -> Window:
+    """The smallest `Window` of an (H, W) image holding every pixel centre that triangles between these
+    vertices ([B, V, 3] NDC, all frames of the batch together) can cover, widened by `margin` pixels; non-finite
+    vertices are left out (the rasterizers drop their triangles). At least one pixel, inside the image."""
+    H, W = (int(s) for s in size)
+    pix = ndc_to_pixel(vertices.detach()[..., :2].reshape(-1, 2).to(torch.float64), (H, W))
+    pix = pix[torch.isfinite(pix).all(dim=1)]
+    if pix.numel() == 0:
+        return Window(0, 0, 1, 1, (H, W))
+    lo = (pix.min(dim=0).values.floor() - margin).cpu().tolist()
+    hi = (pix.max(dim=0).values.ceil() + margin).cpu().tolist()
+    left, right = int(min(max(lo[0], 0), W - 1)), int(min(max(hi[0], 0), W - 1))
+    top, bottom = int(min(max(lo[1], 0), H - 1)), int(min(max(hi[1], 0), H - 1))
+    return Window(top, left, bottom - top + 1, right - left + 1, (H, W))
+
+
+def check_window(window: Optional[Window], size: Tuple[int, int]) -> Optional[Window]:
+    """Validate `rasterize`'s window against its image size (H, W)."""
+    if window is None:
+        return None
+    if not isinstance(window, Window):
+        raise TypeError(f"window: expected a capture.render.Window, got {type(window).__name__}")
     H, W = size
+    if (tuple(window.image_size) != (H, W) or window.height < 1 or window.width < 1 or window.top < 0
+            or window.left < 0 or window.top + window.height > H or window.left + window.width > W):
+        raise ValueError(f"window: {window} does not lie inside the {H}x{W} image being rasterised")
+    return window
+
+
+def empty_fragments(batch: int, size: Tuple[int, int], device, window: Optional[Window] = None) -> Fragments:
+    """Fragments of a frame (or of `window`, whose size then wins) that no triangle touches."""
+    H, W = window.size if window is not None else size
     return Fragments(
         face_id=torch.full((batch, H, W), -1, dtype=torch.int64, device=device),
         bary=torch.zeros((batch, H, W, 3), dtype=torch.float32, device=device),
         depth=torch.full((batch, H, W), float("inf"), dtype=torch.float32, device=device),
+        window=window,
     )
 
 
@@ -100,11 +159,14 @@ class Rasterizer(abc.ABC):
         self.far = float(far)
 
     @abc.abstractmethod
-    def rasterize(self, vertices: torch.Tensor, faces: torch.Tensor, size: Tuple[int, int]) -> Fragments:
+    def rasterize(self, vertices: torch.Tensor, faces: torch.Tensor, size: Tuple[int, int],
+                  window: Optional[Window] = None) -> Fragments:
         """Nearest-surface rasterisation of triangles, no back-face culling.
 
         vertices: [B, V, 3] float32 in NDC (x right, y down, smaller z closer); faces: [F, 3] int64;
         size: (H, W). A pixel belongs to a triangle when its centre is inside it (top-left rule on edges).
+        window: a `Window` of the (H, W) image: only its pixels are rasterised (fragments of the window's size,
+        `fragments.window` set), the same ones as in the whole image's fragments (`covering_window`).
         """
 
     def interpolate(self, attributes: torch.Tensor, fragments: Fragments, faces: torch.Tensor) -> torch.Tensor:

@@ -15,28 +15,21 @@ Kernels (`CpuRasterizer(kernel=...)`):
 - "torch": pure vectorised torch. For every (triangle, bounding-box row) the exact span of covered pixel
   centres is solved from the three integer edge inequalities; only covered pixels are expanded (in
   chunks), and the z-buffer is resolved with two scatter-min passes (depth, then face index).
-- "c": the same arithmetic in a small C loop, compiled with the system C compiler on first use and cached
-  (keyed by source hash) in the capture cache dir; about 10x faster. Bit-identical results.
+- "c": the same arithmetic in a small C loop (`capture.render.compiled`: compiled with the system C compiler on
+  first use, cached in the capture cache dir); about 10x faster. Bit-identical results (no FMA contraction).
 - "auto" (default): "c" when it compiles, else "torch" (logged once).
 """
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
-from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
 
 from ..conventions import DEPTH_FAR, DEPTH_NEAR, ndc_to_pixel
-from .base import Fragments, Rasterizer, check_rasterize_inputs, empty_fragments
+from .base import Fragments, Rasterizer, Window, check_rasterize_inputs, check_window, empty_fragments
+from .compiled import C_FLAGS, CompiledKernel
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +192,11 @@ static int64_t floor_div(int64_t a, int64_t b) {
     return q;
 }
 
+/* floor(a / S); an arithmetic shift when S is a power of two (shift >= 0): no 64-bit division per triangle */
+static inline int64_t floor_s(int64_t a, int64_t S, int shift) {
+    return shift >= 0 ? (a >> shift) : floor_div(a, S);
+}
+
 /* fx, fy: [B, V] fixed-point pixel coords; z: [B, V]; valid: [B, V]; faces: [F, 3].
    Outputs face_id [B, H, W], bary [B, H, W, 3], depth [B, H, W]; zbuf: scratch [H * W]. */
 int capture_rasterize(int64_t B, int64_t V, int64_t F, int64_t H, int64_t W, int64_t S,
@@ -207,6 +205,9 @@ int capture_rasterize(int64_t B, int64_t V, int64_t F, int64_t H, int64_t W, int
                       int64_t *face_id, float *bary, float *depth, double *zbuf)
 {
     const int64_t HW = H * W;
+    int shift = -1;
+    for (int k = 0; k < 62; ++k)
+        if (((int64_t)1 << k) == S) shift = k;
     for (int64_t b = 0; b < B; ++b) {
         const int64_t *X = fx + b * V, *Y = fy + b * V;
         const double *Z = z + b * V;
@@ -240,8 +241,8 @@ int capture_rasterize(int64_t B, int64_t V, int64_t F, int64_t H, int64_t W, int
             int64_t xmax = x0 > x1 ? x0 : x1; xmax = xmax > x2 ? xmax : x2;
             int64_t ymin = y0 < y1 ? y0 : y1; ymin = ymin < y2 ? ymin : y2;
             int64_t ymax = y0 > y1 ? y0 : y1; ymax = ymax > y2 ? ymax : y2;
-            int64_t cmin = -floor_div(-xmin, S), cmax = floor_div(xmax, S);
-            int64_t rmin = -floor_div(-ymin, S), rmax = floor_div(ymax, S);
+            int64_t cmin = -floor_s(-xmin, S, shift), cmax = floor_s(xmax, S, shift);
+            int64_t rmin = -floor_s(-ymin, S, shift), rmax = floor_s(ymax, S, shift);
             if (cmin < 0) cmin = 0;
             if (rmin < 0) rmin = 0;
             if (cmax > W - 1) cmax = W - 1;
@@ -273,66 +274,19 @@ int capture_rasterize(int64_t B, int64_t V, int64_t F, int64_t H, int64_t W, int
     return 0;
 }
 """
-# No FMA contraction: the C loop must round exactly like the torch kernel's separate multiply and add.
-_C_FLAGS = ["-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math"]
-
-_c_lock = threading.Lock()
-_c_state: dict = {}
-
-
-def _cache_dir() -> Path:
-    try:
-        from capture.assets.locate import cache_dir
-        return cache_dir() / "render"
-    except Exception:  # noqa: BLE001 - the assets package is optional for rendering; fall back to the same default
-        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        return Path(base) / "capture" / "render"
-
-
-def _compile_c_kernel() -> ctypes.CDLL:
-    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-    if not compiler:
-        raise RuntimeError("no C compiler found (set $CC or install gcc)")
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
-    key = hashlib.sha256("\0".join([_C_SOURCE, " ".join(_C_FLAGS), version, platform.machine()]).encode())
-    target = _cache_dir() / f"cpu_raster_{key.hexdigest()[:16]}.so"
-    if not target.is_file():
-        from capture.artifacts import atomic_write, build_lock
-
-        # atomic: a reader never loads half a file; locked: concurrent first uses compile it once
-        with build_lock(target):
-            if not target.is_file():
-                with tempfile.TemporaryDirectory(dir=target.parent) as tmp, atomic_write(target) as out:
-                    src = Path(tmp) / "cpu_raster.c"
-                    src.write_text(_C_SOURCE)
-                    proc = subprocess.run([compiler, *_C_FLAGS, str(src), "-o", str(out)], capture_output=True,
-                                          text=True)
-                    if proc.returncode != 0:
-                        raise RuntimeError(f"{compiler} failed to build the CPU raster kernel:\n"
-                                           f"{proc.stderr[-2000:]}")
-    lib = ctypes.CDLL(str(target))
-    fn = lib.capture_rasterize
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_int64] * 6 + [ctypes.c_void_p] * 5 + [ctypes.c_double] * 2 + [ctypes.c_void_p] * 4
-    return lib
+_RASTER = CompiledKernel("cpu_raster", _C_SOURCE, flags=("-O3", *C_FLAGS[1:]), functions={
+    "capture_rasterize": (ctypes.c_int, [ctypes.c_int64] * 6 + [ctypes.c_void_p] * 5 + [ctypes.c_double] * 2
+                          + [ctypes.c_void_p] * 4)})
 
 
 def c_kernel_error() -> Optional[str]:
     """None when the C kernel is available (compiling it on first call), else why not."""
-    with _c_lock:
-        if "lib" not in _c_state and "error" not in _c_state:
-            try:
-                _c_state["lib"] = _compile_c_kernel()
-            except Exception as exc:  # noqa: BLE001 - any failure means: use the torch kernel, and say why
-                _c_state["error"] = f"{type(exc).__name__}: {exc}"
-        return _c_state.get("error")
+    return _RASTER.error()
 
 
 def rasterize_c(fx, fy, z, valid, faces, size, near=DEPTH_NEAR, far=DEPTH_FAR):
     """Same contract and bit-identical results as `rasterize_torch`, in compiled C."""
-    error = c_kernel_error()
-    if error:
-        raise RuntimeError(f"CPU raster C kernel unavailable ({error}); use kernel='torch'")
+    rasterize_fn = _RASTER.function("capture_rasterize")
     H, W = size
     B, V = fx.shape
     faces = faces.to(dtype=torch.int64, device="cpu").contiguous()
@@ -341,7 +295,7 @@ def rasterize_c(fx, fy, z, valid, faces, size, near=DEPTH_NEAR, far=DEPTH_FAR):
     bary = torch.empty((B, H, W, 3), dtype=torch.float32)
     depth = torch.empty((B, H, W), dtype=torch.float32)
     zbuf = torch.empty((H * W,), dtype=torch.float64)
-    _c_state["lib"].capture_rasterize(
+    rasterize_fn(
         B, V, faces.shape[0], H, W, SUBPIXEL,
         fx.data_ptr(), fy.data_ptr(), z.data_ptr(), valid_u8.data_ptr(), faces.data_ptr(),
         float(near), float(far),
@@ -369,19 +323,24 @@ class CpuRasterizer(Rasterizer):
             error = c_kernel_error()
             if error and kernel == "c":
                 raise RuntimeError(f"CPU raster C kernel unavailable ({error}); use kernel='torch' or 'auto'")
-            if error and not _c_state.get("warned"):
-                _c_state["warned"] = True
+            if error and not _RASTER.warned:
+                _RASTER.warned = True
                 log.warning("CPU rasterizer: C kernel unavailable (%s); using the slower torch kernel", error)
             kernel = "torch" if error else "c"
         self.kernel = kernel
         self.chunk = int(chunk)
 
-    def rasterize(self, vertices: torch.Tensor, faces: torch.Tensor, size: Tuple[int, int]) -> Fragments:
+    def rasterize(self, vertices: torch.Tensor, faces: torch.Tensor, size: Tuple[int, int],
+                  window: Optional[Window] = None) -> Fragments:
         H, W = check_rasterize_inputs(vertices, faces, size)
+        window = check_window(window, (H, W))
         B = vertices.shape[0]
         if faces.shape[0] == 0 or vertices.shape[1] == 0:
-            return empty_fragments(B, (H, W), vertices.device)
+            return empty_fragments(B, (H, W), vertices.device, window)
         fx, fy, z, valid = snap_vertices(vertices, (H, W))
+        if window is not None:  # the same snapped image coordinates, moved by whole pixels: the same pixels
+            fx, fy = fx - window.left * SUBPIXEL, fy - window.top * SUBPIXEL
+            H, W = window.size
         faces_cpu = faces.detach().to(device="cpu", dtype=torch.int64).contiguous()
         if self.kernel == "c":
             face_id, bary, depth = rasterize_c(fx, fy, z, valid, faces_cpu, (H, W), self.near, self.far)
@@ -389,7 +348,7 @@ class CpuRasterizer(Rasterizer):
             face_id, bary, depth = rasterize_torch(fx, fy, z, valid, faces_cpu, (H, W), self.near, self.far,
                                                    chunk=self.chunk)
         device = vertices.device
-        return Fragments(face_id.to(device), bary.to(device), depth.to(device))
+        return Fragments(face_id.to(device), bary.to(device), depth.to(device), window)
 
     def __repr__(self) -> str:
         return f"CpuRasterizer(kernel={self.kernel!r}, near={self.near}, far={self.far})"

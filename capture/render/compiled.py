@@ -1,0 +1,84 @@
+"""Small C kernels for the CPU paths, compiled with the system C compiler on first use.
+
+Each kernel's shared library is cached in the capture cache dir under a key of its source, flags, compiler
+version and machine, built under a lock (concurrent first uses compile it once) and written atomically (a
+reader never loads half a file). Without a compiler, `error()` says why and callers use their torch kernel.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Optional
+
+# No FMA contraction: a C loop rounds like torch's separate multiplies and adds.
+C_FLAGS = ("-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math")
+
+
+def _cache_dir() -> Path:
+    try:
+        from capture.assets.locate import cache_dir
+        return cache_dir() / "render"
+    except Exception:  # noqa: BLE001 - the assets package is optional for rendering; fall back to the same default
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(base) / "capture" / "render"
+
+
+class CompiledKernel:
+    """One C source -> a ctypes library, compiled once per machine. functions: {name: (restype, argtypes)}."""
+
+    def __init__(self, name: str, source: str, functions: dict, flags=C_FLAGS):
+        self.name, self.source, self.functions, self.flags = name, source, dict(functions), tuple(flags)
+        self._lock = threading.Lock()
+        self._lib: Optional[ctypes.CDLL] = None
+        self._error: Optional[str] = None
+        self.warned = False  # for callers that log the fallback once
+
+    def error(self) -> Optional[str]:
+        """None when the kernel is available (compiling it on first call), else why not."""
+        with self._lock:
+            if self._lib is None and self._error is None:
+                try:
+                    self._lib = self._load()
+                except Exception as exc:  # noqa: BLE001 - any failure means: use the torch kernel, and say why
+                    self._error = f"{type(exc).__name__}: {exc}"
+            return self._error
+
+    def function(self, name: str):
+        """The compiled function `name`; raises when the kernel is unavailable."""
+        error = self.error()
+        if error:
+            raise RuntimeError(f"{self.name} C kernel unavailable ({error})")
+        return getattr(self._lib, name)
+
+    def _load(self) -> ctypes.CDLL:
+        compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+        if not compiler:
+            raise RuntimeError("no C compiler found (set $CC or install gcc)")
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+        key = hashlib.sha256("\0".join([self.source, " ".join(self.flags), version, platform.machine()]).encode())
+        target = _cache_dir() / f"{self.name}_{key.hexdigest()[:16]}.so"
+        if not target.is_file():
+            from capture.artifacts import atomic_write, build_lock
+
+            with build_lock(target):
+                if not target.is_file():
+                    with tempfile.TemporaryDirectory(dir=target.parent) as tmp, atomic_write(target) as out:
+                        src = Path(tmp) / f"{self.name}.c"
+                        src.write_text(self.source)
+                        proc = subprocess.run([compiler, *self.flags, str(src), "-o", str(out)],
+                                              capture_output=True, text=True)
+                        if proc.returncode != 0:
+                            raise RuntimeError(f"{compiler} failed to build the {self.name} kernel:\n"
+                                               f"{proc.stderr[-2000:]}")
+        lib = ctypes.CDLL(str(target))
+        for fname, (restype, argtypes) in self.functions.items():
+            fn = getattr(lib, fname)
+            fn.restype, fn.argtypes = restype, list(argtypes)
+        return lib
