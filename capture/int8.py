@@ -31,7 +31,7 @@ from capture.artifacts import (
 )
 from capture.nets import CODE_LAYOUT, INPUT_SIZE, GraphSpec, graph_spec
 
-INT8_FORMAT = "capture.onnx-int8/3"  # /3: D_detail too; the nodes before the first convolution stay float32
+INT8_FORMAT = "capture.onnx-int8/4"  # /3: D_detail too, its nodes before the first conv float32; /4: and its tail
 # What INT8 is made for: the per-frame networks. E_flame (4 GMAC) runs ~3.7x faster in INT8 on a VNNI CPU,
 # D_detail ~1.8x (20.5 -> 11 ms, one thread); E_detail runs once per target and stays float32.
 INT8_NETWORKS = ("E_flame", "D_detail")
@@ -174,15 +174,41 @@ def detail_latents(pack, crops: np.ndarray, *, engines_dir: Optional[Union[str, 
     return torch.cat([own, broad]).numpy().astype(np.float32)
 
 
-def float_prefix(path: Union[str, Path]) -> list[str]:
-    """Names of the nodes that run before a graph's first convolution (in graph order), kept float32 by
-    `quantize_int8`. For D_detail: the latent's Gemm, its reshape and BatchNorm; quantising the 181-d latent,
-    whose parts have very different scales, to 8 bits cost 21 % rms of the displacement, 5.6 % without it
-    (measured on the demo pack). E_flame starts with a convolution: nothing."""
+def float_nodes(path: Union[str, Path]) -> list[str]:
+    """Names of the nodes `quantize_int8` keeps float32: `float_prefix` and `float_tail` of the graph at `path`."""
     import onnx
 
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return float_prefix(graph) + float_tail(graph)
+
+
+def float_tail(graph) -> list[str]:
+    """Names of the nodes from a graph's last convolution on, when that convolution has one output channel
+    (D_detail's displacement: conv 16 -> 1, tanh, scale); else none (E_flame ends in a Gemm).
+
+    As 8 bits the one-channel convolution is padded to a block of 16 output channels (3.0 of D_detail's 12 ms on
+    one core); float32, the CPU session runs it as taps (`capture.backends.conv_taps`, ~1 ms). And the network's
+    output, the displacement itself, then keeps float32 precision instead of 256 levels over its range."""
+    from onnx import numpy_helper
+
+    convs = [i for i, node in enumerate(graph.node) if node.op_type == "Conv"]
+    if not convs:
+        return []
+    last = graph.node[convs[-1]]
+    weights = {t.name: t for t in graph.initializer}
+    weight = weights.get(last.input[1]) if len(last.input) > 1 else None
+    if weight is None or numpy_helper.to_array(weight).shape[0] != 1:
+        return []
+    return [node.name for node in graph.node[convs[-1]:]]
+
+
+def float_prefix(graph) -> list[str]:
+    """Names of the nodes that run before a graph's first convolution (in graph order). For D_detail: the
+    latent's Gemm, its reshape and BatchNorm; quantising the 181-d latent, whose parts have very different
+    scales, to 8 bits cost 21 % rms of the displacement, 5.6 % without it (measured on the demo pack). E_flame
+    starts with a convolution: nothing."""
     names = []
-    for node in onnx.load(str(path), load_external_data=False).graph.node:
+    for node in graph.node:
         if node.op_type == "Conv":
             break
         names.append(node.name)
@@ -233,7 +259,7 @@ def quantize_int8(src: Union[str, Path], dst: Union[str, Path], calibration: np.
         logger.setLevel(logging.ERROR)  # the quantiser logs a line per skipped tensor
         with atomic_write(dst) as tmp:
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-            keep = float_prefix(pre)
+            keep = float_nodes(pre)
             quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=keep)

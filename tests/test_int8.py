@@ -79,7 +79,7 @@ def test_int8_sidecar_records_the_calibration_and_the_source_graph(int8_flame, e
 
     side = read_sidecar(sidecar_path(int8_flame.onnx_path))
     assert side == int8_flame.int8_sidecar
-    assert side["format"] == "capture.onnx-int8/3" and side["network"] == "E_flame" and side["precision"] == "int8"
+    assert side["format"] == "capture.onnx-int8/4" and side["network"] == "E_flame" and side["precision"] == "int8"
     assert side["method"]["float32_nodes"] == []  # E_flame starts with a convolution: all of it is quantised
     assert side["calibration"] == {"source": "smooth test images", "count": 12,
                                    "sha256": calibration_sha256(calibration.crops())}
@@ -161,5 +161,12 @@ def test_int8_detail_is_calibrated_on_the_faces_latents_and_keeps_the_latent_lay
     assert kept and {ops[name] for name in kept} >= {"Gemm", "BatchNormalization"}
     first_conv = next(n for n in graph.node if n.op_type == "Conv")
     assert any(n.op_type == "DequantizeLinear" and n.output[0] in first_conv.input for n in graph.node)
+    # the tail from the one-channel last convolution on is float32: its weights, and the output itself
+    last_conv = [n for n in graph.node if n.op_type == "Conv"][-1]
+    assert {ops[name] for name in kept} >= {"Conv", "Tanh", "Mul"} and last_conv.name in kept
+    weights = {t.name for t in graph.initializer}
+    assert last_conv.input[1] in weights  # a float initializer, not the output of a DequantizeLinear
+    producer = {out: n.op_type for n in graph.node for out in n.output}
+    assert producer["uv_z"] == "Mul"
     assert "INT8 D_detail calibrated on 24 latents of 12 crops of smooth test images" in int8_detail.reason
     assert "displacement rms error" in int8_detail.reason
