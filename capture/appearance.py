@@ -192,7 +192,11 @@ class UVSampler:
         return texels.t().contiguous().view(b, c, self.size, self.size)
 
 
-def grid_triangles(size: int, margin_x: int = 2, margin_y: int = 5) -> torch.Tensor:
+# DECA's displacement2normal leaves the UV grid's outer texels out: (columns, rows) on each side
+GRID_MARGINS = (2, 5)
+
+
+def grid_triangles(size: int, margin_x: int = GRID_MARGINS[0], margin_y: int = GRID_MARGINS[1]) -> torch.Tensor:
     """Triangles of the texel grid used for detail normals: two per cell, the DECA margins skipped,
     winding reordered [0, 2, 1]. Returns [N, 3] int64 texel ids (row-major: id = y * size + x)."""
     xs = torch.arange(margin_x, size - 1 - margin_x)
@@ -206,7 +210,8 @@ def grid_triangles(size: int, margin_x: int = 2, margin_y: int = 5) -> torch.Ten
     return triangles[:, [0, 2, 1]]
 
 
-def grid_normals(positions: torch.Tensor, margin_x: int = 2, margin_y: int = 5) -> torch.Tensor:
+def grid_normals(positions: torch.Tensor, margin_x: int = GRID_MARGINS[0],
+                 margin_y: int = GRID_MARGINS[1]) -> torch.Tensor:
     """Area-weighted vertex normals of the texel grid of `grid_triangles(S, margin_x, margin_y)`, by slicing.
 
     positions [B, 3, S, S] -> [B, 3, S, S] unit normals (zero where no grid triangle touches a texel).

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F_nn
 
 from .appearance import (
+    GRID_MARGINS,
     SH_CONSTANTS,
     SHAPE_GREY,
     SHAPE_LIGHT_INTENSITY,
@@ -50,10 +51,20 @@ def mesh_normals(assets, vertices: torch.Tensor) -> torch.Tensor:
     return vertex_normals(vertices, assets.faces, assets.incidence)
 
 
-def detail_normal_map(assets, uv_z: torch.Tensor, vertices: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
+def detail_normal_map(assets, uv_z: torch.Tensor, vertices: torch.Tensor, normals: torch.Tensor,
+                      kernel: str = "auto") -> torch.Tensor:
     """D_detail's displacement uv_z [B, 1, S, S] on the coarse mesh (vertices, normals [B, V, 3], world)
-    -> world-space detail normal map [B, 3, S, S] (DECA's displacement2normal)."""
-    uv = assets.uv_sampler.sample(torch.cat([vertices, normals], -1))
+    -> world-space detail normal map [B, 3, S, S] (DECA's displacement2normal). kernel "auto": on CPU tensors
+    without gradients the same arithmetic in one compiled pass (`capture.render.cpu_shading`); "torch": the
+    torch steps below (always, for training's gradients and on the GPU)."""
+    if kernel not in ("auto", "torch"):
+        raise ValueError(f"kernel: expected 'auto' or 'torch', got {kernel!r}")
+    sampler = assets.uv_sampler
+    if kernel == "auto" and cpu_shading.detail_normals_apply(uv_z, vertices, normals, sampler.weights,
+                                                            assets.face_eye_mask, assets.fixed_displacement):
+        return cpu_shading.detail_normals_c(uv_z, vertices, normals, sampler.vertex_ids, sampler.weights,
+                                            assets.face_eye_mask, assets.fixed_displacement, *GRID_MARGINS)
+    uv = sampler.sample(torch.cat([vertices, normals], -1))
     return detail_normals(uv_z, uv[:, 0:3], uv[:, 3:6], assets.face_eye_mask, assets.fixed_displacement)
 
 

@@ -6,6 +6,8 @@ picture `DECA.decode` draws. Tolerances are float32 rounding of sums taken in an
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -131,3 +133,34 @@ def test_compiled_lit_pixels_match_the_torch_steps():
     assert not cpu_shading.applies(fragments, uv_face, albedo.clone().requires_grad_(), normals, light)
     with pytest.raises(ValueError, match="kernel"):
         lit_pixels(fragments, uv_face, albedo, normals, light, kernel="c")
+
+
+@pytest.mark.skipif(cpu_shading.kernel_error() is not None, reason=f"no C kernel: {cpu_shading.kernel_error()}")
+def test_compiled_detail_normal_map_matches_the_torch_steps(frame):
+    """The compiled CPU pass of `detail_normal_map` against its torch steps on a batch of two posed frames."""
+    deca, codes, vertices, uv_z = frame
+    a = deca.assets
+    with torch.inference_mode():  # a second posed frame: another expression and jaw
+        other = a.flame(codes.shape, -codes.exp, codes.pose * torch.tensor([[1.0, -1.0, 1.0, 0.5, 0.0, 0.0]])).vertices
+    batch_v = torch.cat([vertices, other])
+    batch_z = torch.cat([uv_z, uv_z.flip(-1)])
+    normals = mesh_normals(a, batch_v)
+    fast = detail_normal_map(a, batch_z, batch_v, normals)
+    slow = detail_normal_map(a, batch_z, batch_v, normals, kernel="torch")
+    assert fast.shape == slow.shape == (2, 3, a.uv_sampler.size, a.uv_sampler.size)
+    # Same sums in another order: where a texel's grid triangles are tiny the normal keeps the sums' rounding,
+    # scaled up (test_normals_match_the_oracles). Against the torch steps in float64 the compiled pass must be
+    # as close as the float32 torch steps are.
+    assert float((fast - slow).abs().max()) < 1e-3
+    wide = type(a.uv_sampler)(a.uv_sampler.vertex_ids, a.uv_sampler.weights.double(), a.uv_sampler.size)
+    exact = detail_normal_map(SimpleNamespace(uv_sampler=wide, face_eye_mask=a.face_eye_mask.double(),
+                                              fixed_displacement=a.fixed_displacement.double()),
+                              batch_z.double(), batch_v.double(), normals.double())
+    err_fast = (fast.double() - exact).abs().amax(1).flatten()
+    err_slow = (slow.double() - exact).abs().amax(1).flatten()
+    assert float(err_fast.max()) < 1e-3
+    assert float(err_fast.quantile(0.999)) <= 1.5 * float(err_slow.quantile(0.999)) + 1e-7
+    assert float((err_fast > 1e-5).double().mean()) <= 1.5 * float((err_slow > 1e-5).double().mean()) + 1e-4
+    assert not torch.equal(fast[0], fast[1])
+    with pytest.raises(ValueError, match="kernel"):
+        detail_normal_map(a, batch_z, batch_v, normals, kernel="c")

@@ -1,4 +1,8 @@
-"""The C kernel of `capture.views.lit_pixels` on the CPU: covered pixels -> albedo x SH(detail normals).
+"""Compiled CPU passes of the drawing path's per-frame steps: `views.detail_normal_map` and `views.lit_pixels`.
+
+`capture_detail_normals` is DECA's displacement2normal as the torch steps compute it (`UVSampler.sample` of the
+posed mesh and its normals, `appearance.detail_normals` with `grid_normals`' cells and their corners), texel
+by texel. The rest of this note is about `capture_lit_pixels`: covered pixels -> albedo x SH(detail normals).
 
 `views.lit_pixels` defines the picture in torch (covered pixels, barycentric UVs, `grid_sample` of the albedo
 and the detail normal map, the SH basis of `appearance.sh_terms`); on CPU tensors without gradients it runs
@@ -56,6 +60,93 @@ static inline void sample3(const float *map, int64_t S, float x, float y, float 
     }
 }
 
+static inline void cross3(const float *a, const float *b, float *out) {
+    out[0] = a[1] * b[2] - a[2] * b[1];
+    out[1] = a[2] * b[0] - a[0] * b[2];
+    out[2] = a[0] * b[1] - a[1] * b[0];
+}
+
+/* DECA's displacement2normal on the UV grid (appearance.detail_normals with UVSampler.sample and grid_normals):
+   vid / wts [S*S, 3] the texels' vertices and weights; vertices / normals [B, V, 3]; uv_z [B, S, S];
+   mask / fixed [S, S]; margins my (rows) and mx (columns). Scratch: pos and coarse [3, S*S], cells [6, h*w].
+   Writes out [B, 3, S, S]. */
+void capture_detail_normals(int64_t B, int64_t V, int64_t S, const int64_t *vid, const float *wts,
+                            const float *vertices, const float *normals, const float *uv_z, const float *mask,
+                            const float *fixed, int64_t my, int64_t mx, float *pos, float *coarse, float *cells,
+                            float *out)
+{
+    const int64_t SS = S * S;
+    const int64_t y0 = my, y1 = S - 1 - my, x0 = mx, x1 = S - 1 - mx;
+    const int64_t h = y1 - y0, w = x1 - x0;  /* cells; the window has (h + 1) x (w + 1) texels */
+    for (int64_t b = 0; b < B; ++b) {
+        const float *vb = vertices + b * V * 3, *nb = normals + b * V * 3, *zb = uv_z + b * SS;
+        float *ob = out + b * 3 * SS;
+        for (int64_t t = 0; t < SS; ++t) {
+            float p[3] = {0.0f, 0.0f, 0.0f}, n[3] = {0.0f, 0.0f, 0.0f};
+            for (int k = 0; k < 3; ++k) {
+                const float wk = wts[3 * t + k];
+                if (wk == 0.0f) continue;
+                const int64_t v = vid[3 * t + k];
+                for (int c = 0; c < 3; ++c) {
+                    p[c] += wk * vb[3 * v + c];
+                    n[c] += wk * nb[3 * v + c];
+                }
+            }
+            const float offset = zb[t] * mask[t] + fixed[t];
+            for (int c = 0; c < 3; ++c) {
+                pos[c * SS + t] = p[c] + offset * n[c];
+                coarse[c * SS + t] = n[c];
+            }
+        }
+        /* per grid cell: the cross products of its two triangles, (here, down, right) and (right, down, diag) */
+        const int64_t hw = h * w;
+        for (int64_t i = 0; i < h; ++i) {
+            for (int64_t j = 0; j < w; ++j) {
+                const int64_t here = (y0 + i) * S + x0 + j;
+                float dx[3], dy[3], dy_next[3], dd[3], first[3], second[3];
+                for (int c = 0; c < 3; ++c) {
+                    const float *P = pos + c * SS;
+                    dx[c] = P[here + 1] - P[here];
+                    dy[c] = P[here + S] - P[here];
+                    dy_next[c] = P[here + S + 1] - P[here + 1];
+                    dd[c] = dy[c] - dx[c];
+                }
+                cross3(dy, dx, first);
+                cross3(dd, dy_next, second);
+                for (int c = 0; c < 3; ++c) {
+                    cells[c * hw + i * w + j] = first[c];
+                    cells[(3 + c) * hw + i * w + j] = second[c];
+                }
+            }
+        }
+        for (int64_t c = 0; c < 3; ++c)
+            for (int64_t t = 0; t < SS; ++t) ob[c * SS + t] = 0.0f;
+        /* each window texel: its cells' normals added (first, the cell above, the cell left, the diagonal),
+           normalised, blended with the coarse normal outside the mask */
+        for (int64_t i = 0; i <= h; ++i) {
+            for (int64_t j = 0; j <= w; ++j) {
+                float acc[3] = {0.0f, 0.0f, 0.0f};
+                for (int c = 0; c < 3; ++c) {
+                    const float *first = cells + c * hw, *second = cells + (3 + c) * hw;
+                    if (i < h && j < w) acc[c] += first[i * w + j];
+                    if (i >= 1 && j < w) acc[c] += first[(i - 1) * w + j] + second[(i - 1) * w + j];
+                    if (i < h && j >= 1) acc[c] += first[i * w + j - 1] + second[i * w + j - 1];
+                    if (i >= 1 && j >= 1) acc[c] += second[(i - 1) * w + j - 1];
+                }
+                float ss = (acc[0] * acc[0] + acc[1] * acc[1]) + acc[2] * acc[2];
+                if (ss < 1e-12f) ss = 1e-12f;
+                const float inv = 1.0f / sqrtf(ss);
+                const int64_t t = (y0 + i) * S + x0 + j;
+                for (int c = 0; c < 3; ++c) ob[c * SS + t] = acc[c] * inv;
+            }
+        }
+        for (int64_t t = 0; t < SS; ++t) {
+            const float m = mask[t];
+            for (int c = 0; c < 3; ++c) ob[c * SS + t] = ob[c * SS + t] * m + coarse[c * SS + t] * (1.0f - m);
+        }
+    }
+}
+
 /* face_id [B, h, w] (-1 = empty), bary [B, h, w, 3]: fragments of a window at (top, left) of an H x W image.
    uv_face [F, 3, 2]; albedo [Ba, 3, Sa, Sa] (Ba = 1 or B); normals [B, 3, Sn, Sn]; light [B, 9, 3] with the SH
    constants folded in. Writes index [n] (b * H * W + y * W + x in the image) and colour [n, 3]; returns n. */
@@ -99,7 +190,9 @@ int64_t capture_lit_pixels(int64_t B, int64_t h, int64_t w, const int64_t *face_
 _KERNEL = CompiledKernel("cpu_shading", _SOURCE, flags=("-O3", *C_FLAGS[1:]), functions={
     "capture_lit_pixels": (ctypes.c_int64, [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2
                            + [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 4
-                           + [ctypes.c_void_p] * 2)})
+                           + [ctypes.c_void_p] * 2),
+    "capture_detail_normals": (None, [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 2
+                               + [ctypes.c_void_p] * 4)})
 
 
 def kernel_error() -> Optional[str]:
@@ -149,3 +242,34 @@ def lit_pixels_c(fragments, uv_face: torch.Tensor, albedo_uv: torch.Tensor, deta
         albedo.data_ptr(), normals.shape[-1], normals.data_ptr(), lit.data_ptr(), H, W, top, left,
         index.data_ptr(), colour.data_ptr())
     return index[:n], colour[:n], (H, W)
+
+
+def detail_normals_apply(*tensors: torch.Tensor) -> bool:
+    """Whether `detail_normals_c` can stand in for the torch steps of `views.detail_normal_map` on these
+    tensors: all on the CPU, float32, no gradient wanted, the kernel compiled."""
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return kernel_error() is None
+
+
+def detail_normals_c(uv_z: torch.Tensor, vertices: torch.Tensor, normals: torch.Tensor, vertex_ids: torch.Tensor,
+                     weights: torch.Tensor, face_eye_mask: torch.Tensor, fixed_displacement: torch.Tensor,
+                     margin_x: int, margin_y: int) -> torch.Tensor:
+    """`views.detail_normal_map` in one compiled pass: uv_z [B, 1, S, S], vertices / normals [B, V, 3] (world),
+    the UV sampler's vertex_ids / weights [S*S, 3], face_eye_mask / fixed_displacement [S, S] -> [B, 3, S, S]."""
+    B, V, _ = vertices.shape
+    S = uv_z.shape[-1]
+    if uv_z.shape != (B, 1, S, S) or vertex_ids.shape != (S * S, 3) or face_eye_mask.shape != (S, S):
+        raise ValueError(f"detail normals: uv_z {tuple(uv_z.shape)}, texel table {tuple(vertex_ids.shape)} and "
+                         f"mask {tuple(face_eye_mask.shape)} do not fit vertices {tuple(vertices.shape)}")
+    args = [t.contiguous() for t in (vertex_ids.to(torch.int64), weights, vertices, normals, uv_z, face_eye_mask,
+                                     fixed_displacement)]
+    h, w = S - 1 - 2 * margin_y, S - 1 - 2 * margin_x
+    pos, coarse = torch.empty(3, S * S), torch.empty(3, S * S)
+    cells = torch.empty(6, max(h, 0) * max(w, 0))
+    out = torch.empty(B, 3, S, S)
+    _KERNEL.function("capture_detail_normals")(B, V, S, *(t.data_ptr() for t in args), margin_y, margin_x,
+                                               pos.data_ptr(), coarse.data_ptr(), cells.data_ptr(), out.data_ptr())
+    return out
