@@ -25,6 +25,7 @@ from .model_assets import ModelAssets
 from .nets import detail_input
 from .projection import crop_to_image_ndc, orthographic
 from .reference import ReferenceDrawing
+from .render import cpu_shading
 from .stream.pipeline import no_times
 from .views import Drawing, LitPixels
 
@@ -122,7 +123,6 @@ class AvatarRenderer:
         self._times = times if times is not None else no_times
         self._view_T = torch.as_tensor(view_transform(frame_size), dtype=torch.float32, device=self.device)
         self._template: Optional[np.ndarray] = None  # the background picture, made on first use
-        self._right_half: Optional[torch.Tensor] = None  # side-by-side: pixel index map, made on first use
         self._detail: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (latent, uv_z) of the last D_detail run
         self.detail_reused = 0  # frames that reused the last displacement map
         with torch.inference_mode():
@@ -227,8 +227,6 @@ class AvatarRenderer:
         """uint8 compositing of the covered pixels over the frame or the grey background (batch 1). The same
         bytes as compositing float pictures (alpha is 0 or 1) and rounding them to uint8."""
         h, w = self.frame_size
-        colour = (pixels.colour.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu()
-        index = pixels.index
         if self.layout == "overlay":
             out = np.array(frame, dtype=np.uint8, order="C")  # a fresh copy: the writer may still hold the last
         else:
@@ -238,11 +236,15 @@ class AvatarRenderer:
             out = self._template.copy()
             if self.layout == "side-by-side":
                 out[:, :w] = frame
-                if self._right_half is None:  # frame pixel index -> the same pixel in the right half
-                    flat = torch.arange(h * w, device=index.device)
-                    self._right_half = torch.div(flat, w, rounding_mode="floor") * (2 * w) + w + flat % w
-                index = self._right_half.index_select(0, index)
-        torch.from_numpy(out).view(-1, 3).index_copy_(0, index.cpu(), colour)
+        column = w if self.layout == "side-by-side" else 0
+        if cpu_shading.kernel_error() is None:  # rounding and scatter in one compiled pass
+            cpu_shading.paste_u8(out, pixels.index.cpu(), pixels.colour.cpu(), w, column)
+            return out
+        colour = (pixels.colour.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu()
+        index = pixels.index.cpu()
+        if column:  # frame pixel index -> the same pixel in the right half
+            index = torch.div(index, w, rounding_mode="floor") * (2 * w) + column + index % w
+        torch.from_numpy(out).view(-1, 3).index_copy_(0, index, colour)
         return out
 
     def _pass_through(self, frame: np.ndarray) -> np.ndarray:

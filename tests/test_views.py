@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -164,3 +165,23 @@ def test_compiled_detail_normal_map_matches_the_torch_steps(frame):
     assert not torch.equal(fast[0], fast[1])
     with pytest.raises(ValueError, match="kernel"):
         detail_normal_map(a, batch_z, batch_v, normals, kernel="c")
+
+
+@pytest.mark.skipif(cpu_shading.kernel_error() is not None, reason=f"no C kernel: {cpu_shading.kernel_error()}")
+def test_compiled_paste_rounds_like_a_float_picture():
+    """paste_u8 writes (clamp(c, 0, 1) * 255 + 0.5) as uint8 at each pixel's place, in a side-by-side picture too."""
+    gen = torch.Generator().manual_seed(3)
+    h, w = 7, 9
+    index = torch.randperm(h * w, generator=gen)[:40]
+    colour = torch.rand(40, 3, generator=gen) * 1.4 - 0.2  # some below 0 and above 1
+    colour[:5] = (torch.arange(15, dtype=torch.float32).view(5, 3) + 0.5) / 255  # on rounding boundaries
+    expected = (colour.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+    for column, out_w in ((0, w), (w, 2 * w)):
+        out = np.full((h, out_w, 3), 17, np.uint8)
+        cpu_shading.paste_u8(out, index, colour, w, column)
+        want = np.full((h, out_w, 3), 17, np.uint8)
+        rows, cols = (index // w).numpy(), (index % w).numpy() + column
+        want[rows, cols] = expected.numpy()
+        np.testing.assert_array_equal(out, want)
+    with pytest.raises(ValueError, match="uint8"):
+        cpu_shading.paste_u8(np.zeros((h, w, 3), np.float32), index, colour, w)

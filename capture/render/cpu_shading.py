@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 from typing import Optional
 
+import numpy as np
 import torch
 
 from ..appearance import SH_CONSTANTS
@@ -147,6 +148,23 @@ void capture_detail_normals(int64_t B, int64_t V, int64_t S, const int64_t *vid,
     }
 }
 
+/* The covered pixels' colours [n, 3] into a uint8 RGB picture [rows, out_w, 3]: pixel index (y * w + x) of a
+   w-wide frame goes to column x + x0 of row y, as (uint8)(clamp(c, 0, 1) * 255 + 0.5) (the float picture's
+   rounding). */
+void capture_paste_u8(int64_t n, const int64_t *index, const float *colour, int64_t w, uint8_t *out,
+                      int64_t out_w, int64_t x0)
+{
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t y = index[i] / w, x = index[i] % w;
+        uint8_t *px = out + 3 * (y * out_w + x + x0);
+        for (int c = 0; c < 3; ++c) {
+            float v = colour[3 * i + c];
+            v = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
+            px[c] = (uint8_t)(v * 255.0f + 0.5f);
+        }
+    }
+}
+
 /* face_id [B, h, w] (-1 = empty), bary [B, h, w, 3]: fragments of a window at (top, left) of an H x W image.
    uv_face [F, 3, 2]; albedo [Ba, 3, Sa, Sa] (Ba = 1 or B); normals [B, 3, Sn, Sn]; light [B, 9, 3] with the SH
    constants folded in. Writes index [n] (b * H * W + y * W + x in the image) and colour [n, 3]; returns n. */
@@ -192,7 +210,9 @@ _KERNEL = CompiledKernel("cpu_shading", _SOURCE, flags=("-O3", *C_FLAGS[1:]), fu
                            + [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 4
                            + [ctypes.c_void_p] * 2),
     "capture_detail_normals": (None, [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 2
-                               + [ctypes.c_void_p] * 4)})
+                               + [ctypes.c_void_p] * 4),
+    "capture_paste_u8": (None, [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                                ctypes.c_int64, ctypes.c_int64])})
 
 
 def kernel_error() -> Optional[str]:
@@ -273,3 +293,16 @@ def detail_normals_c(uv_z: torch.Tensor, vertices: torch.Tensor, normals: torch.
     _KERNEL.function("capture_detail_normals")(B, V, S, *(t.data_ptr() for t in args), margin_y, margin_x,
                                                pos.data_ptr(), coarse.data_ptr(), cells.data_ptr(), out.data_ptr())
     return out
+
+
+def paste_u8(out: np.ndarray, index: torch.Tensor, colour: torch.Tensor, width: int, column: int = 0) -> None:
+    """Round the covered pixels' colours [N, 3] (float32, CPU) to uint8 as a float picture is rounded and write
+    them into `out` [rows, out_width, 3] uint8 (C-contiguous): pixel index y * width + x (batch 1) lands at
+    row y, column x + column (side-by-side: column = width)."""
+    if out.dtype != np.uint8 or out.ndim != 3 or out.shape[2] != 3 or not out.flags.c_contiguous:
+        raise ValueError(f"paste_u8: out must be a C-contiguous [rows, width, 3] uint8 array, got {out.shape} "
+                         f"{out.dtype}")
+    index = index.to(torch.int64).contiguous()
+    colour = colour.to(torch.float32).contiguous()
+    _KERNEL.function("capture_paste_u8")(index.numel(), index.data_ptr(), colour.data_ptr(), int(width),
+                                         out.ctypes.data, out.shape[1], int(column))
