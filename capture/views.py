@@ -7,8 +7,11 @@
     views = draw_views(fragments, assets, ...)                     # every picture DECA draws (decode)
 
 `retarget.AvatarRenderer` (the product), `deca.DECA.decode` and training's `train.renderer.TrainRenderer` draw
-through these functions; only the covered pixels are shaded (a head covers a fraction of a frame), with one SH
-basis (`appearance.sh_terms`). The input mesh is already in the target image's NDC (crop NDC, or the frame's
+through these functions; only the covered pixels are shaded (a head covers a fraction of a frame; the product
+rasterises only the window of the frame the head can cover, `Drawing.rasterize`), with one SH basis
+(`appearance.sh_terms`). On CPU tensors without gradients `detail_normal_map` and `lit_pixels` run their
+arithmetic as compiled passes (`capture.render.cpu_shading`); the torch steps here define it and run
+everywhere else. The input mesh is already in the target image's NDC (crop NDC, or the frame's
 after `projection.crop_to_image_ndc`). DECA's straightforward full-frame versions of the same steps are the
 test oracles in `capture.reference`.
 """
