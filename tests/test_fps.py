@@ -106,10 +106,11 @@ def test_lit_pixels_match_render_views():
         torch.testing.assert_close(lit, views.lit, atol=1e-5, rtol=1e-5)
 
 
-def test_fast_renderer_matches_the_reference_renderer(demo_pack):
+def test_fast_renderer_matches_the_reference_renderer(demo_pack, monkeypatch):
     from capture.avatar import demo_identity
     from capture.crop import crop_transform
     from capture.deca import DECA
+    from capture.render import cpu_shading
     from capture.retarget import AvatarRenderer
 
     deca = DECA.from_pack(demo_pack)
@@ -128,6 +129,12 @@ def test_fast_renderer_matches_the_reference_renderer(demo_pack):
         assert (diff > 0).mean() < 1e-3  # rounding at the odd pixel / edge
         assert (diff > 1).sum() <= 3
         assert {"LBS", "D_detail", "shading", "rasterize", "composite"} <= set(times.stats())
+        # without a C compiler: the torch steps of the drawing and of the compositing, the same picture
+        with monkeypatch.context() as m:
+            m.setattr(cpu_shading, "kernel_error", lambda: "no compiler (test)")
+            torch_only = AvatarRenderer(deca, avatar, layout, (120, 200)).render(frame, source, T).image
+        diff = np.abs(torch_only.astype(int) - fast.astype(int)).max(-1)
+        assert (diff > 0).mean() < 1e-3 and (diff > 1).sum() <= 3
 
 
 def test_step_times_record_and_no_times_is_free():
