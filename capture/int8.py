@@ -189,15 +189,13 @@ def float_tail(graph) -> list[str]:
     As 8 bits the one-channel convolution is padded to a block of 16 output channels (3.0 of D_detail's 12 ms on
     one core); float32, the CPU session runs it as taps (`capture.backends.conv_taps`, ~1 ms). And the network's
     output, the displacement itself, then keeps float32 precision instead of 256 levels over its range."""
-    from onnx import numpy_helper
-
     convs = [i for i, node in enumerate(graph.node) if node.op_type == "Conv"]
     if not convs:
         return []
     last = graph.node[convs[-1]]
     weights = {t.name: t for t in graph.initializer}
     weight = weights.get(last.input[1]) if len(last.input) > 1 else None
-    if weight is None or numpy_helper.to_array(weight).shape[0] != 1:
+    if weight is None or list(weight.dims)[:1] != [1]:  # [out channels, in, k, k]
         return []
     return [node.name for node in graph.node[convs[-1]:]]
 

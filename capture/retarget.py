@@ -124,6 +124,8 @@ class AvatarRenderer:
         self._view_T = torch.as_tensor(view_transform(frame_size), dtype=torch.float32, device=self.device)
         self._template: Optional[np.ndarray] = None  # the background picture, made on first use
         self._detail: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (latent, uv_z) of the last D_detail run
+        if self.device.type == "cpu":
+            cpu_shading.kernel_error()  # the compiled drawing passes: built (once per machine) now, not on a frame
         self.detail_reused = 0  # frames that reused the last displacement map
         with torch.inference_mode():
             # Constant per avatar: the merge always takes tex (hence the albedo) and shape from the target.

@@ -60,15 +60,20 @@ def detail_normal_map(assets, uv_z: torch.Tensor, vertices: torch.Tensor, normal
     -> world-space detail normal map [B, 3, S, S] (DECA's displacement2normal). kernel "auto": on CPU tensors
     without gradients the same arithmetic in one compiled pass (`capture.render.cpu_shading`); "torch": the
     torch steps below (always, for training's gradients and on the GPU)."""
-    if kernel not in ("auto", "torch"):
-        raise ValueError(f"kernel: expected 'auto' or 'torch', got {kernel!r}")
     sampler = assets.uv_sampler
-    if kernel == "auto" and cpu_shading.detail_normals_apply(uv_z, vertices, normals, sampler.weights,
-                                                            assets.face_eye_mask, assets.fixed_displacement):
+    if _compiled(kernel) and cpu_shading.usable(uv_z, vertices, normals, sampler.weights, assets.face_eye_mask,
+                                                assets.fixed_displacement):
         return cpu_shading.detail_normals_c(uv_z, vertices, normals, sampler.vertex_ids, sampler.weights,
                                             assets.face_eye_mask, assets.fixed_displacement, *GRID_MARGINS)
     uv = sampler.sample(torch.cat([vertices, normals], -1))
     return detail_normals(uv_z, uv[:, 0:3], uv[:, 3:6], assets.face_eye_mask, assets.fixed_displacement)
+
+
+def _compiled(kernel: str) -> bool:
+    """kernel "auto": use a compiled CPU pass where it applies; "torch": the torch steps."""
+    if kernel not in ("auto", "torch"):
+        raise ValueError(f"kernel: expected 'auto' or 'torch', got {kernel!r}")
+    return kernel == "auto"
 
 
 # ------------------------------------------------------------------------------------------------ pixels
@@ -206,9 +211,7 @@ def lit_pixels(fragments, uv_face: torch.Tensor, albedo_uv: torch.Tensor, detail
     gradients the same arithmetic runs in one compiled pass (`capture.render.cpu_shading`), else (and with
     "torch") as the torch steps below.
     """
-    if kernel not in ("auto", "torch"):
-        raise ValueError(f"kernel: expected 'auto' or 'torch', got {kernel!r}")
-    if kernel == "auto" and cpu_shading.applies(fragments, uv_face, albedo_uv, detail_normals_uv, light):
+    if _compiled(kernel) and cpu_shading.applies(fragments, uv_face, albedo_uv, detail_normals_uv, light):
         index, colour, size = cpu_shading.lit_pixels_c(fragments, uv_face, albedo_uv, detail_normals_uv, light)
         return LitPixels(index=index, colour=colour, size=size, batch=fragments.face_id.shape[0])
     pixels = CoveredPixels.of(fragments)

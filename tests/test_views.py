@@ -130,6 +130,8 @@ def test_compiled_lit_pixels_match_the_torch_steps():
         assert fast.index.numel() > 1000 and fast.size == slow.size == (H, W) and fast.batch == B
         assert torch.equal(fast.index, slow.index)
         torch.testing.assert_close(fast.colour, slow.colour, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="uv_face holds"):  # a layout of fewer faces than the fragments use
+        lit_pixels(fragments, uv_face[:10], albedo, normals, light)
     # gradients wanted (training): the torch steps
     assert not cpu_shading.applies(fragments, uv_face, albedo.clone().requires_grad_(), normals, light)
     with pytest.raises(ValueError, match="kernel"):
@@ -185,3 +187,8 @@ def test_compiled_paste_rounds_like_a_float_picture():
         np.testing.assert_array_equal(out, want)
     with pytest.raises(ValueError, match="uint8"):
         cpu_shading.paste_u8(np.zeros((h, w, 3), np.float32), index, colour, w)
+    # what would land outside the picture is refused, not written (the pass does not check)
+    with pytest.raises(ValueError, match="do not fit"):
+        cpu_shading.paste_u8(np.zeros((h, w, 3), np.uint8), index + h * w, colour, w)
+    with pytest.raises(ValueError, match="do not fit"):
+        cpu_shading.paste_u8(np.zeros((h, w, 3), np.uint8), index, colour, w, column=1)

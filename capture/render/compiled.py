@@ -7,6 +7,7 @@ reader never loads half a file). Without a compiler, `error()` says why and call
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -28,6 +29,16 @@ def _cache_dir() -> Path:
     except Exception:  # noqa: BLE001 - the assets package is optional for rendering; fall back to the same default
         base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         return Path(base) / "capture" / "render"
+
+
+@functools.lru_cache(maxsize=None)
+def _compiler() -> tuple[str, str]:
+    """(the C compiler, the first line of its --version): asked once per process, for every kernel's cache key."""
+    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if not compiler:
+        raise RuntimeError("no C compiler found (set $CC or install gcc)")
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    return compiler, version
 
 
 class CompiledKernel:
@@ -58,10 +69,7 @@ class CompiledKernel:
         return getattr(self._lib, name)
 
     def _load(self) -> ctypes.CDLL:
-        compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-        if not compiler:
-            raise RuntimeError("no C compiler found (set $CC or install gcc)")
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+        compiler, version = _compiler()
         key = hashlib.sha256("\0".join([self.source, " ".join(self.flags), version, platform.machine()]).encode())
         target = _cache_dir() / f"{self.name}_{key.hexdigest()[:16]}.so"
         if not target.is_file():

@@ -7,8 +7,8 @@ by texel. The rest of this note is about `capture_lit_pixels`: covered pixels ->
 `views.lit_pixels` defines the picture in torch (covered pixels, barycentric UVs, `grid_sample` of the albedo
 and the detail normal map, the SH basis of `appearance.sh_terms`); on CPU tensors without gradients it runs
 this kernel instead, which does the same arithmetic per pixel in one pass over the fragments: no per-step
-arrays of every covered pixel (~70 ns a pixel in torch, ~10 here). It agrees with the torch steps to float
-rounding (tests/test_views.py compares both, and both with DECA's full-frame render).
+arrays of every covered pixel (~65 ns a pixel in torch, ~27 here, 640x360 demo head). It agrees with the torch
+steps to float rounding (tests/test_views.py compares both, and both with DECA's full-frame render).
 
 Per covered pixel, in this order (as the torch steps): uv = (b0 uv0 + b1 uv1) + b2 uv2 of the face's UV
 corners; each map sampled bilinearly at uv like `grid_sample(align_corners=False, padding_mode="zeros")`
@@ -220,23 +220,25 @@ def kernel_error() -> Optional[str]:
     return _KERNEL.error()
 
 
-def applies(fragments, uv_face: torch.Tensor, albedo_uv: torch.Tensor, detail_normals_uv: torch.Tensor,
-            light: torch.Tensor) -> bool:
-    """Whether the kernel can stand in for the torch steps: everything on the CPU, float32, square 3-channel
-    maps, no gradient wanted (training differentiates through the torch steps), and the kernel compiled."""
-    tensors = (uv_face, albedo_uv, detail_normals_uv, light)
-    if any(t.device.type != "cpu" for t in (fragments.face_id, *tensors)):
-        return False
-    if any(t.dtype != torch.float32 for t in tensors):
-        return False
-    uv_face, *maps = tensors[:3]
-    if uv_face.dim() != 3 or tuple(uv_face.shape[1:]) != (3, 2):
-        return False
-    if any(m.dim() != 4 or m.shape[1] != 3 or m.shape[2] != m.shape[3] for m in maps):
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether a compiled pass can stand in for the torch steps on these tensors: all float32 on the CPU, no
+    gradient wanted (training differentiates through the torch steps), and the kernel compiled."""
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
     return kernel_error() is None
+
+
+def applies(fragments, uv_face: torch.Tensor, albedo_uv: torch.Tensor, detail_normals_uv: torch.Tensor,
+            light: torch.Tensor) -> bool:
+    """Whether `lit_pixels_c` can stand in for `views.lit_pixels`' torch steps: `usable`, fragments on the CPU,
+    square 3-channel maps and a [F, 3, 2] UV layout."""
+    if fragments.face_id.device.type != "cpu" or uv_face.dim() != 3 or tuple(uv_face.shape[1:]) != (3, 2):
+        return False
+    if any(m.dim() != 4 or m.shape[1] != 3 or m.shape[2] != m.shape[3] for m in (albedo_uv, detail_normals_uv)):
+        return False
+    return usable(uv_face, albedo_uv, detail_normals_uv, light)
 
 
 def lit_pixels_c(fragments, uv_face: torch.Tensor, albedo_uv: torch.Tensor, detail_normals_uv: torch.Tensor,
@@ -250,6 +252,9 @@ def lit_pixels_c(fragments, uv_face: torch.Tensor, albedo_uv: torch.Tensor, deta
         raise ValueError(f"lit_pixels: batch {B} of the fragments against albedo {tuple(albedo_uv.shape)}, "
                          f"normals {tuple(detail_normals_uv.shape)}, light {tuple(light.shape)}")
     face_id = fragments.face_id.contiguous()
+    if face_id.numel() and int(face_id.max()) >= uv_face.shape[0]:  # the pass reads uv_face[face_id] unchecked
+        raise ValueError(f"lit_pixels: fragments of faces up to {int(face_id.max())}, but uv_face holds "
+                         f"{uv_face.shape[0]} faces")
     bary = fragments.bary.to(torch.float32).contiguous()
     uv = uv_face.to(torch.float32).contiguous()
     albedo = albedo_uv.contiguous()
@@ -264,16 +269,6 @@ def lit_pixels_c(fragments, uv_face: torch.Tensor, albedo_uv: torch.Tensor, deta
     return index[:n], colour[:n], (H, W)
 
 
-def detail_normals_apply(*tensors: torch.Tensor) -> bool:
-    """Whether `detail_normals_c` can stand in for the torch steps of `views.detail_normal_map` on these
-    tensors: all on the CPU, float32, no gradient wanted, the kernel compiled."""
-    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
-        return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return False
-    return kernel_error() is None
-
-
 def detail_normals_c(uv_z: torch.Tensor, vertices: torch.Tensor, normals: torch.Tensor, vertex_ids: torch.Tensor,
                      weights: torch.Tensor, face_eye_mask: torch.Tensor, fixed_displacement: torch.Tensor,
                      margin_x: int, margin_y: int) -> torch.Tensor:
@@ -284,6 +279,8 @@ def detail_normals_c(uv_z: torch.Tensor, vertices: torch.Tensor, normals: torch.
     if uv_z.shape != (B, 1, S, S) or vertex_ids.shape != (S * S, 3) or face_eye_mask.shape != (S, S):
         raise ValueError(f"detail normals: uv_z {tuple(uv_z.shape)}, texel table {tuple(vertex_ids.shape)} and "
                          f"mask {tuple(face_eye_mask.shape)} do not fit vertices {tuple(vertices.shape)}")
+    if vertex_ids.numel() and int(vertex_ids.max()) >= V:  # the pass reads vertices[vertex_ids] unchecked
+        raise ValueError(f"detail normals: the UV layout refers to vertex {int(vertex_ids.max())} of {V}")
     args = [t.contiguous() for t in (vertex_ids.to(torch.int64), weights, vertices, normals, uv_z, face_eye_mask,
                                      fixed_displacement)]
     h, w = S - 1 - 2 * margin_y, S - 1 - 2 * margin_x
@@ -304,5 +301,9 @@ def paste_u8(out: np.ndarray, index: torch.Tensor, colour: torch.Tensor, width: 
                          f"{out.dtype}")
     index = index.to(torch.int64).contiguous()
     colour = colour.to(torch.float32).contiguous()
+    if column + width > out.shape[1] or colour.shape != (index.numel(), 3) or (
+            index.numel() and not 0 <= int(index.min()) <= int(index.max()) < out.shape[0] * width):
+        raise ValueError(f"paste_u8: {index.numel()} pixels of a {width}-wide frame do not fit at column {column} "
+                         f"of a {out.shape[1]}x{out.shape[0]} picture (batch 1 only)")
     _KERNEL.function("capture_paste_u8")(index.numel(), index.data_ptr(), colour.data_ptr(), int(width),
                                          out.ctypes.data, out.shape[1], int(column))
