@@ -23,9 +23,10 @@ camera is DECA's (s, tx, ty) in that crop, rotations are axis-angle as in DECA's
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -239,6 +240,11 @@ class FitConfig:
     offset_noise: float = 0.03  # landmark noise (crop NDC) that the offsets' priors are relative to
     shape_updates: tuple = (1, 4, 12, 30, 60, 120, 240)  # frames at which the shape is re-estimated ...
     shape_every: int = 300  # ... and every this many frames after the last one
+    # While tracking, an update is spread over the next frames: each fitted frame linearises this many reservoir
+    # frames of it (one update of 40 frames x 2 iterations was a 60-80 ms stall of one frame; now ~7 ms on each
+    # of 10). The fits meanwhile use the identity before it; the new one is taken at a fixed frame, so a
+    # stream's results do not depend on timing.
+    shape_slice: int = 8
     reservoir: int = 40  # frames kept for the shape estimate
     max_jaw_open: float = 0.6  # radians
 
@@ -276,6 +282,7 @@ class LandmarkFitter:
         self._reservoir: list[tuple[np.ndarray, FitState]] = []
         self._rng = np.random.default_rng(0)
         self._next_shape_update = 0
+        self._pending: Optional[_PendingUpdate] = None  # a shape update being spread over frames
 
     def reset(self) -> None:
         self._state = None
@@ -292,6 +299,7 @@ class LandmarkFitter:
             self.shape[: len(shape)] = shape
         if offsets is not None:
             self.offsets[:] = offsets
+        self._pending = None  # an estimate in progress would override what was fixed
         self._identity_changed()
 
     def _identity_changed(self) -> None:
@@ -497,10 +505,13 @@ class LandmarkFitter:
         self._state = state
         self._frames += 1
         self._remember(target, valid, state)
-        if self._frames >= self._next_shape_update:
-            self.update_shape()
-            self._state = state = self._solve_frame(target, valid, state, 2, previous, mean=prior_state)
+        if self._pending is None and self._frames >= self._next_shape_update:
+            self._pending = _PendingUpdate(self)
             self._schedule()
+        if self._pending is not None and self._pending.advance(self.cfg.shape_slice):
+            self._pending.adopt(self)
+            self._pending = None
+            self._state = state = self._solve_frame(target, valid, state, 2, previous, mean=prior_state)
         return state
 
     @one_blas_thread
@@ -511,6 +522,7 @@ class LandmarkFitter:
         for target in targets:
             self.fit(target)
             self._state = None  # the frames need not be consecutive: each starts from its own estimate
+        self._pending = None  # superseded by the estimate over all of them
         if self._reservoir:
             self.update_shape(iterations=iterations)
         self._state = None
@@ -531,7 +543,16 @@ class LandmarkFitter:
 
     @one_blas_thread
     def update_shape(self, iterations: int = 2) -> None:
-        """Joint estimate of the performer's shape and each reservoir frame's pose/expression/camera.
+        """Joint estimate of the performer's shape and each reservoir frame's pose/expression/camera, now
+        (a spread-out one in progress is dropped)."""
+        self._pending = None
+        for _ in self._shape_steps(iterations):
+            pass
+
+    def _shape_steps(self, iterations: int = 2) -> Iterator[None]:
+        """`update_shape` as a generator: yields before each reservoir frame it linearises (so the first `next`
+        only sets up, and the one that linearises the last frame also solves); when it is exhausted the shape,
+        offsets and reservoir states hold the new estimate.
 
         Gauss-Newton on the stacked problem, the per-frame blocks eliminated by their Schur complement.
         A constant offset between the performer's landmarks and the model's neutral face costs the
@@ -557,6 +578,7 @@ class LandmarkFitter:
             g_b = lam_g * glob
             blocks = []
             for target, valid, st in frames:
+                yield  # before each frame: the step that linearises the last one also finishes the update
                 pred, J, Jo = self._jacobian(st, with_shape=True)  # J [L, 2, nf + ns], Jo [L, 2, 2]
                 r = pred - target
                 robust = self.weights * valid / (1.0 + (r * r).sum(1) / c2)
@@ -597,3 +619,33 @@ class LandmarkFitter:
         self.offsets[:, :2] = glob[ns:].reshape(68, 2)
         self._identity_changed()
         self._reservoir = [(t, v, st) for t, v, st in frames]
+
+
+class _PendingUpdate:
+    """A shape update spread over frames: `LandmarkFitter._shape_steps` on a copy of the fitter's identity and
+    reservoir, so that the frames fitted meanwhile keep the identity they had."""
+
+    def __init__(self, fitter: LandmarkFitter):
+        work = copy.copy(fitter)  # shares the bases, config and weights (read only)
+        work.shape, work.offsets = fitter.shape.copy(), fitter.offsets.copy()
+        work._rows, work._pending = {}, None
+        work._reservoir = list(fitter._reservoir)
+        self.work, self.started_with = work, list(fitter._reservoir)
+        self._steps = work._shape_steps()
+        self._done = next(self._steps, StopIteration) is StopIteration  # set up, up to the first frame
+
+    def advance(self, n: int) -> bool:
+        """Up to `n` more steps (n <= 0: all of them); True when the update is complete."""
+        left = n if n > 0 else float("inf")
+        while not self._done and left > 0:
+            self._done = next(self._steps, StopIteration) is StopIteration
+            left -= 1
+        return self._done
+
+    def adopt(self, fitter: LandmarkFitter) -> None:
+        """The new identity into `fitter`; reservoir frames it has kept since get their refined states."""
+        fitter.shape[:], fitter.offsets[:] = self.work.shape, self.work.offsets
+        fitter._identity_changed()
+        for i, (old, new) in enumerate(zip(self.started_with, self.work._reservoir)):
+            if i < len(fitter._reservoir) and fitter._reservoir[i] is old:
+                fitter._reservoir[i] = new

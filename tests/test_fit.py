@@ -2,6 +2,8 @@
 projected from the model (noise, outliers, yaw up to 40 degrees, a performer with another shape)."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -187,6 +189,61 @@ def test_performer_shape_goes_to_shape_not_expression(demo):
     # expression-driven landmark motion (crop NDC) on neutral frames: what is left of the identity in it
     assert estimated < 0.35 * leaked
     assert estimated < 0.01
+
+
+def test_a_shape_update_is_spread_over_frames_and_equals_the_one_at_once(demo):
+    """While tracking, the identity update runs a slice per frame on a copy: the frames meanwhile keep the old
+    identity, the new one is taken at a fixed frame, and it is the estimate `update_shape` makes at once."""
+    flame, bases = demo
+    rng = np.random.default_rng(5)
+    shape = np.zeros(flame.n_shape)
+    shape[:10] = rng.normal(size=10) * 1.2
+    cam = np.array([9.0, 0.0, 0.01])
+    targets = []
+    for k in range(40):
+        exp = np.zeros(50)
+        exp[:8] = rng.normal(size=8) * 0.4 * (k % 2)
+        targets.append(_flame_landmarks(flame, shape, exp, _euler_y(rng.uniform(-20, 20)), np.zeros(3), cam)
+                       + rng.normal(size=(68, 2)) * 0.003)
+    config = FitConfig(shape_updates=(30,), shape_slice=8)
+
+    def track():
+        fitter = LandmarkFitter(bases, n_shape=10, config=config)
+        fitter._next_shape_update = 30
+        shapes, states = [], []
+        for target in targets:
+            states.append(fitter.fit(target))
+            shapes.append(fitter.shape.copy())
+            if len(shapes) == 29:  # what the update will start from
+                at_once = copy.deepcopy(fitter)
+        return fitter, np.array(shapes), states, at_once
+
+    fitter, shapes, states, at_once = track()
+    # the update starts at frame 30 (index 29) with 30 reservoir frames x 2 iterations = 60 steps of 8: it is
+    # taken at the 8th frame from there (index 36); every frame before has the old identity
+    changed = np.flatnonzero(np.abs(np.diff(shapes, axis=0)).max(1) > 0) + 1
+    assert list(changed) == [36]
+    assert fitter._pending is None
+    # the same estimate as at once, from the reservoir the update started with (the frames fitted meanwhile do
+    # not enter it: they joined the reservoir after it started)
+    at_once.fit(targets[29])  # frame 30 enters the reservoir; then the update, at once
+    at_once._pending = None
+    at_once.update_shape()
+    np.testing.assert_allclose(fitter.shape, at_once.shape, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(fitter.offsets, at_once.offsets, rtol=0, atol=1e-12)
+    # deterministic: a second run of the same stream gives the same states
+    _, shapes2, states2, _ = track()
+    np.testing.assert_array_equal(shapes, shapes2)
+    assert all(np.array_equal(a.exp, b.exp) for a, b in zip(states, states2))
+    # a fixed identity cancels an update in progress
+    fixed = LandmarkFitter(bases, n_shape=10, config=FitConfig(shape_updates=(3,), shape_slice=1))
+    for target in targets[:3]:
+        fixed.fit(target)
+    assert fixed._pending is not None  # 3 frames x 2 iterations, one a frame
+    fixed.set_identity(shape=np.ones(10) * 0.1)
+    for target in targets[3:9]:
+        fixed.fit(target)
+    assert fixed._pending is None and np.allclose(fixed.shape[:10], 0.1)
 
 
 def test_the_fit_runs_numpy_blas_on_one_thread_whatever_the_import_order():
