@@ -620,3 +620,33 @@ def test_nvdiffrast_matches_cpu(size):
         centres = torch.tensor(centres, dtype=torch.float32)[None]
         err_px = ((xy - centres) * torch.tensor([W / 2.0, H / 2.0])).abs()[b.mask]
         assert err_px.max().item() < 0.02
+
+
+def test_a_native_kernel_is_keyed_by_the_cpu_and_falls_back_to_the_portable_build(tmp_path, monkeypatch):
+    """Built for the machine's own instructions, a library must not be loaded on another CPU (its cache key names
+    the CPU), and a compiler that refuses the flag leaves the portable build."""
+    import ctypes
+
+    from capture.render import compiled
+
+    try:
+        compiled._compiler()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    monkeypatch.setenv("CAPTURE_CACHE", str(tmp_path))
+    source = "int capture_twice(int x) { return 2 * x; }\n"
+    functions = {"capture_twice": (ctypes.c_int, [ctypes.c_int])}
+
+    def build(cpu: str, native_flags=compiled.NATIVE_FLAGS) -> set:
+        monkeypatch.setattr(compiled, "NATIVE_FLAGS", native_flags)
+        monkeypatch.setattr(compiled, "_cpu_id", lambda: cpu)
+        kernel = compiled.CompiledKernel("twice", source, functions, native=True)
+        assert kernel.error() is None and kernel.function("capture_twice")(21) == 42
+        return {p.name for p in (tmp_path / "render").glob("twice_*.so")}
+
+    first = build("cpu-a")
+    assert len(first) == 1 and build("cpu-a") == first  # cached
+    assert len(build("cpu-b")) == 2  # another CPU: another library
+    refused = build("cpu-c", ("-mno-such-flag-anywhere",))  # the portable build
+    assert len(refused) == 3
+    assert len(build("", ("-mno-such-flag-anywhere",))) == 3  # no CPU id: the same portable build

@@ -368,3 +368,76 @@ def test_kept_conversion_context_gives_pyav_per_frame_bytes():
         for a, b in zip(fresh.planes, kept.planes):
             assert bytes(a) == bytes(b)
         assert np.array_equal(to_rgb.rgb(fresh), fresh.to_ndarray(format="rgb24"))
+
+
+def _planes(frame) -> list[np.ndarray]:
+    return [np.frombuffer(p, np.uint8).reshape(p.height, -1)[:, :p.width].astype(np.float64) for p in frame.planes]
+
+
+@pytest.mark.parametrize("full_range", [False, True])
+def test_compiled_rgb_to_yuv420_is_bt709_by_hand_and_swscale_within_levels(full_range):
+    """The writer's compiled RGB -> 4:2:0 pass against the definition written out in float64 (BT.709, each 2 x 2
+    block's chroma from its mean RGB), and against swscale, which computes the same to a few levels."""
+    from capture.stream import yuv
+    from capture.stream.reader import FrameConverter
+
+    if yuv.kernel_error():
+        pytest.skip(f"no compiled pass here: {yuv.kernel_error()}")
+    rng = np.random.default_rng(4)
+    ys, xs = np.mgrid[0:64, 0:96] / 20.0
+    waves = np.stack([np.sin(xs + k) * np.cos(0.7 * ys - k) for k in range(3)], -1)
+    smooth = np.clip(128 + 100 * waves + rng.normal(0, 2, (64, 96, 3)), 0, 255)
+    noise = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    for image in (noise, smooth.astype(np.uint8),
+                  np.full((8, 8, 3), 255, np.uint8), np.zeros((8, 8, 3), np.uint8)):
+        h, w = image.shape[:2]
+        fmt = "yuvj420p" if full_range else "yuv420p"
+        frame = av.VideoFrame(w, h, fmt)
+        yuv.rgb_to_yuv420(image, frame.planes, full_range=full_range)
+        y, u, v = _planes(frame)
+        rgb = image.astype(np.float64)
+        kr, kb = 0.2126, 0.0722
+        luma = rgb @ [kr, 1 - kr - kb, kb]
+        sy, sc, base = (1.0, 1.0, 0.0) if full_range else (219 / 255, 224 / 255, 16.0)
+        mean = (rgb[0::2, 0::2] + rgb[1::2, 0::2] + rgb[0::2, 1::2] + rgb[1::2, 1::2]) / 4
+        mean_luma = mean @ [kr, 1 - kr - kb, kb]
+        cb = 128 + sc * (mean[..., 2] - mean_luma) / (2 * (1 - kb))
+        cr = 128 + sc * (mean[..., 0] - mean_luma) / (2 * (1 - kr))
+        for got, want in ((y, base + sy * luma), (u, cb), (v, cr)):
+            want = np.clip(want, 0, 255)
+            assert np.abs(got - want).max() <= 0.5 + 2e-3  # rounded to nearest (fixed point: ties may go either way)
+        if not full_range and image is not noise:
+            # swscale's limited range: the same to a few levels on pictures (its chroma filter reaches past the
+            # 2 x 2 block, which per-pixel noise shows: up to ~30 levels there)
+            ref = FrameConverter(dst_colorspace="ITU709", dst_color_range="MPEG").frame(
+                av.VideoFrame.from_ndarray(image, format="rgb24"), "yuv420p")
+            for got, theirs in zip((y, u, v), _planes(ref)):
+                assert np.abs(got - theirs).max() <= 4 and np.abs(got - theirs).mean() < 0.3
+    with pytest.raises(ValueError, match="even-sized"):
+        yuv.rgb_to_yuv420(np.zeros((7, 8, 3), np.uint8), av.VideoFrame(8, 8, "yuv420p").planes)
+    with pytest.raises(ValueError, match="do not fit"):
+        yuv.rgb_to_yuv420(np.zeros((8, 8, 3), np.uint8), av.VideoFrame(16, 8, "yuv420p").planes)
+
+
+def test_writer_without_the_compiled_pass_writes_the_same_video(tmp_path, monkeypatch):
+    """swscale stands in where the pass cannot be built: the same frames to a few levels, the same tags."""
+    from capture.stream import writer as writer_module
+
+    rng = np.random.default_rng(8)
+    images = [np.clip(pattern_image(i, (64, 48)).astype(np.int16) + rng.integers(-20, 20, (48, 64, 3)), 0, 255)
+              .astype(np.uint8) for i in range(4)]
+    decoded = {}
+    for name, error in (("compiled", None), ("swscale", "no compiler")):
+        monkeypatch.setattr(writer_module.yuv, "kernel_error", lambda error=error: error)
+        out = tmp_path / f"{name}.mkv"
+        with VideoWriter(out, 64, 48, fps=25, crf=0) as w:
+            assert w._yuv420 == (error is None)
+            for i, image in enumerate(images):
+                w.write(image, i)
+        with av.open(str(out)) as c:
+            frames = list(c.decode(video=0))
+            assert all((f.colorspace, f.color_range) == (1, 1) for f in frames)
+            decoded[name] = [np.stack(_planes(f)[0]) for f in frames]
+    assert len(decoded["compiled"]) == len(decoded["swscale"]) == 4
+    for a, b in zip(decoded["compiled"], decoded["swscale"]):
+        assert np.abs(a - b).max() <= 2

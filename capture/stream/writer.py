@@ -29,6 +29,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from . import yuv
 from .reader import Frame, FrameConverter, VideoError, open_input
 
 __all__ = ["VideoWriter", "check_writable", "check_encoder", "check_not_input", "same_file", "default_codec"]
@@ -235,6 +236,8 @@ class VideoWriter:
             self._yuv_range = None if fmt.is_rgb else ("JPEG" if pix_fmt.startswith("yuvj") else "MPEG")
             self._to_yuv = None if fmt.is_rgb else FrameConverter(dst_colorspace="ITU709",
                                                                   dst_color_range=self._yuv_range)
+            # 4:2:0, the usual case: the compiled pass (the same BT.709 arithmetic, ~4x faster than swscale)
+            self._yuv420 = pix_fmt in ("yuv420p", "yuvj420p") and yuv.kernel_error() is None
             if self._yuv_range is not None:
                 # Convert with BT.709 and say so: untagged video leaves players guessing the matrix.
                 cc = self._video.codec_context
@@ -412,7 +415,11 @@ class VideoWriter:
         if self._pad_w or self._pad_h:
             image = np.pad(image, ((0, self._pad_h), (0, self._pad_w), (0, 0)), mode="edge")
         image = np.ascontiguousarray(image)
-        if self._to_yuv is not None:
+        if self._yuv420:
+            frame = av.VideoFrame(self.coded_size[0], self.coded_size[1], self._video.pix_fmt)
+            yuv.rgb_to_yuv420(image, frame.planes, full_range=self._yuv_range == "JPEG")
+            frame.colorspace, frame.color_range = 1, 2 if self._yuv_range == "JPEG" else 1  # as swscale's frames
+        elif self._to_yuv is not None:
             # no copy into an RGB frame first: the conversion reads the array and makes the encoder's frame
             frame = self._to_yuv.frame(av.VideoFrame.from_numpy_buffer(image, format="rgb24"), self._video.pix_fmt)
         else:
