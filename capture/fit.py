@@ -241,9 +241,9 @@ class FitConfig:
     shape_updates: tuple = (1, 4, 12, 30, 60, 120, 240)  # frames at which the shape is re-estimated ...
     shape_every: int = 300  # ... and every this many frames after the last one
     # While tracking, an update is spread over the next frames: each fitted frame linearises this many reservoir
-    # frames of it (one update of 40 frames x 2 iterations was a 60-80 ms stall of one frame; now ~7 ms on each
-    # of 10). The fits meanwhile use the identity before it; the new one is taken at a fixed frame, so a
-    # stream's results do not depend on timing.
+    # frames of it (one update of 40 frames x 2 iterations was a 60-80 ms stall of one frame; now ~8 ms more on
+    # each of ~10, benchmarks/fit_speed.py). The fits meanwhile use the identity before it; the new one is taken
+    # at a fixed frame, so a stream's results do not depend on timing.
     shape_slice: int = 8
     reservoir: int = 40  # frames kept for the shape estimate
     max_jaw_open: float = 0.6  # radians

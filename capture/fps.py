@@ -245,8 +245,10 @@ class RunnableOthers:
         return self
 
     def stop(self) -> None:
+        """Ends the sampling (again: nothing more)."""
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
 
 # ------------------------------------------------------------------------------------------------ memory
@@ -1309,18 +1311,19 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     priority = raise_priority(args.priority) if args.priority else {"nice": None, "raised": False,
                                                                     "why": "--priority 0", "previous": None}
+    others = RunnableOthers().start()
     try:
-        return measure(args, argv, priority)
+        return measure(args, argv, priority, others)
     finally:
+        others.stop()
         restore_priority(priority)
 
 
-def measure(args: argparse.Namespace, argv, priority: dict) -> int:
-    """fps.py's runs, report and tables (`main` without the priority)."""
+def measure(args: argparse.Namespace, argv, priority: dict, others: RunnableOthers) -> int:
+    """fps.py's runs, report and tables (`main` without the priority and the sampling of other processes)."""
     say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
     load_before = load_average()
     counters_before = cpu_counters()
-    others = RunnableOthers().start()
     bench = Bench(args, say)
     if args.backends == "all":
         wanted = CPU_BACKENDS if bench.device.type == "cpu" else GPU_BACKENDS
