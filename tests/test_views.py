@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from capture import reference
+from capture.appearance import GRID_MARGINS
 from capture.avatar import demo_identity
 from capture.deca import DECA
 from capture.model_assets import ModelAssets
@@ -167,6 +168,14 @@ def test_compiled_detail_normal_map_matches_the_torch_steps(frame):
     assert not torch.equal(fast[0], fast[1])
     with pytest.raises(ValueError, match="kernel"):
         detail_normal_map(a, batch_z, batch_v, normals, kernel="c")
+    # a UV layout that names a vertex the mesh does not have is refused (the pass reads vertices[vertex_ids])
+    s = a.uv_sampler
+    for bad in (s.vertex_ids.shape[0] // 2, 0):
+        ids = s.vertex_ids.clone()
+        ids[bad, 1] = batch_v.shape[1] if bad else -1
+        with pytest.raises(ValueError, match="UV layout refers"):
+            cpu_shading.detail_normals_c(batch_z, batch_v, normals, ids, s.weights, a.face_eye_mask,
+                                         a.fixed_displacement, *GRID_MARGINS)
 
 
 @pytest.mark.skipif(cpu_shading.kernel_error() is not None, reason=f"no C kernel: {cpu_shading.kernel_error()}")
@@ -187,8 +196,12 @@ def test_compiled_paste_rounds_like_a_float_picture():
         np.testing.assert_array_equal(out, want)
     with pytest.raises(ValueError, match="uint8"):
         cpu_shading.paste_u8(np.zeros((h, w, 3), np.float32), index, colour, w)
-    # what would land outside the picture is refused, not written (the pass does not check)
+    # what would land outside the picture is refused, and nothing is written (the pass checks every index first)
+    untouched = np.zeros((h, w, 3), np.uint8)
     with pytest.raises(ValueError, match="do not fit"):
-        cpu_shading.paste_u8(np.zeros((h, w, 3), np.uint8), index + h * w, colour, w)
+        cpu_shading.paste_u8(untouched, torch.cat([index, index[-1:] + h * w]), torch.cat([colour, colour[-1:]]), w)
+    assert not untouched.any()
+    with pytest.raises(ValueError, match="do not fit"):
+        cpu_shading.paste_u8(np.zeros((h, w, 3), np.uint8), index - h * w, colour, w)
     with pytest.raises(ValueError, match="do not fit"):
         cpu_shading.paste_u8(np.zeros((h, w, 3), np.uint8), index, colour, w, column=1)

@@ -71,12 +71,15 @@ static inline void cross3(const float *a, const float *b, float *out) {
    vid / wts [S*S, 3] the texels' vertices and weights; vertices / normals [B, V, 3]; uv_z [B, S, S];
    mask / fixed [S, S]; margins my (rows) and mx (columns). Scratch: pos and coarse [3, S*S], cells [6, h*w].
    Writes out [B, 3, S, S]. */
-void capture_detail_normals(int64_t B, int64_t V, int64_t S, const int64_t *vid, const float *wts,
-                            const float *vertices, const float *normals, const float *uv_z, const float *mask,
-                            const float *fixed, int64_t my, int64_t mx, float *pos, float *coarse, float *cells,
-                            float *out)
+/* Returns 0, or -1 (nothing written) when the texel table refers to a vertex outside [0, V). */
+int64_t capture_detail_normals(int64_t B, int64_t V, int64_t S, const int64_t *vid, const float *wts,
+                               const float *vertices, const float *normals, const float *uv_z, const float *mask,
+                               const float *fixed, int64_t my, int64_t mx, float *pos, float *coarse, float *cells,
+                               float *out)
 {
     const int64_t SS = S * S;
+    for (int64_t t = 0; t < 3 * SS; ++t)
+        if (vid[t] < 0 || vid[t] >= V) return -1;
     const int64_t y0 = my, y1 = S - 1 - my, x0 = mx, x1 = S - 1 - mx;
     const int64_t h = y1 - y0, w = x1 - x0;  /* cells; the window has (h + 1) x (w + 1) texels */
     for (int64_t b = 0; b < B; ++b) {
@@ -146,14 +149,17 @@ void capture_detail_normals(int64_t B, int64_t V, int64_t S, const int64_t *vid,
             for (int c = 0; c < 3; ++c) ob[c * SS + t] = ob[c * SS + t] * m + coarse[c * SS + t] * (1.0f - m);
         }
     }
+    return 0;
 }
 
 /* The covered pixels' colours [n, 3] into a uint8 RGB picture [rows, out_w, 3]: pixel index (y * w + x) of a
    w-wide frame goes to column x + x0 of row y, as (uint8)(clamp(c, 0, 1) * 255 + 0.5) (the float picture's
-   rounding). */
-void capture_paste_u8(int64_t n, const int64_t *index, const float *colour, int64_t w, uint8_t *out,
-                      int64_t out_w, int64_t x0)
+   rounding). Returns 0, or -1 (nothing written) when an index lies outside the `rows` x w frame. */
+int64_t capture_paste_u8(int64_t n, const int64_t *index, const float *colour, int64_t w, int64_t rows,
+                         uint8_t *out, int64_t out_w, int64_t x0)
 {
+    for (int64_t i = 0; i < n; ++i)
+        if (index[i] < 0 || index[i] >= rows * w) return -1;
     for (int64_t i = 0; i < n; ++i) {
         const int64_t y = index[i] / w, x = index[i] % w;
         uint8_t *px = out + 3 * (y * out_w + x + x0);
@@ -163,17 +169,21 @@ void capture_paste_u8(int64_t n, const int64_t *index, const float *colour, int6
             px[c] = (uint8_t)(v * 255.0f + 0.5f);
         }
     }
+    return 0;
 }
 
 /* face_id [B, h, w] (-1 = empty), bary [B, h, w, 3]: fragments of a window at (top, left) of an H x W image.
    uv_face [F, 3, 2]; albedo [Ba, 3, Sa, Sa] (Ba = 1 or B); normals [B, 3, Sn, Sn]; light [B, 9, 3] with the SH
-   constants folded in. Writes index [n] (b * H * W + y * W + x in the image) and colour [n, 3]; returns n. */
+   constants folded in. Writes index [n] (b * H * W + y * W + x in the image) and colour [n, 3]; returns n, or -1
+   (nothing written) when a fragment's face is not one of the F faces of the UV layout. */
 int64_t capture_lit_pixels(int64_t B, int64_t h, int64_t w, const int64_t *face_id, const float *bary,
-                           const float *uv_face, int64_t Ba, int64_t Sa, const float *albedo, int64_t Sn,
+                           int64_t F, const float *uv_face, int64_t Ba, int64_t Sa, const float *albedo, int64_t Sn,
                            const float *normals, const float *light, int64_t H, int64_t W, int64_t top,
                            int64_t left, int64_t *index, float *colour)
 {
     int64_t n = 0;
+    for (int64_t i = 0; i < B * h * w; ++i)
+        if (face_id[i] >= F) return -1;  /* a face the UV layout does not have */
     for (int64_t b = 0; b < B; ++b) {
         const float *alb = albedo + (Ba > 1 ? b : 0) * 3 * Sa * Sa;
         const float *nrm = normals + b * 3 * Sn * Sn;
@@ -206,13 +216,13 @@ int64_t capture_lit_pixels(int64_t B, int64_t h, int64_t w, const int64_t *face_
 """
 
 _KERNEL = CompiledKernel("cpu_shading", _SOURCE, flags=("-O3", *C_FLAGS[1:]), functions={
-    "capture_lit_pixels": (ctypes.c_int64, [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2
-                           + [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 4
-                           + [ctypes.c_void_p] * 2),
-    "capture_detail_normals": (None, [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 2
+    "capture_lit_pixels": (ctypes.c_int64, [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2 + [ctypes.c_int64]
+                           + [ctypes.c_void_p] + [ctypes.c_int64] * 2 + [ctypes.c_void_p, ctypes.c_int64]
+                           + [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 2),
+    "capture_detail_normals": (ctypes.c_int64, [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 2
                                + [ctypes.c_void_p] * 4),
-    "capture_paste_u8": (None, [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
-                                ctypes.c_int64, ctypes.c_int64])})
+    "capture_paste_u8": (ctypes.c_int64, [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                          ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64])})
 
 
 def kernel_error() -> Optional[str]:
@@ -252,9 +262,6 @@ def lit_pixels_c(fragments, uv_face: torch.Tensor, albedo_uv: torch.Tensor, deta
         raise ValueError(f"lit_pixels: batch {B} of the fragments against albedo {tuple(albedo_uv.shape)}, "
                          f"normals {tuple(detail_normals_uv.shape)}, light {tuple(light.shape)}")
     face_id = fragments.face_id.contiguous()
-    if face_id.numel() and int(face_id.max()) >= uv_face.shape[0]:  # the pass reads uv_face[face_id] unchecked
-        raise ValueError(f"lit_pixels: fragments of faces up to {int(face_id.max())}, but uv_face holds "
-                         f"{uv_face.shape[0]} faces")
     bary = fragments.bary.to(torch.float32).contiguous()
     uv = uv_face.to(torch.float32).contiguous()
     albedo = albedo_uv.contiguous()
@@ -263,9 +270,12 @@ def lit_pixels_c(fragments, uv_face: torch.Tensor, albedo_uv: torch.Tensor, deta
     index = torch.empty(B * h * w, dtype=torch.int64)
     colour = torch.empty(B * h * w, 3, dtype=torch.float32)
     n = _KERNEL.function("capture_lit_pixels")(
-        B, h, w, face_id.data_ptr(), bary.data_ptr(), uv.data_ptr(), albedo.shape[0], albedo.shape[-1],
+        B, h, w, face_id.data_ptr(), bary.data_ptr(), uv.shape[0], uv.data_ptr(), albedo.shape[0], albedo.shape[-1],
         albedo.data_ptr(), normals.shape[-1], normals.data_ptr(), lit.data_ptr(), H, W, top, left,
         index.data_ptr(), colour.data_ptr())
+    if n < 0:  # checked in the pass, which reads uv_face[face_id]
+        raise ValueError(f"lit_pixels: fragments of faces up to {int(face_id.max())}, but uv_face holds "
+                         f"{uv_face.shape[0]} faces")
     return index[:n], colour[:n], (H, W)
 
 
@@ -279,16 +289,18 @@ def detail_normals_c(uv_z: torch.Tensor, vertices: torch.Tensor, normals: torch.
     if uv_z.shape != (B, 1, S, S) or vertex_ids.shape != (S * S, 3) or face_eye_mask.shape != (S, S):
         raise ValueError(f"detail normals: uv_z {tuple(uv_z.shape)}, texel table {tuple(vertex_ids.shape)} and "
                          f"mask {tuple(face_eye_mask.shape)} do not fit vertices {tuple(vertices.shape)}")
-    if vertex_ids.numel() and int(vertex_ids.max()) >= V:  # the pass reads vertices[vertex_ids] unchecked
-        raise ValueError(f"detail normals: the UV layout refers to vertex {int(vertex_ids.max())} of {V}")
     args = [t.contiguous() for t in (vertex_ids.to(torch.int64), weights, vertices, normals, uv_z, face_eye_mask,
                                      fixed_displacement)]
     h, w = S - 1 - 2 * margin_y, S - 1 - 2 * margin_x
     pos, coarse = torch.empty(3, S * S), torch.empty(3, S * S)
     cells = torch.empty(6, max(h, 0) * max(w, 0))
     out = torch.empty(B, 3, S, S)
-    _KERNEL.function("capture_detail_normals")(B, V, S, *(t.data_ptr() for t in args), margin_y, margin_x,
-                                               pos.data_ptr(), coarse.data_ptr(), cells.data_ptr(), out.data_ptr())
+    status = _KERNEL.function("capture_detail_normals")(B, V, S, *(t.data_ptr() for t in args), margin_y, margin_x,
+                                                        pos.data_ptr(), coarse.data_ptr(), cells.data_ptr(),
+                                                        out.data_ptr())
+    if status < 0:  # checked in the pass, which reads vertices[vertex_ids]
+        raise ValueError(f"detail normals: the UV layout refers to vertices in [{int(vertex_ids.min())}, "
+                         f"{int(vertex_ids.max())}], the mesh has {V}")
     return out
 
 
@@ -301,9 +313,9 @@ def paste_u8(out: np.ndarray, index: torch.Tensor, colour: torch.Tensor, width: 
                          f"{out.dtype}")
     index = index.to(torch.int64).contiguous()
     colour = colour.to(torch.float32).contiguous()
-    if column + width > out.shape[1] or colour.shape != (index.numel(), 3) or (
-            index.numel() and not 0 <= int(index.min()) <= int(index.max()) < out.shape[0] * width):
+    fits = column + width <= out.shape[1] and colour.shape == (index.numel(), 3)
+    if not fits or _KERNEL.function("capture_paste_u8")(index.numel(), index.data_ptr(), colour.data_ptr(),
+                                                         int(width), out.shape[0], out.ctypes.data, out.shape[1],
+                                                         int(column)) < 0:  # the pass checks each index first
         raise ValueError(f"paste_u8: {index.numel()} pixels of a {width}-wide frame do not fit at column {column} "
                          f"of a {out.shape[1]}x{out.shape[0]} picture (batch 1 only)")
-    _KERNEL.function("capture_paste_u8")(index.numel(), index.data_ptr(), colour.data_ptr(), int(width),
-                                         out.ctypes.data, out.shape[1], int(column))
