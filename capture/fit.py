@@ -30,6 +30,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from . import fit_system
 from .assets.pack import N_SHAPE_FLAME, FlameModel, LandmarkEmbedding, ModelPack
 from .landmarks import IBUG68_WEIGHTS
 
@@ -207,6 +208,7 @@ class _RowData:
     xb: np.ndarray  # [68, 3, n_exp + n_shape fitted]: d(x - j0) / d coefficients
     yb: np.ndarray  # [68, 3, ...]: d(y - w j2) / d coefficients
     j0b: np.ndarray  # [3, ...]
+    c_arrays: tuple = ()  # the arrays as `capture.fit_system` reads them, made on first use
 
 
 @dataclass
@@ -418,18 +420,13 @@ class LandmarkFitter:
             temporal[3:6 + ne] = cfg.temporal
         damping = 1e-3
         state = state.copy()
+        trust = self.weights * valid
         for _ in range(iterations):
-            pred, J = self._jacobian(state, with_shape=False)
-            r = pred - target  # [68, 2]
-            e2 = (r * r).sum(1)
-            c2 = cfg.robust_scale ** 2
-            robust = self.weights * valid / (1.0 + e2 / c2)  # IRLS weights of the Cauchy loss
+            _, JWJ, JWr = self._system(state, target, trust)
             x = self._vector(state)
             x_prev = self._vector(previous) if previous is not None else x
-            J2 = J.reshape(-1, J.shape[-1])
-            Jw = J2 * np.repeat(robust, 2)[:, None]
-            H = Jw.T @ J2 + np.diag(lam + temporal)
-            g = Jw.T @ r.reshape(-1) + lam * (x - x_mean) + temporal * (x - x_prev)
+            H = JWJ + np.diag(lam + temporal)
+            g = JWr + lam * (x - x_mean) + temporal * (x - x_prev)
             H[np.diag_indices_from(H)] += damping * (np.diag(H) + 1e-9)
             try:
                 step = -np.linalg.solve(H, g)
@@ -439,6 +436,24 @@ class LandmarkFitter:
             if np.abs(step).max() < 1e-6:
                 break
         return state
+
+    def _system(self, state: FitState, target: np.ndarray, trust: np.ndarray, kernel: str = "auto"):
+        """(pred [68, 2], J^T W J, J^T W r) of one frame at `state`: W the IRLS weights of the Cauchy loss,
+        trust / (1 + |r|^2 / c^2), r = pred - target. kernel "auto": the compiled pass where it is built
+        (`capture.fit_system`), "numpy": `_jacobian` and the products (the definition)."""
+        c2 = self.cfg.robust_scale ** 2
+        if kernel == "auto" and fit_system.kernel_error() is None:
+            R = rotation_matrix(state.rotation)
+            row = self._row(contour_row(yaw_degrees(R)))
+            if not row.c_arrays:
+                row.c_arrays = fit_system.row_arrays(row)
+            return fit_system.fit_system(row, self.b.n_exp, self._vector(state), R, target, trust, c2)
+        pred, J = self._jacobian(state, with_shape=False)
+        r = pred - target  # [68, 2]
+        robust = trust / (1.0 + (r * r).sum(1) / c2)
+        J2 = J.reshape(-1, J.shape[-1])
+        Jw = J2 * np.repeat(robust, 2)[:, None]
+        return pred, Jw.T @ J2, Jw.T @ r.reshape(-1)
 
     def _vector(self, state: FitState) -> np.ndarray:
         return np.concatenate([state.rotation, state.jaw, state.exp, state.cam])

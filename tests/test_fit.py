@@ -246,6 +246,46 @@ def test_a_shape_update_is_spread_over_frames_and_equals_the_one_at_once(demo):
     assert fixed._pending is None and np.allclose(fixed.shape[:10], 0.1)
 
 
+def test_the_compiled_frame_system_is_the_numpy_one(demo, monkeypatch):
+    """`capture.fit_system` (J^T W J, J^T W r and the landmarks in one compiled pass) against `_jacobian` and the
+    numpy products: random states, yaws over several contour rows, missing points; then whole tracks with and
+    without the pass."""
+    from capture import fit_system
+
+    if fit_system.kernel_error():
+        pytest.skip(f"no compiled pass here: {fit_system.kernel_error()}")
+    flame, bases = demo
+    rng = np.random.default_rng(11)
+    fitter = LandmarkFitter(bases, n_shape=10)
+    fitter.set_identity(shape=rng.normal(size=10), offsets=np.pad(rng.normal(size=(68, 2)) * 0.002, ((0, 0), (0, 1))))
+    for yaw in (-35.0, -10.0, 0.0, 20.0, 38.0):
+        state = FitState(_euler_y(yaw, rng.uniform(-10, 10), rng.uniform(-5, 5)),
+                         np.array([rng.uniform(0, 0.4), 0.03, -0.02]), rng.normal(size=50) * 0.6,
+                         np.array([9.0, 0.02, -0.01]))
+        target = fitter.project(state) + rng.normal(size=(68, 2)) * 0.03
+        trust = fitter.weights * (rng.uniform(size=68) > 0.15)
+        fast = fitter._system(state, target, trust)
+        slow = fitter._system(state, target, trust, kernel="numpy")
+        for a, b in zip(fast, slow):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12 * np.abs(b).max())
+    shape = np.zeros(flame.n_shape)
+    shape[:10] = rng.normal(size=10)
+    targets = [_flame_landmarks(flame, shape, rng.normal(size=50) * 0.3, _euler_y(rng.uniform(-20, 20)),
+                                np.array([rng.uniform(0, 0.2), 0, 0]), np.array([9.0, 0.0, 0.01])) for _ in range(12)]
+
+    def track():
+        f = LandmarkFitter(bases, n_shape=10)
+        return [f.fit(t) for t in targets]
+
+    with_pass = track()
+    monkeypatch.setattr(fit_system, "kernel_error", lambda: "no compiler")  # the numpy steps stand in
+    without = track()
+    for a, b in zip(with_pass, without):
+        np.testing.assert_allclose(a.exp, b.exp, atol=1e-8)
+        np.testing.assert_allclose(a.jaw, b.jaw, atol=1e-9)
+        np.testing.assert_allclose(a.rotation, b.rotation, atol=1e-9)
+
+
 def test_the_fit_runs_numpy_blas_on_one_thread_whatever_the_import_order():
     """OPENBLAS_NUM_THREADS only works before numpy loads; the fit's own limit holds regardless (a BLAS thread pool
     makes its small products ~20x slower on a busy 2-core machine)."""
