@@ -285,6 +285,7 @@ class LandmarkFitter:
         self._rng = np.random.default_rng(0)
         self._next_shape_update = 0
         self._pending: Optional[_PendingUpdate] = None  # a shape update being spread over frames
+        fit_system.kernel_error()  # the compiled pass is built (once per machine) now, not in the first frame
 
     def reset(self) -> None:
         self._state = None
