@@ -161,9 +161,9 @@ def other_cores(start: Optional[tuple], end: Optional[tuple]) -> Optional[float]
 
 # A busy machine shares the cores per runnable thread, and the two kinds of path react to that differently:
 # the eager reference's two OpenMP threads meet at a barrier after every operation (a core taken from one stalls
-# both), the pipeline's stages use whatever slices they get. Measured on 2 cores, every backend against quiet
-# runs: two busy loops moved the FPS ratios +29..41 % at nice 0, -6..+3 % at nice -10; four busy loops +6..19 %
-# at nice -10, +7..12 % at nice -15 (FPS within 4 % of quiet). So fps.py asks for a higher priority while it
+# both), the pipeline's stages use whatever slices they get. Measured on 2 cores, every backend against a quiet
+# run: two busy loops moved the FPS ratios +20..49 % at nice 0, -3..+1 % at nice -15; four busy loops +6..19 %
+# at nice -10, -5..+2 % at nice -15 (benchmarks/RESULTS.md). So fps.py asks for a higher priority while it
 # measures, where the system allows it (root, CAP_SYS_NICE or RLIMIT_NICE), says what it got, and gives it back.
 PRIORITY = -15
 
