@@ -68,11 +68,12 @@ class ModelSide:
 
 
 def build_model_side(args, say: Callable[[str], None],
-                     calibration_frames: Optional[Callable[[], Iterable]] = None) -> ModelSide:
+                     calibration_frames: Optional[Callable[[], Iterable]] = None, live: bool = False) -> ModelSide:
     """Pack -> DECA -> avatar -> inference backends, each failure as a CliError.
 
     calibration_frames: the performer's first frames ([H, W, 3] uint8 each), read when `--backend
     onnxruntime-int8` needs calibration crops; without them INT8 is calibrated on renders of the pack.
+    live: the backends serve a camera (latency first: `pipeline_threads`).
     DECA's own networks (the target photo's E_flame and E_detail, run once and cached) stay the eager
     reference whatever --backend says, so that the avatar cache does not depend on it.
     """
@@ -107,7 +108,7 @@ def build_model_side(args, say: Callable[[str], None],
     options = {"onnxruntime-int8": {"calibration": calibration}}
     if device == "cpu":
         for name in ("onnxruntime", "onnxruntime-int8"):
-            options.setdefault(name, {})["threads"] = pipeline_threads(codes_from)
+            options.setdefault(name, {})["threads"] = pipeline_threads(codes_from, name == "onnxruntime-int8", live)
     engines = InferenceEngines(pack, args.backend, device=device, options=options)
     # E_flame runs per frame only when the codes come from it
     networks = ("D_detail",) if codes_from == "landmarks" else ("E_flame", "D_detail")

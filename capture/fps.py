@@ -419,9 +419,12 @@ def make_engines(name: str, pack, device: torch.device, args, calibration: Calla
     cuda = device.type == "cuda"
     half = cuda and not args.fp32
     # the product's thread setting unless --ort-threads says otherwise (capture.cli_common)
-    ort = dict(threads=args.ort_threads or (None if cuda else pipeline_threads(codes_from)), spinning=args.spinning)
-    options = {"torch": {"cuda_graphs": cuda, "half": half}, "onnxruntime": ort,
-               "onnxruntime-int8": dict(ort, calibration=Calibration(INT8_CALIBRATION_SOURCE, calibration))}
+    def ort(int8: bool) -> dict:
+        threads = args.ort_threads or (None if cuda else pipeline_threads(codes_from, int8, args.live))
+        return dict(threads=threads, spinning=args.spinning)
+
+    options = {"torch": {"cuda_graphs": cuda, "half": half}, "onnxruntime": ort(False),
+               "onnxruntime-int8": dict(ort(True), calibration=Calibration(INT8_CALIBRATION_SOURCE, calibration))}
     engines = InferenceEngines(pack, name, device=str(device), options=options)
     flame = engines.backend("E_flame")
     detail = engines.backend("D_detail")  # made now, as the CLIs do: a failure shows before any frame
@@ -1284,7 +1287,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="torch intra-op threads in the pipelined runs (default 1: stages share the cores)")
     parser.add_argument("--ort-threads", type=int, default=0,
                         help="ONNX Runtime intra-op threads per network (default 0 = the product's: 1 with landmark "
-                             "codes, else physical cores)")
+                             "codes or, offline, an INT8 E_flame; else physical cores)")
     parser.add_argument("--spinning", action="store_true",
                         help="let ONNX Runtime's idle workers spin (its own default; off in capture's backend)")
     parser.add_argument("--depth", type=int, default=2, help="pipeline queue depth (offline policy)")

@@ -156,7 +156,7 @@ def main(argv=None) -> int:
             raise CliError(str(exc)) from None
     source = open_camera(cam, size=size, fps=args.fps)  # a missing camera fails before the model loads
     try:
-        model = build_model_side(args, say)
+        model = build_model_side(args, say, live=True)
     except BaseException:
         source.close()
         raise

@@ -21,7 +21,7 @@ from capture.backends import (
     TorchBackend,
     make_backend,
 )
-from capture.backends.onnxruntime_backend import physical_cores, session_options
+from capture.backends.onnxruntime_backend import physical_cores, pipeline_threads, session_options
 from capture.nets import graph_spec
 from test_export import EXPECTED_IO, export_once, memory_pack, reference_input, reference_output, rel_err
 
@@ -158,6 +158,15 @@ def test_onnxruntime_session_is_tuned():
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
     assert options.enable_mem_pattern
+
+
+def test_pipeline_threads_follow_the_code_source_the_precision_and_live_use():
+    """One ONNX Runtime thread per session where E_flame does not run per frame or, offline, runs as INT8; the
+    physical cores for a float32 E_flame, and for INT8 live (latency first)."""
+    assert pipeline_threads("landmarks") == 1 and pipeline_threads("landmarks", int8=True, live=True) == 1
+    assert pipeline_threads("network", int8=True) == 1 and pipeline_threads("hybrid", int8=True) == 1
+    assert pipeline_threads("network") is None and pipeline_threads("hybrid", live=True) is None
+    assert pipeline_threads("network", int8=True, live=True) is None
 
 
 @pytest.mark.gpu

@@ -43,14 +43,19 @@ def _ort():
     return onnxruntime
 
 
-def pipeline_threads(codes_from: str) -> Optional[int]:
-    """Intra-op threads per ONNX Runtime session inside the 4-stage CPU pipeline (None: physical cores).
+def pipeline_threads(codes_from: str, int8: bool = False, live: bool = False) -> Optional[int]:
+    """Intra-op threads per ONNX Runtime session inside the CPU stage pipeline (None: physical cores).
 
-    With landmark codes only D_detail runs per frame, beside three other busy stages: one thread each keeps the
-    cores to the stages (benchmarks/fps.py, 2 cores, 640x360: 32.0 FPS with 1 thread, 28.5 with 2). E_flame, a
-    4 GMAC network, still gains from the second thread in the network and hybrid modes.
+    With landmark codes only D_detail runs per frame, beside the other busy stages: one thread each keeps the
+    cores to the stages (benchmarks/fps.py, 2 cores, 640x360: 32.0 FPS with 1 thread, 28.5 with 2). With E_flame
+    per frame (network, hybrid): an INT8 E_flame (~13 CPU ms) fits one core, and offline the second thread's
+    hand-offs only cost the other stages CPU (32.6 / 32.7 FPS with 1 thread against 31.4 / 31.9 with 2, 52 against
+    58 CPU ms a frame); live, the frame's latency is what counts, and two threads halve E_flame's share of it (36 /
+    46 ms median / p95 against 55-59 / 63-78). A float32 E_flame (~77 CPU ms) needs the cores either way.
     """
-    return 1 if codes_from == "landmarks" else None
+    if codes_from == "landmarks" or (int8 and not live):
+        return 1
+    return None
 
 
 def session_options(threads: Optional[int] = None, spinning: bool = False):
