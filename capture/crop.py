@@ -217,18 +217,29 @@ def warp_crop(image: np.ndarray, T: np.ndarray, size: int = INPUT_SIZE) -> np.nd
     input's [min, max]; this only matters for crop pixels that straddle the image border of an image whose
     darkest pixel is not 0.
     """
+    return _warp(image, T, size, channels_first=False)
+
+
+def _warp(image: np.ndarray, T: np.ndarray, size: int, channels_first: bool) -> np.ndarray:
+    """`warp_crop`, [size, size, 3] or (channels_first) [3, size, size]. An axis-aligned map (every
+    `crop_transform`) runs as the compiled pass of `capture.warp` where it is built: the same float32 steps."""
+    from . import warp
+
     img = as_rgb_uint8(image)
     H, W = img.shape[:2]
     Tinv = np.linalg.inv(np.asarray(T, dtype=np.float64))
     grid = np.arange(size, dtype=np.float64)
     if Tinv[0, 1] == 0.0 and Tinv[1, 0] == 0.0:
-        out = _warp_separable(img, Tinv[0, 0] * grid + Tinv[0, 2], Tinv[1, 1] * grid + Tinv[1, 2])
+        xs, ys = Tinv[0, 0] * grid + Tinv[0, 2], Tinv[1, 1] * grid + Tinv[1, 2]
+        if warp.kernel_error() is None:
+            return warp.warp_separable(img, _taps(ys, H), _taps(xs, W), 1.0 / 255.0, chw=channels_first)
+        out = _warp_separable(img, xs, ys)
     else:
         xs = Tinv[0, 0] * grid[None, :] + Tinv[0, 1] * grid[:, None] + Tinv[0, 2]
         ys = Tinv[1, 0] * grid[None, :] + Tinv[1, 1] * grid[:, None] + Tinv[1, 2]
         out = _warp_general(img, xs, ys)
     out *= np.float32(1.0 / 255.0)
-    return out
+    return np.ascontiguousarray(out.transpose(2, 0, 1)) if channels_first else out
 
 
 def _taps(coords: np.ndarray, n: int):
@@ -268,7 +279,7 @@ def crop_to_tensor(image: np.ndarray, T: np.ndarray, size: int = INPUT_SIZE):
     """`warp_crop` as a torch tensor [3, size, size] float32 in [0, 1] (E_flame's input layout, no batch)."""
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(warp_crop(image, T, size).transpose(2, 0, 1)))
+    return torch.from_numpy(_warp(image, T, size, channels_first=True))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -190,6 +190,27 @@ def test_warp_crop_grey_input_and_tensor(astronaut, astro_face):
     assert np.array_equal(t.numpy(), C.warp_crop(astronaut, T).transpose(2, 0, 1))
 
 
+def test_compiled_warp_is_the_numpy_steps_bit_for_bit(astronaut, astro_face, monkeypatch):
+    """The crop's compiled pass (`capture.warp`) against the numpy steps it stands in for: the same float32 values,
+    for boxes inside the image, over its corners and larger than it, in both layouts."""
+    from capture import warp as W
+
+    if W.kernel_error():
+        pytest.skip(f"no compiled pass here: {W.kernel_error()}")
+    boxes = (astro_face.box, (-120.0, -60.0, 90.0, 130.0), (400.0, 420.0, 560.0, 600.0), (-300.0, -300.0, 900.0, 900.0))
+    fast = [(C.warp_crop(astronaut, C.crop_transform(b)), C.crop_to_tensor(astronaut, C.crop_transform(b)).numpy())
+            for b in boxes]
+    monkeypatch.setattr(W, "kernel_error", lambda: "no compiler")  # the numpy steps
+    for box, (hwc, chw) in zip(boxes, fast):
+        T = C.crop_transform(box)
+        slow = C.warp_crop(astronaut, T)
+        assert np.array_equal(hwc, slow) and np.array_equal(chw, slow.transpose(2, 0, 1))
+        assert np.array_equal(C.crop_to_tensor(astronaut, T).numpy(), chw)
+    with pytest.raises(ValueError, match="outside the image"):
+        taps = (np.array([0, 600]), np.array([1, 601]), np.ones(2, np.float32), np.zeros(2, np.float32))
+        W.warp_separable(astronaut, taps, taps, 1.0)
+
+
 def test_points_round_trip_and_corners(astro_face):
     box = astro_face.box
     T = C.crop_transform(box)
