@@ -39,6 +39,7 @@ from typing import Optional
 
 import numpy as np
 
+from . import warp
 from .console import native_logs_silenced
 from .conventions import INPUT_SIZE
 
@@ -223,8 +224,6 @@ def warp_crop(image: np.ndarray, T: np.ndarray, size: int = INPUT_SIZE) -> np.nd
 def _warp(image: np.ndarray, T: np.ndarray, size: int, channels_first: bool) -> np.ndarray:
     """`warp_crop`, [size, size, 3] or (channels_first) [3, size, size]. An axis-aligned map (every
     `crop_transform`) runs as the compiled pass of `capture.warp` where it is built: the same float32 steps."""
-    from . import warp
-
     img = as_rgb_uint8(image)
     H, W = img.shape[:2]
     Tinv = np.linalg.inv(np.asarray(T, dtype=np.float64))

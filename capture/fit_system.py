@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from .render.compiled import C_FLAGS, CompiledKernel
+from .compiled import CompiledKernel
 
 _SOURCE = r"""
 #include <math.h>
@@ -172,7 +172,7 @@ void capture_fit_system(int64_t L, int64_t ne, int64_t K, const double *state, c
 """
 
 _p, _i64, _f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-_KERNEL = CompiledKernel("fit_system", _SOURCE, flags=("-O3", *C_FLAGS[1:]), functions={
+_KERNEL = CompiledKernel("fit_system", _SOURCE, functions={
     "capture_fit_system": (None, [_i64] * 3 + [_p] * 12 + [_f64, _p]),
 })
 

@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from .render.compiled import C_FLAGS, CompiledKernel
+from .compiled import CompiledKernel
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -45,7 +45,7 @@ void capture_warp_separable(const uint8_t *img, int64_t stride, const int64_t *y
 """
 
 _p, _i64 = ctypes.c_void_p, ctypes.c_int64
-_KERNEL = CompiledKernel("warp", _SOURCE, flags=("-O3", *C_FLAGS[1:]), functions={
+_KERNEL = CompiledKernel("warp", _SOURCE, functions={
     "capture_warp_separable": (None, [_p, _i64] + [_p] * 4 + [_i64] + [_p] * 4 + [_i64, ctypes.c_float,
                                                                                  ctypes.c_int, _p]),
 })

@@ -627,7 +627,7 @@ def test_a_native_kernel_is_keyed_by_the_cpu_and_falls_back_to_the_portable_buil
     the CPU), and a compiler that refuses the flag leaves the portable build."""
     import ctypes
 
-    from capture.render import compiled
+    from capture import compiled
 
     try:
         compiled._compiler()
@@ -642,7 +642,7 @@ def test_a_native_kernel_is_keyed_by_the_cpu_and_falls_back_to_the_portable_buil
         monkeypatch.setattr(compiled, "_cpu_id", lambda: cpu)
         kernel = compiled.CompiledKernel("twice", source, functions, native=True)
         assert kernel.error() is None and kernel.function("capture_twice")(21) == 42
-        return {p.name for p in (tmp_path / "render").glob("twice_*.so")}
+        return {p.name for p in (tmp_path / "kernels").glob("twice_*.so")}
 
     first = build("cpu-a")
     assert len(first) == 1 and build("cpu-a") == first  # cached

@@ -15,7 +15,7 @@ Kernels (`CpuRasterizer(kernel=...)`):
 - "torch": pure vectorised torch. For every (triangle, bounding-box row) the exact span of covered pixel
   centres is solved from the three integer edge inequalities; only covered pixels are expanded (in
   chunks), and the z-buffer is resolved with two scatter-min passes (depth, then face index).
-- "c": the same arithmetic in a small C loop (`capture.render.compiled`: compiled with the system C compiler on
+- "c": the same arithmetic in a small C loop (`capture.compiled`: compiled with the system C compiler on
   first use, cached in the capture cache dir); about 10x faster. Bit-identical results (no FMA contraction).
 - "auto" (default): "c" when it compiles, else "torch" (logged once).
 """
@@ -27,9 +27,9 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..compiled import CompiledKernel
 from ..conventions import DEPTH_FAR, DEPTH_NEAR, ndc_to_pixel
 from .base import Fragments, Rasterizer, Window, check_rasterize_inputs, check_window, empty_fragments
-from .compiled import C_FLAGS, CompiledKernel
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ int capture_rasterize(int64_t B, int64_t V, int64_t F, int64_t H, int64_t W, int
     return 0;
 }
 """
-_RASTER = CompiledKernel("cpu_raster", _C_SOURCE, flags=("-O3", *C_FLAGS[1:]), functions={
+_RASTER = CompiledKernel("cpu_raster", _C_SOURCE, functions={
     "capture_rasterize": (ctypes.c_int, [ctypes.c_int64] * 6 + [ctypes.c_void_p] * 5 + [ctypes.c_double] * 2
                           + [ctypes.c_void_p] * 4)})
 

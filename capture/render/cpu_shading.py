@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..appearance import SH_CONSTANTS
-from .compiled import C_FLAGS, CompiledKernel
+from ..compiled import CompiledKernel
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -215,7 +215,7 @@ int64_t capture_lit_pixels(int64_t B, int64_t h, int64_t w, const int64_t *face_
 }
 """
 
-_KERNEL = CompiledKernel("cpu_shading", _SOURCE, flags=("-O3", *C_FLAGS[1:]), functions={
+_KERNEL = CompiledKernel("cpu_shading", _SOURCE, functions={
     "capture_lit_pixels": (ctypes.c_int64, [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2 + [ctypes.c_int64]
                            + [ctypes.c_void_p] + [ctypes.c_int64] * 2 + [ctypes.c_void_p, ctypes.c_int64]
                            + [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 2),

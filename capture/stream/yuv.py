@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..render.compiled import C_FLAGS, CompiledKernel
+from ..compiled import CompiledKernel
 
 KR, KB = 0.2126, 0.0722  # BT.709
 FRACTION_BITS = 16
@@ -71,7 +71,7 @@ void capture_rgb_to_yuv420(const uint8_t *rgb, int64_t h, int64_t w, int64_t rgb
 """
 
 _i64 = ctypes.c_int64
-_KERNEL = CompiledKernel("rgb_to_yuv", _SOURCE, flags=("-O3", *C_FLAGS[1:]), native=True, functions={
+_KERNEL = CompiledKernel("rgb_to_yuv", _SOURCE, native=True, functions={
     "capture_rgb_to_yuv420": (None, [ctypes.c_void_p, _i64, _i64, _i64, ctypes.c_void_p, _i64, ctypes.c_void_p,
                                      _i64, ctypes.c_void_p, _i64, ctypes.c_void_p, ctypes.c_void_p]),
 })

@@ -1,8 +1,10 @@
-"""Small C kernels for the CPU paths, compiled with the system C compiler on first use.
+"""Small C kernels for the CPU paths (rasterizer, drawing, fit, crop, RGB -> YUV), compiled with the system C
+compiler on first use.
 
 Each kernel's shared library is cached in the capture cache dir under a key of its source, flags, compiler
 version and machine, built under a lock (concurrent first uses compile it once) and written atomically (a
-reader never loads half a file). Without a compiler, `error()` says why and callers use their torch kernel.
+reader never loads half a file). Without a compiler, `error()` says why and callers use the torch or numpy
+steps the kernel stands in for.
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-# No FMA contraction: a C loop rounds like torch's separate multiplies and adds.
-C_FLAGS = ("-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math")
+# No FMA contraction: a C loop rounds like torch's (and numpy's) separate multiplies and adds.
+C_FLAGS = ("-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math")
 # For the machine's own vector instructions (byte-interleaved RGB vectorises only with shuffles beyond SSE2: the
 # RGB -> YUV pass is 4x faster with them). A library built so runs only on a CPU with those instructions, so its
 # cache key names the CPU (`_cpu_id`) and a compiler that refuses the flag gets the portable build.
@@ -29,10 +31,10 @@ NATIVE_FLAGS = ("-march=native",)
 def _cache_dir() -> Path:
     try:
         from capture.assets.locate import cache_dir
-        return cache_dir() / "render"
+        return cache_dir() / "kernels"
     except Exception:  # noqa: BLE001 - the assets package is optional for rendering; fall back to the same default
         base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        return Path(base) / "capture" / "render"
+        return Path(base) / "capture" / "kernels"
 
 
 @functools.lru_cache(maxsize=None)
