@@ -208,7 +208,6 @@ class _RowData:
     xb: np.ndarray  # [68, 3, n_exp + n_shape fitted]: d(x - j0) / d coefficients
     yb: np.ndarray  # [68, 3, ...]: d(y - w j2) / d coefficients
     j0b: np.ndarray  # [3, ...]
-    c_arrays: tuple = ()  # the arrays as `capture.fit_system` reads them, made on first use
 
 
 @dataclass
@@ -445,10 +444,8 @@ class LandmarkFitter:
         c2 = self.cfg.robust_scale ** 2
         if kernel == "auto" and fit_system.kernel_error() is None:
             R = rotation_matrix(state.rotation)
-            row = self._row(contour_row(yaw_degrees(R)))
-            if not row.c_arrays:
-                row.c_arrays = fit_system.row_arrays(row)
-            return fit_system.fit_system(row, self.b.n_exp, self._vector(state), R, target, trust, c2)
+            return fit_system.fit_system(self._row(contour_row(yaw_degrees(R))), self.b.n_exp, self._vector(state), R,
+                                         target, trust, c2)
         pred, J = self._jacobian(state, with_shape=False)
         r = pred - target  # [68, 2]
         robust = trust / (1.0 + (r * r).sum(1) / c2)

@@ -182,26 +182,20 @@ def kernel_error() -> Optional[str]:
     return _KERNEL.error()
 
 
-def row_arrays(row) -> tuple:
-    """A `_RowData`'s arrays as the pass reads them (float64, C order): made once per row. (Their addresses are
-    taken at each call: a copied fitter must not read the original's memory.)"""
-    return tuple(np.ascontiguousarray(a, dtype=np.float64) for a in (row.x, row.xb, row.xf, row.y, row.yb, row.yf,
-                                                                      row.j0, row.j0b))
-
-
 def fit_system(row, n_exp: int, vector: np.ndarray, R: np.ndarray, target: np.ndarray, trust: np.ndarray,
                c2: float):
     """(pred [L, 2], J^T W J [n, n], J^T W r [n]) of one frame, n = 9 + n_exp: `row` is the fitter's `_RowData`
-    of the state's contour row (with `c_arrays` from `row_arrays`), vector the state as `_vector` makes it, R its
-    rotation matrix, target [L, 2], trust [L] = weights x valid."""
+    of the state's contour row, vector the state as `_vector` makes it, R its rotation matrix, target [L, 2],
+    trust [L] = weights x valid."""
     L, _, K = row.xb.shape
     n = 9 + n_exp
     if K < n_exp or vector.shape != (n,) or target.shape != (L, 2) or trust.shape != (L,):
         raise ValueError(f"fit_system: row of {L} points and {K} columns, {n_exp} expression, state {vector.shape}, "
                          f"target {target.shape}, trust {trust.shape}")
-    state, R, target, trust = (np.ascontiguousarray(a, dtype=np.float64) for a in (vector, R, target, trust))
+    # no copies: the fitter's arrays are float64 and C-ordered already (a row's are made by arithmetic)
+    arrays = [np.ascontiguousarray(a, dtype=np.float64) for a in (vector, R, row.x, row.xb, row.xf, row.y, row.yb,
+                                                                   row.yf, row.j0, row.j0b, target, trust)]
+    state, R, *rows, target, trust = (a.ctypes.data for a in arrays)
     out = np.empty(2 * L + n * n + 3 * n)
-    rows = (a.ctypes.data for a in row.c_arrays)
-    _KERNEL.function("capture_fit_system")(L, n_exp, K, state.ctypes.data, R.ctypes.data, *rows, target.ctypes.data,
-                                           trust.ctypes.data, float(c2), out.ctypes.data)
+    _KERNEL.function("capture_fit_system")(L, n_exp, K, state, R, *rows, target, trust, float(c2), out.ctypes.data)
     return out[:2 * L].reshape(L, 2), out[2 * L:2 * L + n * n].reshape(n, n), out[2 * L + n * n:2 * L + n * n + n]
