@@ -25,8 +25,8 @@ from .stream.reader import VideoError
 from .stream.writer import VideoWriter, check_encoder, check_not_input, check_writable
 
 WINDOW = "capture live (q to quit)"
-# Recording live, the encoder shares the cores with the avatar: x264 ultrafast costs about a third of veryfast
-# (the offline default) per frame, for a larger file.
+# Recording live: x264 ultrafast has no lookahead and no B-frames, so each frame is encoded as it arrives (the
+# offline default, "realtime", holds ~13 frames for its macroblock tree and B-frames), for a larger file.
 RECORD_PRESET = "ultrafast"
 
 

@@ -26,7 +26,7 @@ from .meshio import write_obj
 from .session import FrameOutput, RetargetSession
 from .stream.pipeline import Pipeline
 from .stream.reader import VideoError, VideoReader
-from .stream.writer import VideoWriter, check_encoder, check_not_input, check_writable
+from .stream.writer import PRESETS, REALTIME, VideoWriter, check_encoder, check_not_input, check_writable
 
 
 class CodeRecorder:
@@ -96,9 +96,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=None, metavar="S", help="seconds to process")
     parser.add_argument("--codec", default=None, help="video encoder (default: libx264, libvpx-vp9 for .webm)")
     parser.add_argument("--crf", type=int, default=18, help="encoder quality (lower = better, default 18)")
-    parser.add_argument("--preset", default="veryfast",
-                        help="encoder speed preset (libx264/libx265; default veryfast; ultrafast costs about a third "
-                             "of its CPU time per frame at 720p, for a larger file)")
+    parser.add_argument("--preset", default=REALTIME, choices=PRESETS, metavar="PRESET",
+                        help="encoder speed preset (libx264/libx265): realtime (default; x264's superfast keeping "
+                             "veryfast's macroblock tree: about veryfast's file size for ~60%% of its CPU time), or "
+                             "any x264 preset: ultrafast (larger files), veryfast, medium, slow (smaller, slower)")
     add_channel_arguments(parser, export=True)
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)

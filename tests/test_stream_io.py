@@ -441,3 +441,37 @@ def test_writer_without_the_compiled_pass_writes_the_same_video(tmp_path, monkey
     assert len(decoded["compiled"]) == len(decoded["swscale"]) == 4
     for a, b in zip(decoded["compiled"], decoded["swscale"]):
         assert np.abs(a - b).max() <= 2
+
+
+def _x264_settings(path) -> dict[str, str]:
+    """The settings x264 itself reports: the `options:` string of its SEI user-data message in the stream."""
+    import re
+
+    found = re.search(rb"options: ([ -~]+)", open(path, "rb").read())
+    assert found, f"{path}: no x264 settings message"
+    return dict(item.split("=", 1) for item in found.group(1).decode().split(" ") if "=" in item)
+
+
+@pytest.mark.parametrize("preset, expected", [
+    # realtime: superfast's analysis (dia search, subme 1, no p8x8) with veryfast's macroblock tree and lookahead
+    ("realtime", {"me": "dia", "subme": "1", "analyse": "0x3:0x3", "mbtree": "1", "rc_lookahead": "10"}),
+    ("superfast", {"me": "dia", "subme": "1", "analyse": "0x3:0x3", "mbtree": "0"}),
+    ("veryfast", {"me": "hex", "subme": "2", "analyse": "0x3:0x113", "mbtree": "1", "rc_lookahead": "10"}),
+])
+def test_x264_runs_with_the_preset_asked_for(tmp_path, preset, expected):
+    from capture.stream.writer import encoder_threads
+
+    path = tmp_path / f"{preset}.mp4"
+    with VideoWriter(path, 64, 48, fps=25, preset=preset) as w:
+        for i in range(4):
+            w.write(pattern_image(i, (64, 48)))
+    settings = _x264_settings(path)
+    assert {k: settings.get(k) for k in expected} == expected
+    assert settings["threads"] == str(encoder_threads()) and settings["crf"].startswith("18.0")
+    assert len(list(VideoReader(path))) == 4
+
+
+def test_unknown_preset_is_one_clear_error(tmp_path):
+    with pytest.raises(VideoError, match="unknown libx264 preset 'fastest'; one of realtime, ultrafast"):
+        VideoWriter(tmp_path / "out.mp4", 64, 48, preset="fastest")
+    assert not (tmp_path / "out.mp4").exists()
