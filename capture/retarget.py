@@ -232,12 +232,15 @@ class AvatarRenderer:
         if self.layout == "overlay":
             out = np.array(frame, dtype=np.uint8, order="C")  # a fresh copy: the writer may still hold the last
         else:
-            if self._template is None:  # the grey background (and room for the input on the left)
-                self._template = np.empty((*self.out_size, 3), np.uint8)
+            if self._template is None:  # the grey background of the avatar's picture
+                self._template = np.empty((h, w, 3), np.uint8)
                 self._template[:] = self._background
-            out = self._template.copy()
-            if self.layout == "side-by-side":
+            if self.layout == "side-by-side":  # the input on the left, each half written once
+                out = np.empty((*self.out_size, 3), np.uint8)
                 out[:, :w] = frame
+                out[:, w:] = self._template
+            else:
+                out = self._template.copy()
         column = w if self.layout == "side-by-side" else 0
         if cpu_shading.kernel_error() is None:  # rounding and scatter in one compiled pass
             cpu_shading.paste_u8(out, pixels.index.cpu(), pixels.colour.cpu(), w, column)

@@ -126,6 +126,9 @@ def test_fast_renderer_matches_the_reference_renderer(demo_pack, monkeypatch):
         ref = AvatarRenderer(deca, avatar, layout, (120, 200), reference=True).render(frame, source, T).image
         fast = AvatarRenderer(deca, avatar, layout, (120, 200), times=times).render(frame, source, T).image
         assert ref.shape == fast.shape
+        if layout == "side-by-side":  # the input untouched on the left, the grey background around the head
+            assert np.array_equal(fast[:, :200], frame)
+            assert (fast[:, 200:] == fast[0, -1]).all(-1).mean() > 0.5 and tuple(fast[0, -1]) == (31, 31, 31)
         diff = np.abs(ref.astype(int) - fast.astype(int)).max(-1)
         assert (diff > 0).mean() < 1e-3  # rounding at the odd pixel / edge
         assert (diff > 1).sum() <= 3

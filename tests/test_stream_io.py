@@ -459,7 +459,7 @@ def _x264_settings(path) -> dict[str, str]:
     ("veryfast", {"me": "hex", "subme": "2", "analyse": "0x3:0x113", "mbtree": "1", "rc_lookahead": "10"}),
 ])
 def test_x264_runs_with_the_preset_asked_for(tmp_path, preset, expected):
-    from capture.stream.writer import encoder_threads
+    from capture.stream.reader import codec_threads
 
     path = tmp_path / f"{preset}.mp4"
     with VideoWriter(path, 64, 48, fps=25, preset=preset) as w:
@@ -467,7 +467,7 @@ def test_x264_runs_with_the_preset_asked_for(tmp_path, preset, expected):
             w.write(pattern_image(i, (64, 48)))
     settings = _x264_settings(path)
     assert {k: settings.get(k) for k in expected} == expected
-    assert settings["threads"] == str(encoder_threads()) and settings["crf"].startswith("18.0")
+    assert settings["threads"] == str(codec_threads()) and settings["crf"].startswith("18.0")
     assert len(list(VideoReader(path))) == 4
 
 

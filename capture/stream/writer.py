@@ -30,9 +30,9 @@ import av
 import numpy as np
 
 from . import yuv
-from .reader import Frame, FrameConverter, VideoError, open_input
+from .reader import Frame, FrameConverter, VideoError, codec_threads, open_input
 
-__all__ = ["VideoWriter", "PRESETS", "REALTIME", "encoder_threads", "check_writable", "check_encoder",
+__all__ = ["VideoWriter", "PRESETS", "REALTIME", "check_writable", "check_encoder",
            "check_not_input", "same_file", "default_codec"]
 
 _NEGATIVE_TS_OK = 0x40000  # AVFMT_TS_NEGATIVE: the container stores timestamps below 0
@@ -124,13 +124,6 @@ PRESETS = (REALTIME, "ultrafast", "superfast", "veryfast", "faster", "fast", "me
            "placebo")  # x264's and x265's names
 
 
-def encoder_threads() -> int:
-    """x264/x265 threads: half the usable CPUs. The encoder shares them with the pipeline's other busy stages;
-    x264's own choice (1.5 x CPUs, frame-parallel) costs ~10 % more CPU a frame on 2 cores for no more frames."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, usable // 2)
-
-
 def _encoder_options(codec: str, crf: int | None, preset: str | None) -> dict[str, str]:
     opts: dict[str, str] = {}
     if codec.startswith("libvpx"):
@@ -142,7 +135,7 @@ def _encoder_options(codec: str, crf: int | None, preset: str | None) -> dict[st
     if crf is not None:
         opts["crf"] = str(crf)
     if codec in ("libx264", "libx265"):
-        opts["threads"] = str(encoder_threads())
+        opts["threads"] = str(codec_threads())
     if preset == REALTIME:
         opts.update(_REALTIME_X264 if codec == "libx264" else {"preset": "superfast"})
     elif preset is not None:
