@@ -501,27 +501,14 @@ def _percentiles(values: list[float]) -> dict:
 class Bench:
     """What every run shares: the model side, the clip, the output settings."""
 
-    def __init__(self, args, say: Callable[[str], None]):
-        from capture.assets import open_pack
-        from capture.assets.locate import cache_dir
-        from capture.avatar import load_avatar
-        from capture.crop import FaceDetector
-        from capture.deca import DECA
-
+    def __init__(self, args, say: Callable[[str], None], model_from: Optional["Bench"] = None):
+        """model_from: a bench whose model side (pack, networks, avatar) this one shares (`--sizes`)."""
         self.args, self.say = args, say
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise SystemExit("error: --device cuda: no CUDA GPU is visible to torch here")
-        self.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.pack = open_pack(args.assets)
-        say(self.pack.label)
-        from capture.sources import choose_source
-
-        self.codes_from, why = choose_source(args.codes_from, self.pack.synthetic)
-        say(f"codes from {self.codes_from} ({why})")
-        self.deca = DECA.from_pack(self.pack, device=self.device)
-        with FaceDetector() as detector:
-            self.avatar, _ = load_avatar(self.deca, args.target, detector, cache_dir() / "avatars", "auto",
-                                         self.codes_from)
+        if model_from is not None:
+            self.device, self.pack, self.codes_from = model_from.device, model_from.pack, model_from.codes_from
+            self.deca, self.avatar = model_from.deca, model_from.avatar
+        else:
+            self._load_model(args, say)
         size = parse_size(args.size)
         if args.input == "synthetic":
             self.clip = synthetic_clip(self.deca, args.frames, size, say)
@@ -535,6 +522,30 @@ class Bench:
         self.compare_at = set(np.linspace(0, self.n_frames - 1, min(COMPARE_FRAMES, self.n_frames)).round().astype(int))
         self._calibration: Optional[np.ndarray] = None
         self.sync = torch.cuda.synchronize if self.device.type == "cuda" else None
+
+    def _load_model(self, args, say: Callable[[str], None]) -> None:
+        from capture.assets import open_pack
+        from capture.assets.locate import cache_dir
+        from capture.avatar import load_avatar
+        from capture.crop import FaceDetector
+        from capture.deca import DECA
+        from capture.sources import choose_source
+
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("error: --device cuda: no CUDA GPU is visible to torch here")
+        self.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.pack = open_pack(args.assets)
+        say(self.pack.label)
+        self.codes_from, why = choose_source(args.codes_from, self.pack.synthetic)
+        say(f"codes from {self.codes_from} ({why})")
+        self.deca = DECA.from_pack(self.pack, device=self.device)
+        with FaceDetector() as detector:
+            self.avatar, _ = load_avatar(self.deca, args.target, detector, cache_dir() / "avatars", "auto",
+                                         self.codes_from)
+
+    @property
+    def size_text(self) -> str:
+        return f"{self.info['width']}x{self.info['height']}"
 
     # INT8 calibration crops come from another rendering of the performer (other size and framing),
     # never from the benchmarked frames.
@@ -984,6 +995,50 @@ def run_blocks(bench: "Bench", folder: Path, backends: list[str], make: Callable
     return eager_result, results, serial_runs, engines_by_name
 
 
+def run_scaling(benches: list["Bench"], folder: Path, backends: list[str], make: Callable[[str], Engines],
+                say: Callable[[str], None]) -> tuple:
+    """`--sizes`: each backend's product path at every size, in chunks, round robin (backend A at size 1 chunk 0,
+    A at size 2 chunk 0, ..., then chunk 1, ...), so that a size's ratio to the first size is a median of chunk
+    ratios taken back to back. Returns ({backend: {size: result}}, {backend: engines})."""
+    paths: list[tuple[str, str, PipelinePath]] = []
+    engines_by_name: dict[str, Engines] = {}
+    try:
+        for name in backends:
+            engines_by_name[name] = engines = make(name)
+            for bench in benches:
+                sub = folder / bench.size_text
+                sub.mkdir(exist_ok=True)
+                say(f"{name} at {bench.size_text}: {engines.description}: warming up")
+                paths.append((name, bench.size_text, bench.open_pipeline(engines, sub)))
+        first = benches[0]
+        first._gpu_reset()
+        sizes = chunk_sizes(first.n_frames, first.args.chunk)
+        say(f"{first.n_frames} frames at each size in {len(sizes)} chunk(s) of ~{sizes[0]}, interleaved")
+        for k, n in enumerate(sizes):
+            say(f"  chunk {k + 1}/{len(sizes)} FPS: "
+                + ", ".join(f"{name} {size} {path.chunk(n).fps:.2f}" for name, size, path in paths))
+        results: dict[str, dict[str, RunResult]] = {}
+        for name, size, path in paths:
+            results.setdefault(name, {})[size] = path.finish()
+        paths = []
+    finally:
+        for _, _, path in paths:  # an error: stop what is still running
+            with contextlib.suppress(Exception):
+                path.close()
+    return results, engines_by_name
+
+
+def scaling_entry(result: RunResult, first: RunResult) -> dict:
+    """A size's JSON entry with its FPS ratio to the first size (median of the paired chunk ratios)."""
+    entry = result.to_json()
+    paired = paired_ratios(result, first) if result.chunk_fps and first.chunk_fps else None
+    entry["ratio_to_first"] = paired["median"] if paired else round(result.fps / first.fps, 3)
+    entry["ratio_to_first_whole_run"] = round(result.fps / first.fps, 3)
+    if paired:
+        entry["ratio_chunks"] = paired
+    return entry
+
+
 BUSY_LOAD_PER_CPU = 0.5  # load average (1 min) before the run, per usable CPU, above which others are busy
 BUSY_SPREAD = 0.25  # interquartile range of the chunk ratios relative to their median
 EAGER_CPU_SWING = 1.5  # largest / smallest CPU time per frame of the eager reference's chunks
@@ -1181,6 +1236,9 @@ def _cell(stages: dict, name: str) -> str:
 def format_tables(report: dict) -> str:
     runs = (([report["eager"]] if report.get("eager") else []) + list(report.get("serial", {}).values())
             + list(report["backends"].values()))
+    if report.get("scaling"):  # every size's run, its stages and end to end
+        runs = [dict(r, backend=f"{name} {size}") for name, by_size in report["scaling"]["backends"].items()
+                for size, r in by_size.items()]
     names = [r["backend"] for r in runs]
     width = max(14, *(len(n) + 2 for n in names))
     lines = ["per stage, median/p95 ms (stages of one frame; in the pipeline they overlap across threads)",
@@ -1208,7 +1266,7 @@ def format_tables(report: dict) -> str:
         lines.append(f"{r['backend']:<24}{r['fps']:>7.2f}{ratio_text:>9}{robust_text:>10}{lat_text:>20}"
                      f"{r['cpu_ms_per_frame']:>14.0f}"
                      f"{r['peak_rss_mb']:>13.0f}  {r['description']}")
-    chunked = [r for r in runs if r.get("ratio_chunks")]
+    chunked = [r for r in runs if r.get("ratio_chunks") and r.get("ratio_to_eager")]
     if chunked:
         lines.append("x eager: median over chunks of the FPS ratio to the eager reference on the same frames, run "
                      "back to back (interquartile range / median: "
@@ -1245,6 +1303,8 @@ def format_tables(report: dict) -> str:
         lines.append(f"long run ({lg['backend']}): {lg['frames']} frames at {lg['fps']:.1f} FPS, RSS "
                      f"{lg['rss_after_warmup_mb']} -> {lg['rss_end_mb']} MB after warm-up: growth {lg['growth_mb']} MB "
                      f"(slope {lg['slope_mb_per_1k_frames']} MB / 1k frames)")
+    if report.get("scaling"):
+        lines += _scaling_lines(report)
     priority = report.get("priority")
     if priority:
         lines.append(f"priority: nice {priority['nice']} while measuring" if priority["raised"] else
@@ -1256,6 +1316,25 @@ def format_tables(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _scaling_lines(report: dict) -> list[str]:
+    sc = report["scaling"]
+    lines = ["", f"scaling: {report['layout']}, codes from {report.get('codes_from')}, every size's chunks interleaved "
+             "with the others'",
+             f"{'backend':<24}{'size':>11}{'FPS':>8}{'x first':>9}{'latency med/p95 ms':>20}{'CPU ms/frame':>14}"
+             f"{'chunk spread':>14}"]
+    for name, runs in sc["backends"].items():
+        for size, r in runs.items():
+            lat = r["latency_ms"]
+            lat_text = "-" if lat["median"] is None else "{:.0f}/{:.0f}".format(lat["median"], lat["p95"])
+            spread = r.get("ratio_chunks", {}).get("iqr_relative")
+            spread_text = "-" if size == sc["sizes"][0] or spread is None else f"{100 * spread:.0f} %"
+            lines.append(f"{name:<24}{size:>11}{r['fps']:>8.2f}{r['ratio_to_first']:>9.2f}{lat_text:>20}"
+                         f"{r['cpu_ms_per_frame']:>14.0f}{spread_text:>14}")
+    lines.append("x first: median over chunks of the FPS ratio to the first size, the chunks run back to back "
+                 "(chunk spread: their interquartile range / median); peak RSS is the process's, every size loaded")
+    return lines
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=prog("capture-fps", "capture.fps"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1265,6 +1344,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--backends", default="all",
                         help=f"comma list from {', '.join(ALL_BACKENDS)}, or 'all' present here (default)")
     parser.add_argument("--size", default="640x360", help="synthetic clip size WxH (default 640x360)")
+    parser.add_argument("--sizes", default=None, metavar="WxH,...",
+                        help="scaling: the backends' product path at each synthetic clip size instead, interleaved "
+                             "in chunks; each size's FPS ratio to the first is the median of the paired chunk "
+                             "ratios (e.g. 640x360,1280x720,1920x1080; no eager reference)")
     parser.add_argument("--json", default=None, metavar="OUT", help="write the numbers as JSON")
     parser.add_argument("--long", action="store_true", help="then run --long-frames frames and report memory growth")
     parser.add_argument("--long-frames", type=int, default=10_000)
@@ -1307,6 +1390,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--frames must be >= 1")
     if args.chunk < 1:
         parser.error("--chunk must be >= 1")
+    if args.sizes is not None:
+        try:
+            args.sizes = [f"{w}x{h}" for w, h in (parse_size(t) for t in args.sizes.split(",") if t.strip())]
+        except (ValueError, SystemExit):
+            parser.error(f"--sizes {args.sizes}: expected a comma list of WxH")
+        if len(args.sizes) < 2 or len(set(args.sizes)) != len(args.sizes):
+            parser.error("--sizes: two or more different sizes")
+        if args.live or args.input != "synthetic" or args.serial or args.long:
+            parser.error("--sizes runs the synthetic clip offline: no --live, --input, --serial or --long")
+        args.size, args.no_eager = args.sizes[0], True
     return args
 
 
@@ -1364,7 +1457,20 @@ def measure(args: argparse.Namespace, argv, priority: dict, others: RunnableOthe
 
     with tempfile.TemporaryDirectory(prefix="capture-fps-") as tmp:
         folder = Path(tmp)
-        if args.live:
+        if args.sizes:
+            benches = [bench] + [Bench(argparse.Namespace(**dict(vars(args), size=other)), say, model_from=bench)
+                                 for other in args.sizes[1:]]
+            by_size, engines_by_name = run_scaling(benches, folder, backends, make, say)
+            report["scaling"] = {"sizes": args.sizes, "backends": {}}
+            for name, runs in by_size.items():
+                first = runs[args.sizes[0]]
+                report["scaling"]["backends"][name] = {
+                    size: dict(scaling_entry(result, first), codes_from=bench.codes_from, resolution=size)
+                    for size, result in runs.items()}
+                report["backends"][name] = add(first.to_json(), bench.codes_from)
+                say(f"{name}: " + ", ".join(f"{size} {r.fps:.2f} FPS" for size, r in runs.items()))
+            eager, results, serial_runs = None, {}, {}
+        elif args.live:
             # Live: each path alone, its input paced at the clip's rate (a camera); latency is what matters
             # there and a path's FPS is capped by the input rate, so paths are not interleaved.
             eager, results, serial_runs, engines_by_name = run_blocks(bench, folder, backends, make, args.serial,

@@ -253,6 +253,32 @@ def test_fps_runs_and_writes_every_stage_with_ratios(tmp_path, demo_pack_dir, ca
     assert "eager" in printed and "x eager" in printed and printed.rstrip().splitlines()[-1].strip()
 
 
+@pytest.mark.slow
+def test_fps_sizes_interleave_the_sizes_and_give_paired_ratios(tmp_path, demo_pack_dir, capsys):
+    fps = _load_fps()
+    out = tmp_path / "scaling.json"
+    code = fps.main(["--frames", "4", "--chunk", "2", "--backends", "torch", "--sizes", "192x128,256x192",
+                     "--warmup", "1", "--json", str(out), "--quiet"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["eager"] is None and report["scaling"]["sizes"] == ["192x128", "256x192"]
+    runs = report["scaling"]["backends"]["torch"]
+    small, large = runs["192x128"], runs["256x192"]
+    assert (small["resolution"], large["resolution"]) == ("192x128", "256x192")
+    assert small["frames"] == large["frames"] == 4 and len(small["chunk_fps"]) == len(large["chunk_fps"]) == 2
+    assert small["ratio_to_first"] == 1.0
+    paired = [a / b for a, b in zip(large["chunk_fps"], small["chunk_fps"])]
+    assert large["ratio_to_first"] == pytest.approx(float(np.median(paired)), rel=1e-2)
+    assert large["stages"]["rasterize"]["count"] >= 1 and large["codes_from"] == "landmarks"
+    assert report["backends"]["torch"]["resolution"] == "192x128"  # the first size, where plain runs keep it
+    printed = capsys.readouterr().out
+    assert "scaling:" in printed and "256x192" in printed
+    with pytest.raises(SystemExit):
+        fps.parse_args(["--sizes", "640x360"])  # one size is no scaling
+    with pytest.raises(SystemExit):
+        fps.parse_args(["--sizes", "640x360,1280x720", "--live"])
+
+
 def test_chunk_sizes_cover_the_clip():
     fps = _load_fps()
     assert fps.chunk_sizes(200, 25) == [25] * 8
