@@ -26,7 +26,9 @@ with the same settings; outputs are compared with the eager reference's (codes a
 that changed the picture shows. Per stage: median and p95 ms; end to end: FPS, frame-in -> frame-out latency,
 peak RSS (and GPU memory); then the ratio of each backend to the eager reference. The table is printed last;
 `--json OUT` writes the same numbers. `--long` then runs >= 10k frames (the synthetic clip looped) through the
-first backend and reports memory growth.
+first backend and reports memory growth. `--sizes A,B,...` runs each backend's product path at every size instead
+(the synthetic clip rendered at each), the sizes' chunks interleaved, and reports each size's FPS ratio to the
+first as the median of the paired chunk ratios: the scaling table.
 
 Input `synthetic` (default): the demo pack's performer clip (`capture.demo.render_performer_clip`: the demo
 head wearing the astronaut photo, known jaw/expression/yaw motion, MediaPipe detects it), rendered once and
