@@ -470,6 +470,7 @@ class RunResult:
     rss_series: list = field(default_factory=list)  # long runs: [frames done, RSS MB]
     chunk_fps: list = field(default_factory=list)  # interleaved runs: FPS of each chunk, in order
     chunk_cpu_ms: list = field(default_factory=list)  # interleaved runs: process CPU ms per frame of each chunk
+    stage_cpu_ms: dict = field(default_factory=dict)  # pipelined runs: mean CPU ms of each step's own thread
 
     def to_json(self) -> dict:
         return {"backend": self.name, "description": self.description, "frames": self.frames,
@@ -480,7 +481,8 @@ class RunResult:
                 "cores_busy": round(self.cpu_s / self.wall_s, 2) if self.wall_s else None,
                 "dropped": self.dropped, "settings": self.settings,
                 "fps_from_stage_medians": None if self.fps_from_medians is None else round(self.fps_from_medians, 3),
-                "chunk_fps": self.chunk_fps, "chunk_cpu_ms_per_frame": self.chunk_cpu_ms}
+                "chunk_fps": self.chunk_fps, "chunk_cpu_ms_per_frame": self.chunk_cpu_ms,
+                "stage_cpu_ms": self.stage_cpu_ms}
 
 
 def _cpu_seconds() -> float:
@@ -820,7 +822,7 @@ class PipelinePath:
         settings = dict(engines.settings, torch_threads=self.threads, depth=bench.args.depth, live=False,
                         chunk=bench.args.chunk)
         self.result = RunResult(engines.name, engines.description, 0, 0.0, 0.0, {}, {}, 0.0, None, settings)
-        self.times = StepTimes(sync=bench.sync)
+        self.times = StepTimes(sync=bench.sync, cpu=True)
         self.session = bench.session(engines, times=self.times)
         self.writer = bench.writer(folder, self.session, engines.name)
         self.source = bench.frames(bench.n_frames)
@@ -848,9 +850,9 @@ class PipelinePath:
     def _timed(self, name: str, fn: Callable) -> Callable:
         def run(item):
             self._gate()
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             out = fn(item)
-            self.times.add(name, time.perf_counter() - t)
+            self.times.add(name, time.perf_counter() - t, time.thread_time() - c)
             return out
         return run
 
@@ -858,11 +860,11 @@ class PipelinePath:
         frames = iter(self.source)
         while True:
             self._gate()
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             frame = next(frames, None)
             if frame is None:
                 return
-            self.times.add("decode", time.perf_counter() - t)
+            self.times.add("decode", time.perf_counter() - t, time.thread_time() - c)
             yield frame
 
     def _run(self) -> None:
@@ -875,9 +877,9 @@ class PipelinePath:
 
     def _sink(self, out) -> None:
         self._gate()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         self.writer.write(out.image, out.frame.pts, out.frame.time_base)
-        self.times.add("encode", time.perf_counter() - t)
+        self.times.add("encode", time.perf_counter() - t, time.thread_time() - c)
         arrived = self.source.arrived.pop(out.frame.index)
         if arrived >= self._resumed:
             self.latencies.append(time.perf_counter() - arrived)
@@ -924,6 +926,7 @@ class PipelinePath:
         _fill_from_chunks(result, self.chunks, self.latencies, self.peak_rss, self.bench._gpu_peak())
         result.dropped = self._stats.dropped
         result.stages = {k: _stage_json(v) for k, v in self.times.stats().items()}
+        result.stage_cpu_ms = {k: round(v, 3) for k, v in self.times.cpu_ms().items()}
         return result
 
 
@@ -1248,6 +1251,13 @@ def format_tables(report: dict) -> str:
     extra = [k for r in runs for k in r["stages"] if k not in STAGES]
     for stage in list(STAGES) + sorted(set(extra), key=extra.index):
         lines.append(f"{stage:<16}" + "".join(f"{_cell(r['stages'], stage):>{width}}" for r in runs))
+    cpu_steps = [k for r in runs for k in r.get("stage_cpu_ms", {})]
+    if cpu_steps:
+        lines += ["per stage, mean CPU ms of the thread running it (pipelined runs; what an encoder's, ONNX Runtime's "
+                  "or MediaPipe's own threads do for it is not counted)"]
+        for stage in sorted(set(cpu_steps), key=lambda k: (list(STAGES) + cpu_steps).index(k)):
+            cells = [r.get("stage_cpu_ms", {}).get(stage) for r in runs]
+            lines.append(f"{stage:<16}" + "".join(f"{'-' if c is None else f'{c:.1f}':>{width}}" for c in cells))
     m, inp = report["machine"], report["input"]
     gpu = f", {m['gpu']['name']}" if m.get("gpu") else ""
     lines += ["", f"end to end: {inp['frames_run']} frames {inp['width']}x{inp['height']} -> {report['layout']}, "

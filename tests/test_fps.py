@@ -151,6 +151,24 @@ def test_step_times_record_and_no_times_is_free():
     assert stats["a"].count == 3 and stats["b"].median_ms == pytest.approx(500.0)
     with no_times("anything"):
         pass
+    assert times.cpu_ms() == {}  # CPU time only when asked for
+
+
+def test_step_times_cpu_counts_the_threads_work_not_its_sleep():
+    import time
+
+    times = StepTimes(cpu=True)
+    with times("sleep"):
+        time.sleep(0.05)
+    with times("work"):
+        end = time.thread_time() + 0.03
+        while time.thread_time() < end:
+            pass
+    times.add("given", 0.2, 0.1)
+    times.add("given", 0.2, 0.3)
+    cpu = times.cpu_ms()
+    assert cpu["sleep"] < 10 and cpu["work"] >= 30 and cpu["given"] == pytest.approx(200.0)
+    assert times.stats()["sleep"].median_ms >= 50
 
 
 def test_int8_quantisation_of_a_small_graph(tmp_path):
@@ -249,6 +267,7 @@ def test_fps_runs_and_writes_every_stage_with_ratios(tmp_path, demo_pack_dir, ca
     assert torch_run["resolution"] == report["eager"]["resolution"] == "256x192"
     assert isinstance(report["machine_load"]["busy"], bool)
     assert torch_run["vs_eager"]["frames_compared"] >= 1
+    assert {"decode", "crop", "rasterize", "encode", "stage draw"} <= set(torch_run["stage_cpu_ms"])
     printed = capsys.readouterr().out
     assert "eager" in printed and "x eager" in printed and printed.rstrip().splitlines()[-1].strip()
 

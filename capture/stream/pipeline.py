@@ -122,32 +122,45 @@ class StepTimes:
 
     sync: called before each clock reading (e.g. `torch.cuda.synchronize`) so that asynchronous device work
     is charged to the step that queued it; leave None on the CPU. Steps recorded by different threads may
-    overlap in time: their sum is work, not wall time.
+    overlap in time: their sum is work, not wall time. cpu: also record the CPU time of the thread that runs
+    each step (`cpu_ms`; what other threads do for it, an encoder's or ONNX Runtime's, is not counted).
     """
 
-    def __init__(self, sync: Callable[[], Any] | None = None):
+    def __init__(self, sync: Callable[[], Any] | None = None, cpu: bool = False):
         self._sync = sync
+        self._cpu = cpu
         self._timers: dict[str, _Timer] = {}
+        self._cpu_totals: dict[str, list[float]] = {}  # name -> [seconds, count]
         self._lock = threading.Lock()
 
-    def add(self, name: str, seconds: float) -> None:
+    def add(self, name: str, seconds: float, cpu_seconds: float | None = None) -> None:
         timer = self._timers.get(name)
         if timer is None:
             with self._lock:
                 timer = self._timers.setdefault(name, _Timer(name))
         timer.add(seconds)
+        if cpu_seconds is not None:
+            with self._lock:
+                total = self._cpu_totals.setdefault(name, [0.0, 0])
+                total[0] += cpu_seconds
+                total[1] += 1
 
     @contextlib.contextmanager
     def __call__(self, name: str):
         if self._sync is not None:
             self._sync()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time() if self._cpu else None
         try:
             yield
         finally:
             if self._sync is not None:
                 self._sync()
-            self.add(name, time.perf_counter() - t)
+            self.add(name, time.perf_counter() - t, None if c is None else time.thread_time() - c)
+
+    def cpu_ms(self) -> dict[str, float]:
+        """Mean CPU ms of the running thread per step, for the steps recorded with CPU time."""
+        with self._lock:
+            return {name: 1e3 * total / count for name, (total, count) in self._cpu_totals.items() if count}
 
     def stats(self) -> dict[str, StageStats]:
         with self._lock:
