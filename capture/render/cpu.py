@@ -15,8 +15,10 @@ Kernels (`CpuRasterizer(kernel=...)`):
 - "torch": pure vectorised torch. For every (triangle, bounding-box row) the exact span of covered pixel
   centres is solved from the three integer edge inequalities; only covered pixels are expanded (in
   chunks), and the z-buffer is resolved with two scatter-min passes (depth, then face index).
-- "c": the same arithmetic in a small C loop (`capture.compiled`: compiled with the system C compiler on
-  first use, cached in the capture cache dir); about 10x faster. Bit-identical results (no FMA contraction).
+- "c": the same arithmetic in a small C loop, one triangle at a time, each bounding-box row's exact span of
+  covered centres solved from the edge inequalities in integers (no per-pixel coverage test: 3.6 -> 2.7 ms for
+  the demo head at 720p) (`capture.compiled`: compiled with the system C compiler on first use, cached in the
+  capture cache dir); about 10x faster than "torch". Bit-identical results (no FMA contraction).
 - "auto" (default): "c" when it compiles, else "torch" (logged once).
 """
 from __future__ import annotations
@@ -250,14 +252,27 @@ int capture_rasterize(int64_t B, int64_t V, int64_t F, int64_t H, int64_t W, int
             if (cmax > W - 1) cmax = W - 1;
             if (rmax > H - 1) rmax = H - 1;
             const double za = Z[i0], zb = Z[i1], zc = Z[i2], inv = 1.0 / (double)area;
+            const int64_t s0 = A[0] * S, s1 = A[1] * S, s2 = A[2] * S;
+            const int64_t sk[3] = {s0, s1, s2};
             for (int64_t r = rmin; r <= rmax; ++r) {
                 const int64_t py = r * S;
-                int64_t e0 = A[0] * (cmin * S - xa[0]) + G[0] * (py - ya[0]);
-                int64_t e1 = A[1] * (cmin * S - xa[1]) + G[1] * (py - ya[1]);
-                int64_t e2 = A[2] * (cmin * S - xa[2]) + G[2] * (py - ya[2]);
-                const int64_t s0 = A[0] * S, s1 = A[1] * S, s2 = A[2] * S;
-                for (int64_t c = cmin; c <= cmax; ++c, e0 += s0, e1 += s1, e2 += s2) {
-                    if (e0 < bias[0] || e1 < bias[1] || e2 < bias[2]) continue;
+                const int64_t E[3] = {A[0] * (cmin * S - xa[0]) + G[0] * (py - ya[0]),
+                                      A[1] * (cmin * S - xa[1]) + G[1] * (py - ya[1]),
+                                      A[2] * (cmin * S - xa[2]) + G[2] * (py - ya[2])};
+                /* the exact span of columns c - cmin in [lo, hi] where every edge function reaches its bias */
+                int64_t lo = 0, hi = cmax - cmin;
+                for (int k = 0; k < 3 && lo <= hi; ++k) {
+                    const int64_t need = bias[k] - E[k];  /* e_k(t) = E_k + s_k t >= bias_k  <=>  s_k t >= need */
+                    if (sk[k] > 0) {
+                        if (need > 0) { const int64_t t = (need + sk[k] - 1) / sk[k]; if (t > lo) lo = t; }
+                    } else if (sk[k] < 0) {
+                        if (need > 0) { hi = -1; break; }
+                        const int64_t t = (-need) / (-sk[k]); if (t < hi) hi = t;
+                    } else if (need > 0) { hi = -1; break; }
+                }
+                if (lo > hi) continue;
+                int64_t e0 = E[0] + s0 * lo, e1 = E[1] + s1 * lo, e2 = E[2] + s2 * lo;
+                for (int64_t c = cmin + lo; c <= cmin + hi; ++c, e0 += s0, e1 += s1, e2 += s2) {
                     const double zz = ((double)e0 * za + (double)e1 * zb + (double)e2 * zc) * inv;
                     if (!(zz >= near_z && zz <= far_z)) continue;
                     const int64_t idx = r * W + c;
