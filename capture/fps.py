@@ -649,7 +649,7 @@ class Bench:
                         live=self.args.live)
         try:
             self.warm_up(engines, reference=False)
-            times = StepTimes(sync=self.sync)
+            times = StepTimes(sync=self.sync, cpu=True)  # the steps inside the stages; the stages' own in wall time
             session = self.session(engines, times=times)
             writer = self.writer(folder, session, engines.name)
             source = self.frames(n_frames, pace=self.args.live)
@@ -684,6 +684,7 @@ class Bench:
         for name, s in stats.stages.items():
             stages[_PIPELINE_STAGE_NAMES[name]] = _stage_json(s)
         result.stages = stages
+        result.stage_cpu_ms = {k: round(v, 3) for k, v in times.cpu_ms().items()}
         result.latency_ms = _percentiles(latencies)
         result.peak_rss_mb, result.peak_gpu_mb = peak.peak, self._gpu_peak()
         return result
