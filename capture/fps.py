@@ -1406,8 +1406,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.sizes is not None:
         try:
             args.sizes = [f"{w}x{h}" for w, h in (parse_size(t) for t in args.sizes.split(",") if t.strip())]
-        except (ValueError, SystemExit):
-            parser.error(f"--sizes {args.sizes}: expected a comma list of WxH")
+        except SystemExit as exc:  # parse_size's one line, about this size
+            parser.error(str(exc).replace("error: --size", "--sizes", 1))
         if len(args.sizes) < 2 or len(set(args.sizes)) != len(args.sizes):
             parser.error("--sizes: two or more different sizes")
         if args.live or args.input != "synthetic" or args.serial or args.long:
