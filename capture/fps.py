@@ -90,15 +90,11 @@ def cpu_model() -> str:
 
 
 def machine_info(device: torch.device) -> dict:
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {"cpu": cpu_model(), "nproc": usable, "logical_cpus": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "memory_gb": _memory_gb(), "device": str(device), "gpu": None}
-    try:
-        from capture.backends.onnxruntime_backend import physical_cores
+    from capture.cpus import physical_cores, usable_cpus
 
-        info["physical_cores"] = physical_cores()
-    except Exception:  # noqa: BLE001 - informative only
-        pass
+    info = {"cpu": cpu_model(), "nproc": len(usable_cpus()), "logical_cpus": os.cpu_count(),
+            "physical_cores": physical_cores(), "platform": platform.platform(),
+            "python": platform.python_version(), "memory_gb": _memory_gb(), "device": str(device), "gpu": None}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info["gpu"] = {"name": props.name, "memory_gb": round(props.total_memory / 2**30, 1),
@@ -1462,10 +1458,8 @@ def measure(args: argparse.Namespace, argv, priority: dict, others: RunnableOthe
     }
     make = lambda name: make_engines(name, bench.pack, bench.device, args, bench.calibration,  # noqa: E731
                                      bench.codes_from)
-    size = f"{bench.info['width']}x{bench.info['height']}"
-
     def add(entry: dict, codes_from: str) -> dict:
-        entry["codes_from"], entry["resolution"] = codes_from, size
+        entry["codes_from"], entry["resolution"] = codes_from, bench.size_text
         return entry
 
     with tempfile.TemporaryDirectory(prefix="capture-fps-") as tmp:

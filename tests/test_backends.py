@@ -21,7 +21,8 @@ from capture.backends import (
     TorchBackend,
     make_backend,
 )
-from capture.backends.onnxruntime_backend import physical_cores, pipeline_threads, session_options
+from capture.backends.onnxruntime_backend import pipeline_threads, session_options
+from capture.cpus import physical_cores
 from capture.nets import graph_spec
 from test_export import EXPECTED_IO, export_once, memory_pack, reference_input, reference_output, rel_err
 

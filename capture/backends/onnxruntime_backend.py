@@ -5,36 +5,14 @@ into the per-weights cache folder (`capture.export.ensure_onnx`).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 import torch
 
+from ..cpus import physical_cores
 from .base import Backend, BackendUnavailable
-
-
-def physical_cores() -> int:
-    """Physical cores this process may use (hyper-threads share one core's FPUs, so ORT gains nothing from
-    them); falls back to the usable logical CPUs when /proc/cpuinfo says nothing."""
-    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    cores, processor, phys = {}, None, None
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                key, value = key.strip(), value.strip()
-                if key == "processor":
-                    processor = int(value)
-                elif key == "physical id":
-                    phys = value
-                elif key == "core id" and processor is not None:
-                    cores[processor] = (phys, value)
-    except OSError:
-        return max(1, len(usable))
-    found = {cores[p] for p in usable if p in cores}
-    return max(1, len(found) if found else len(usable))
 
 
 def _ort():

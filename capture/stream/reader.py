@@ -25,6 +25,8 @@ from typing import Iterator
 
 import numpy as np
 
+from ..cpus import usable_cpus
+
 try:
     import av
 except ImportError:  # a machine without PyAV (e.g. the bare GPU machine): Frame and VideoError still import,
@@ -81,8 +83,7 @@ def codec_threads() -> int:
     """Threads for a decoder or encoder inside the pipeline: half the usable CPUs. The codec shares them with the
     pipeline's other busy stages; FFmpeg's and x264's own choice (about 1.5 x CPUs, frame-parallel) costs ~10 % more
     CPU a frame on 2 cores (x264 at 2560x720, H.264 decoding at 1280x720) for no more frames."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, usable // 2)
+    return max(1, len(usable_cpus()) // 2)
 
 
 def display_rotation(frame_rotation_ccw: float) -> int:
@@ -178,7 +179,8 @@ class VideoReader:
                 raise VideoError(f"{self.path}: no video stream (streams found: {', '.join(kinds or ['none'])});"
                                  " an audio file is not a video")
             self._stream = videos[0]
-            # Frame+slice threading: decode throughput matters here, latency does not (that is the camera).
+            # Frame+slice threading where codec_threads gives more than one: decode throughput matters here,
+            # latency does not (that is the camera).
             self._stream.thread_type = "AUTO"
             self._stream.thread_count = codec_threads()
             self.time_base: Fraction = self._stream.time_base or Fraction(1, 1_000_000)

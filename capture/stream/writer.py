@@ -120,6 +120,7 @@ def _fitting_encoders(path: str) -> list[str]:
 # drops the tree, makes files ~2x veryfast's. Any x264 preset name still means exactly that preset.
 REALTIME = "realtime"
 _REALTIME_X264 = {"preset": "superfast", "x264-params": "mbtree=1:rc-lookahead=10"}
+_X26X = ("libx264", "libx265")  # the encoders that take `preset` names and `threads`
 PRESETS = (REALTIME, "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
            "placebo")  # x264's and x265's names
 
@@ -134,7 +135,7 @@ def _encoder_options(codec: str, crf: int | None, preset: str | None) -> dict[st
         return opts
     if crf is not None:
         opts["crf"] = str(crf)
-    if codec in ("libx264", "libx265"):
+    if codec in _X26X:
         opts["threads"] = str(codec_threads())
     if preset == REALTIME:
         opts.update(_REALTIME_X264 if codec == "libx264" else {"preset": "superfast"})
@@ -203,7 +204,7 @@ class VideoWriter:
         check_writable(self.path)
         codec = codec or default_codec(self.path)
         self.codec = codec
-        if preset is not None and codec in ("libx264", "libx265") and preset not in PRESETS:
+        if preset is not None and codec in _X26X and preset not in PRESETS:
             raise VideoError(f"{self.path}: unknown {codec} preset {preset!r}; one of {', '.join(PRESETS)}")
         try:
             av.codec.Codec(codec, "w")
