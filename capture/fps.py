@@ -927,7 +927,7 @@ class PipelinePath:
         return result
 
 
-_PIPELINE_STAGE_NAMES = {"source": "decode", "sink": "encode", "crop": "crop", "codes": "stage codes+LBS",
+_PIPELINE_STAGE_NAMES = {"source": "decode", "sink": "encode", "crop": "crop", "codes": "stage codes",
                          "detail": "stage D_detail", "render": "stage draw"}
 
 

@@ -85,19 +85,22 @@ class FrameResult:
 
 @dataclass
 class Prepared:
-    """The geometry half of a frame (`AvatarRenderer.prepare`), handed to the drawing half (`finish`)."""
+    """One frame between the steps of `AvatarRenderer`: the merged codes (`merge`), then the posed mesh (`pose`),
+    then D_detail's map (`detail`), handed to the drawing (`finish`, which does any step still missing)."""
 
     codes: Codes  # merged codes, batch 1
-    vertices: torch.Tensor  # [B, V, 3] world (FLAME metres)
-    normals: torch.Tensor  # [B, V, 3] world vertex normals
-    screen: torch.Tensor  # [B, V, 3] NDC of the output frame
+    view: torch.Tensor  # [3, 3] frame pixels -> crop pixels, where the mesh is drawn
+    vertices: Optional[torch.Tensor] = None  # [B, V, 3] world (FLAME metres)
+    normals: Optional[torch.Tensor] = None  # [B, V, 3] world vertex normals
+    screen: Optional[torch.Tensor] = None  # [B, V, 3] NDC of the output frame
     uv_z: Optional[torch.Tensor] = None  # [B, 1, S, S] D_detail's map, when `AvatarRenderer.detail` made it
 
 
 class AvatarRenderer:
-    """Draws the avatar for one frame in the chosen layout. Not thread-safe per call, but `prepare` (merge, LBS),
-    `detail` (D_detail) and `finish` (shading, rasterising, compositing) may run in separate threads, one frame
-    apart. (With E_flame before `prepare`, this split gives the halves similar costs on a 2-core CPU.)
+    """Draws the avatar for one frame in the chosen layout. Not thread-safe per call, but `merge`, `detail` (LBS,
+    D_detail) and `finish` (shading, rasterising, compositing) may run in separate threads, one frame
+    apart: E_flame (or the landmark fit) and `merge` | `detail` | `finish` keep a 2-core CPU busy with no step
+    holding up the others.
 
     Every frame takes the same path (`capture.views`): pose the mesh, D_detail, rasterise, shade the covered
     pixels, composite in uint8. reference: draw its normals, detail normal map and lit pixels with DECA's
@@ -142,22 +145,34 @@ class AvatarRenderer:
     def codes_for(self, source: Codes) -> Codes:
         return merge_codes(source.to(self.device), self.avatar.codes, self.pose_mode)
 
-    # ------------------------------------------------------------------------------------ the three steps
-    @torch.inference_mode()
-    def prepare(self, source: Codes, image_to_crop: Optional[np.ndarray]) -> Prepared:
-        """Performer codes (batch 1) -> merged codes and the posed mesh (world and frame NDC)."""
-        return self._prepare_merged(self.codes_for(source), image_to_crop)
+    # ------------------------------------------------------------------------------------ the steps
+    def merge(self, source: Codes, image_to_crop: Optional[np.ndarray]) -> Prepared:
+        """Performer codes (batch 1) -> the merged codes and where they are drawn; no geometry yet."""
+        return self._merged(self.codes_for(source), image_to_crop)
 
-    def _prepare_merged(self, codes: Codes, image_to_crop: Optional[np.ndarray]) -> Prepared:
+    def _merged(self, codes: Codes, image_to_crop: Optional[np.ndarray]) -> Prepared:
         if self.layout == "overlay" and image_to_crop is not None:
-            T = torch.as_tensor(image_to_crop, dtype=torch.float32, device=self.device)
+            view = torch.as_tensor(image_to_crop, dtype=torch.float32, device=self.device)
         else:
-            T = self._view_T
-        with self._times("LBS"):
-            vertices = self._posed(codes)
-            normals = self.drawing.normals(vertices)
-            screen = crop_to_image_ndc(orthographic(vertices, codes.cam), T, INPUT_SIZE, self.frame_size)
-        return Prepared(codes=codes, vertices=vertices, normals=normals, screen=screen)
+            view = self._view_T
+        return Prepared(codes=codes, view=view)
+
+    @torch.inference_mode()
+    def pose(self, prepared: Prepared) -> Prepared:
+        """LBS: the posed mesh of a merged frame (world and frame NDC), once."""
+        if prepared.vertices is None:
+            codes = prepared.codes
+            with self._times("LBS"):
+                vertices = self._posed(codes)
+                prepared.normals = self.drawing.normals(vertices)
+                prepared.screen = crop_to_image_ndc(orthographic(vertices, codes.cam), prepared.view, INPUT_SIZE,
+                                                    self.frame_size)
+                prepared.vertices = vertices
+        return prepared
+
+    def prepare(self, source: Codes, image_to_crop: Optional[np.ndarray]) -> Prepared:
+        """`merge` and `pose` in one call."""
+        return self.pose(self.merge(source, image_to_crop))
 
     def _posed(self, codes: Codes) -> torch.Tensor:
         """FLAME's vertices [B, V, 3] for merged codes: through the target's shaped model when the codes carry
@@ -188,8 +203,9 @@ class AvatarRenderer:
 
     @torch.inference_mode()
     def detail(self, prepared: Prepared) -> Prepared:
-        """D_detail for a prepared frame: a step of its own, so that a pipeline can give it a thread between
-        `prepare` and `finish` (which runs it when this was skipped)."""
+        """LBS (when not done yet) and D_detail for a merged frame: a step of its own, so that a pipeline can give
+        it a thread between `merge` and `finish` (which does both when this was skipped)."""
+        self.pose(prepared)
         prepared.uv_z = self._displacement(prepared.codes)
         return prepared
 
@@ -211,11 +227,12 @@ class AvatarRenderer:
     @torch.inference_mode()
     def draw(self, codes: Codes, image_to_crop: Optional[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Merged codes -> (colour [1, 3, H, W] in 0..1, alpha [1, 1, H, W]) in frame coordinates."""
-        lit, alpha = self._lit_pixels(self._prepare_merged(codes, image_to_crop)).images()
+        lit, alpha = self._lit_pixels(self.pose(self._merged(codes, image_to_crop))).images()
         return lit.clamp(0, 1), alpha
 
     # ------------------------------------------------------------------------------------ drawing
     def _lit_pixels(self, prepared: Prepared) -> LitPixels:
+        self.pose(prepared)
         uv_z = prepared.uv_z if prepared.uv_z is not None else self._displacement(prepared.codes)
         with self._times("rasterize"):
             fragments = self.drawing.rasterize(self.rasterizer, prepared.screen, self.frame_size)

@@ -2,8 +2,10 @@
 
 `RetargetSession` owns the stateful parts (face tracker, code filter, the hold-on-miss logic, the avatar
 renderer); `capture.video` and `capture.live` only wire it between a reader and a writer / preview.
-`infer` is also available as two halves, `infer_codes` (E_flame, merge, LBS) and `render_codes` (D_detail,
-shading, rasterising, compositing), so that two pipeline stages can keep two cores busy.
+`infer` is also available as three steps, `infer_codes` (E_flame or the landmark fit, merge), `detail_codes` (LBS,
+D_detail) and `render_codes` (shading, rasterising, compositing), so that pipeline stages can keep two cores busy.
+LBS goes with the lighter of its neighbours: after the landmark fit (~5 ms), before D_detail when the codes
+stage runs E_flame (~25 ms INT8).
 """
 from __future__ import annotations
 
@@ -140,9 +142,10 @@ class RetargetSession:
     @property
     def stages(self) -> list[tuple[str, Callable]]:
         """The per-frame work as pipeline stages, in order, for `capture.stream.pipeline.Pipeline` (video, live
-        and benchmarks/fps.py all run these): face tracking and the crop | codes, merge and LBS | D_detail |
-        shading, rasterising and compositing. D_detail has a stage of its own: it is the largest single step,
-        and beside the others it would hold up the whole pipeline on a 2-core CPU."""
+        and benchmarks/fps.py all run these): face tracking and the crop | codes and merge | (LBS and) D_detail |
+        shading, rasterising and compositing. E_flame and D_detail, the two largest steps, are in stages of
+        their own: beside the others either would hold up the whole pipeline on a 2-core CPU (a stage's time
+        bounds the FPS however idle the other core is)."""
         return [("crop", self.crop), ("codes", self.infer_codes), ("detail", self.detail_codes),
                 ("render", self.render_codes)]
 
@@ -151,13 +154,15 @@ class RetargetSession:
         return self.render_codes(self.detail_codes(self.infer_codes(item)))
 
     def detail_codes(self, result: "CodesResult") -> "CodesResult":
-        """Third stage: D_detail on the frame's jaw and expression (nothing for a frame passed through)."""
+        """Third stage: LBS (unless done after the fit) and D_detail on the frame's jaw and expression (nothing
+        for a frame passed through)."""
         if result.prepared is not None:
             self.renderer.detail(result.prepared)
         return result
 
     def infer_codes(self, item: CropResult) -> CodesResult:
-        """First half: E_flame (or the held codes), the code filter, merge, LBS."""
+        """Second stage: E_flame or the landmark fit (or the held codes), the code filter, merge (and LBS after
+        the fit)."""
         frame = item.frame
         self.counters.frames += 1
         held = False
@@ -183,11 +188,13 @@ class RetargetSession:
                 if self.filter is not None:
                     self.filter.reset()  # the next face starts fresh, without gliding from the old one
                 self.source.reset()
-        prepared = None if codes is None else self.renderer.prepare(codes, T)
+        prepared = None if codes is None else self.renderer.merge(codes, T)
+        if prepared is not None and not self.source.needs_crop:
+            self.renderer.pose(prepared)  # no E_flame in this stage: LBS here keeps the D_detail stage short
         return CodesResult(item=item, prepared=prepared, face=face, held=held)
 
     def render_codes(self, result: CodesResult) -> FrameOutput:
-        """Second half: D_detail and the picture of `infer_codes`' result (or the frame passed through)."""
+        """Last stage: the picture of the frame's codes (or the frame passed through)."""
         item, frame = result.item, result.item.frame
         if result.prepared is None:
             rendered = self.renderer.render(frame.image, None, None)

@@ -205,3 +205,28 @@ def test_compiled_paste_rounds_like_a_float_picture():
         cpu_shading.paste_u8(np.zeros((h, w, 3), np.uint8), index - h * w, colour, w)
     with pytest.raises(ValueError, match="do not fit"):
         cpu_shading.paste_u8(np.zeros((h, w, 3), np.uint8), index, colour, w, column=1)
+
+
+def test_renderer_steps_in_any_split_draw_the_same_picture(frame):
+    """merge | detail (LBS, D_detail) | finish, as the pipeline's stages run them, with LBS after the merge (a
+    landmark source) or left to `detail` or to `finish`: one picture, and LBS and D_detail run once a frame."""
+    from capture.retarget import AvatarRenderer
+    from capture.stream.pipeline import StepTimes
+
+    deca, codes, _, _ = frame
+    avatar = demo_identity(deca)
+    image = np.random.default_rng(5).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    whole = AvatarRenderer(deca, avatar, "side-by-side", (96, 128)).render(image, codes, None)
+    head = (whole.image[:, 128:] != whole.image[0, -1]).any(-1)
+    assert 0.05 < head.mean() < 0.9  # the head is in the picture
+    splits = {
+        "pose after merge": lambda r: r.finish(image, r.detail(r.pose(r.merge(codes, None)))),
+        "pose in detail": lambda r: r.finish(image, r.detail(r.merge(codes, None))),
+        "all in finish": lambda r: r.finish(image, r.merge(codes, None)),
+    }
+    for name, run in splits.items():
+        times = StepTimes()
+        got = run(AvatarRenderer(deca, avatar, "side-by-side", (96, 128), times=times))
+        np.testing.assert_array_equal(got.image, whole.image, err_msg=name)
+        counts = {k: s.count for k, s in times.stats().items()}
+        assert counts["LBS"] == 1 and counts["D_detail"] == 1, (name, counts)
