@@ -24,7 +24,10 @@ p95), what a performer feels.
 Every run decodes the same clip, tracks the same face, renders the same avatar in the same layout and encodes
 with the same settings; outputs are compared with the eager reference's (codes and pixels) so that a speed-up
 that changed the picture shows. Per stage: median and p95 ms; end to end: FPS, frame-in -> frame-out latency,
-peak RSS (and GPU memory); then the ratio of each backend to the eager reference. The table is printed last;
+peak RSS (and GPU memory); then the ratio of each backend to the eager reference. A run that loads more than one
+path (the eager reference, several backends) takes each backend's peak RSS again in a fresh process that runs
+that path alone (`peak_rss_mb`; this process's, every path loaded, is `peak_rss_process_mb`; `--no-alone-rss`
+skips it). The table is printed last;
 `--json OUT` writes the same numbers. `--long` then runs >= 10k frames (the synthetic clip looped) through the
 first backend and reports memory growth. `--sizes A,B,...` runs each backend's product path at every size instead
 (the synthetic clip rendered at each), the sizes' chunks interleaved, and reports each size's FPS ratio to the
@@ -51,6 +54,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import platform
 import shlex
+import subprocess
 import sys
 import tempfile
 import threading
@@ -1275,6 +1279,10 @@ def format_tables(report: dict) -> str:
         lines.append(f"{r['backend']:<24}{r['fps']:>7.2f}{ratio_text:>9}{robust_text:>10}{lat_text:>20}"
                      f"{r['cpu_ms_per_frame']:>14.0f}"
                      f"{r['peak_rss_mb']:>13.0f}  {r['description']}")
+    alone = [r for r in runs if r.get("peak_rss_alone")]
+    if alone:
+        lines.append("peak RSS: " + ", ".join(r["backend"] for r in alone) + " each alone, in a fresh process "
+                     f"(this process, every path loaded: {max(r['peak_rss_process_mb'] for r in alone):.0f} MB)")
     chunked = [r for r in runs if r.get("ratio_chunks") and r.get("ratio_to_eager")]
     if chunked:
         lines.append("x eager: median over chunks of the FPS ratio to the eager reference on the same frames, run "
@@ -1344,6 +1352,39 @@ def _scaling_lines(report: dict) -> list[str]:
     return lines
 
 
+RSS_PROBE_FRAMES = 100  # frames a fresh process runs to take one backend's peak RSS alone
+
+
+def alone_rss(args: argparse.Namespace, name: str, codes_from: str) -> dict:
+    """One backend's peak RSS with nothing else loaded: the same product path (the same input, size, layout,
+    code source and settings) run in a fresh process for up to `RSS_PROBE_FRAMES` frames, as `capture.video`
+    would hold it. Returns {"peak_rss_mb", "frames"} or {"error": one line}."""
+    options = ["--input", args.input, "--size", args.size, "--layout", args.layout, "--codes-from", codes_from,
+               "--assets", args.assets, "--target", args.target, "--torch-threads", str(args.torch_threads),
+               "--ort-threads", str(args.ort_threads), "--depth", str(args.depth), "--warmup", str(args.warmup),
+               "--calibration-frames", str(args.calibration_frames)]
+    flags = [flag for flag, on in (("--live", args.live), ("--fp32", args.fp32), ("--spinning", args.spinning)) if on]
+    device = ["--device", args.device] if args.device else []
+    command = [sys.executable, "-m", "capture.fps", "--rss-probe", "--backends", name, "--no-eager", "--frames",
+               str(min(args.frames, RSS_PROBE_FRAMES)), "--priority", "0", "--quiet", *options, *flags, *device]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"exit status {done.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def rss_probe(args: argparse.Namespace, bench: "Bench", name: str, folder: Path) -> dict:
+    """The fresh process's side of `alone_rss`: one pipelined run of `name`, its peak RSS."""
+    engines = make_engines(name, bench.pack, bench.device, args, bench.calibration, bench.codes_from)
+    result = bench.run_pipeline(engines, folder)
+    return {"peak_rss_mb": round(result.peak_rss_mb, 1), "frames": result.frames}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=prog("capture-fps", "capture.fps"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1393,6 +1434,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--priority", type=int, default=PRIORITY,
                         help=f"nice value while measuring where the system allows it (default {PRIORITY}: other "
                              "processes on a busy machine move the figures less; 0 keeps the priority as it is)")
+    parser.add_argument("--no-alone-rss", action="store_true",
+                        help="skip measuring each backend's peak RSS alone, in a fresh process (by default done "
+                             "when the run loads more than one path: the process's own peak holds them all)")
+    parser.add_argument("--rss-probe", action="store_true", help=argparse.SUPPRESS)  # the fresh process's side
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if args.frames < 1:
@@ -1464,6 +1509,9 @@ def measure(args: argparse.Namespace, argv, priority: dict, others: RunnableOthe
 
     with tempfile.TemporaryDirectory(prefix="capture-fps-") as tmp:
         folder = Path(tmp)
+        if args.rss_probe:
+            print(json.dumps(rss_probe(args, bench, backends[0], folder)), flush=True)
+            return 0
         if args.sizes:
             benches = [bench] + [Bench(argparse.Namespace(**dict(vars(args), size=other)), say, model_from=bench)
                                  for other in args.sizes[1:]]
@@ -1498,6 +1546,16 @@ def measure(args: argparse.Namespace, argv, priority: dict, others: RunnableOthe
                 report["serial"][name] = add(entry_with_ratios(serial_runs[name], eager), bench.codes_from)
             if name == "onnxruntime-int8":
                 report["int8"] = int8_accuracy(bench, engines_by_name[name], eager.crops if eager else [])
+        if results and not args.no_alone_rss and (eager is not None or len(results) > 1 or serial_runs):
+            for name, entry in report["backends"].items():
+                say(f"{name}: peak RSS alone, in a fresh process")
+                alone = alone_rss(args, name, bench.codes_from)
+                entry["peak_rss_process_mb"] = entry["peak_rss_mb"]
+                if "error" in alone:
+                    entry["peak_rss_alone_error"] = alone["error"]
+                    say(f"{name}: no peak RSS alone ({alone['error']})")
+                else:
+                    entry["peak_rss_mb"], entry["peak_rss_alone"] = alone["peak_rss_mb"], True
         if args.long and backends:
             name = max(backends, key=lambda n: report["backends"][n]["fps"])  # the fastest here
             say(f"long run: {args.long_frames} frames through {name}")

@@ -268,8 +268,15 @@ def test_fps_runs_and_writes_every_stage_with_ratios(tmp_path, demo_pack_dir, ca
     assert isinstance(report["machine_load"]["busy"], bool)
     assert torch_run["vs_eager"]["frames_compared"] >= 1
     assert {"decode", "crop", "rasterize", "encode", "stage draw"} <= set(torch_run["stage_cpu_ms"])
+    # the eager reference was loaded too: the backend's own peak RSS comes from a fresh process running it alone
+    assert torch_run["peak_rss_alone"] is True and torch_run["peak_rss_process_mb"] > 0
+    assert 0 < torch_run["peak_rss_mb"] != torch_run["peak_rss_process_mb"]
     printed = capsys.readouterr().out
     assert "eager" in printed and "x eager" in printed and printed.rstrip().splitlines()[-1].strip()
+    assert "each alone, in a fresh process" in printed
+    # a probe that cannot run says why in one line instead of a figure
+    failed = fps.alone_rss(fps.parse_args(["--size", "256x192"]), "tensorrt", "landmarks")
+    assert set(failed) == {"error"} and "tensorrt" in failed["error"] and "\n" not in failed["error"]
 
 
 @pytest.mark.slow
