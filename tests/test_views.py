@@ -140,6 +140,37 @@ def test_compiled_lit_pixels_match_the_torch_steps():
 
 
 @pytest.mark.skipif(cpu_shading.kernel_error() is not None, reason=f"no C kernel: {cpu_shading.kernel_error()}")
+def test_compiled_lit_pixels_16_at_a_time_match_one_at_a_time(frame, monkeypatch):
+    """The kernel is built for this CPU: with AVX-512 it shades 16 pixels at a time (gathers, masked taps at
+    the maps' borders). The portable build shades one at a time; both must give the same bits, on the demo
+    head's frame and on UVs running past the maps' borders, in a batch of two and in a window."""
+    from capture.compiled import CompiledKernel
+
+    deca, codes, vertices, uv_z = frame
+    a = deca.assets
+    screen = orthographic(vertices, codes.cam)
+    cases = [(deca.rasterizer.rasterize(screen, a.faces, (224, 224)), a.uv_face, deca.albedo(codes),
+              detail_normal_map(a, uv_z, vertices, mesh_normals(a, vertices)), codes.light)]
+    gen = torch.Generator().manual_seed(11)
+    batch = torch.cat([screen, screen * 0.7], 0)
+    window = covering_window(batch, (96, 80))
+    cases.append((deca.rasterizer.rasterize(batch, a.faces, (96, 80), window),
+                  torch.rand(a.uv_face.shape, generator=gen) * 2.4 - 1.2,  # beyond +-1: taps off the maps
+                  torch.rand(1, 3, 32, 32, generator=gen),
+                  torch.nn.functional.normalize(torch.randn(2, 3, 16, 16, generator=gen), dim=1),
+                  torch.randn(2, 9, 3, generator=gen)))
+    native = cpu_shading._KERNEL
+    portable = CompiledKernel("cpu_shading_portable", native.source, native.functions)
+    for fragments, uv_face, albedo, normals, light in cases:
+        fast = cpu_shading.lit_pixels_c(fragments, uv_face, albedo, normals, light)
+        monkeypatch.setattr(cpu_shading, "_KERNEL", portable)
+        plain = cpu_shading.lit_pixels_c(fragments, uv_face, albedo, normals, light)
+        monkeypatch.setattr(cpu_shading, "_KERNEL", native)
+        assert fast[0].numel() > 500 and fast[2] == plain[2]
+        assert torch.equal(fast[0], plain[0]) and torch.equal(fast[1], plain[1])
+
+
+@pytest.mark.skipif(cpu_shading.kernel_error() is not None, reason=f"no C kernel: {cpu_shading.kernel_error()}")
 def test_compiled_detail_normal_map_matches_the_torch_steps(frame):
     """The compiled CPU pass of `detail_normal_map` against its torch steps on a batch of two posed frames."""
     deca, codes, vertices, uv_z = frame
