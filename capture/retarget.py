@@ -146,6 +146,7 @@ class AvatarRenderer:
         return merge_codes(source.to(self.device), self.avatar.codes, self.pose_mode)
 
     # ------------------------------------------------------------------------------------ the steps
+    @torch.inference_mode()
     def merge(self, source: Codes, image_to_crop: Optional[np.ndarray]) -> Prepared:
         """Performer codes (batch 1) -> the merged codes and where they are drawn; no geometry yet."""
         return self._merged(self.codes_for(source), image_to_crop)
