@@ -31,7 +31,8 @@ skips it). The table is printed last;
 `--json OUT` writes the same numbers. `--long` then runs >= 10k frames (the synthetic clip looped) through the
 first backend and reports memory growth. `--sizes A,B,...` runs each backend's product path at every size instead
 (the synthetic clip rendered at each), the sizes' chunks interleaved, and reports each size's FPS ratio to the
-first as the median of the paired chunk ratios: the scaling table.
+first as the median of the paired chunk ratios: the scaling table (peak RSS there: each size's path alone, in a
+fresh process, as above).
 
 Input `synthetic` (default): the demo pack's performer clip (`capture.demo.render_performer_clip`: the demo
 head wearing the astronaut photo, known jaw/expression/yaw motion, MediaPipe detects it), rendered once and
@@ -1348,18 +1349,18 @@ def _scaling_lines(report: dict) -> list[str]:
             lines.append(f"{name:<24}{size:>11}{r['fps']:>8.2f}{r['ratio_to_first']:>9.2f}{lat_text:>20}"
                          f"{r['cpu_ms_per_frame']:>14.0f}{spread_text:>14}")
     lines.append("x first: median over chunks of the FPS ratio to the first size, the chunks run back to back "
-                 "(chunk spread: their interquartile range / median); peak RSS is the process's, every size loaded")
+                 "(chunk spread: their interquartile range / median)")
     return lines
 
 
 RSS_PROBE_FRAMES = 100  # frames a fresh process runs to take one backend's peak RSS alone
 
 
-def alone_rss(args: argparse.Namespace, name: str, codes_from: str) -> dict:
-    """One backend's peak RSS with nothing else loaded: the same product path (the same input, size, layout,
-    code source and settings) run in a fresh process for up to `RSS_PROBE_FRAMES` frames, as `capture.video`
-    would hold it. Returns {"peak_rss_mb", "frames"} or {"error": one line}."""
-    options = ["--input", args.input, "--size", args.size, "--layout", args.layout, "--codes-from", codes_from,
+def alone_rss(args: argparse.Namespace, name: str, codes_from: str, size: Optional[str] = None) -> dict:
+    """One backend's peak RSS with nothing else loaded: the same product path (the same input, size (`size`, default
+    `--size`), layout, code source and settings) run in a fresh process for up to `RSS_PROBE_FRAMES` frames, as
+    `capture.video` would hold it. Returns {"peak_rss_mb", "frames"} or {"error": one line}."""
+    options = ["--input", args.input, "--size", size or args.size, "--layout", args.layout, "--codes-from", codes_from,
                "--assets", args.assets, "--target", args.target, "--torch-threads", str(args.torch_threads),
                "--ort-threads", str(args.ort_threads), "--depth", str(args.depth), "--warmup", str(args.warmup),
                "--calibration-frames", str(args.calibration_frames)]
@@ -1376,6 +1377,20 @@ def alone_rss(args: argparse.Namespace, name: str, codes_from: str) -> dict:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return {"error": f"exit status {done.returncode}: {tail}"}
     return json.loads(lines[-1])
+
+
+ALONE_KEYS = ("peak_rss_mb", "peak_rss_process_mb", "peak_rss_alone", "peak_rss_alone_error")
+
+
+def take_alone_rss(entry: dict, alone: dict, say: Callable[[str], None]) -> None:
+    """Put a fresh process's figure (`alone_rss`) into a run's entry: `peak_rss_mb` becomes the alone figure and this
+    process's moves to `peak_rss_process_mb`; on failure the entry keeps this process's and says why."""
+    entry["peak_rss_process_mb"] = entry["peak_rss_mb"]
+    if "error" in alone:
+        entry["peak_rss_alone_error"] = alone["error"]
+        say(f"{entry['backend']}: no peak RSS alone ({alone['error']})")
+    else:
+        entry["peak_rss_mb"], entry["peak_rss_alone"] = alone["peak_rss_mb"], True
 
 
 def rss_probe(args: argparse.Namespace, bench: "Bench", name: str, folder: Path) -> dict:
@@ -1546,24 +1561,26 @@ def measure(args: argparse.Namespace, argv, priority: dict, others: RunnableOthe
                 report["serial"][name] = add(entry_with_ratios(serial_runs[name], eager), bench.codes_from)
             if name == "onnxruntime-int8":
                 report["int8"] = int8_accuracy(bench, engines_by_name[name], eager.crops if eager else [])
-        if results and not args.no_alone_rss and (eager is not None or len(results) > 1 or serial_runs):
+        # The machine's load is read over the measured runs: the fresh processes below are this run's own work
+        report["load_average"] = {"before": load_before, "after": load_average()}
+        report["other_processes_cores"] = other_cores(counters_before, cpu_counters())
+        others.stop()
+        report["other_runnable_threads"] = others.mean
+        if args.sizes and not args.no_alone_rss:  # every size's path was loaded in this process
+            for name, runs in report["scaling"]["backends"].items():
+                for size, entry in runs.items():
+                    say(f"{name} {size}: peak RSS alone, in a fresh process")
+                    take_alone_rss(entry, alone_rss(args, name, bench.codes_from, size), say)
+                report["backends"][name].update({key: runs[args.sizes[0]][key] for key in ALONE_KEYS
+                                                 if key in runs[args.sizes[0]]})
+        elif results and not args.no_alone_rss and (eager is not None or len(results) > 1 or serial_runs):
             for name, entry in report["backends"].items():
                 say(f"{name}: peak RSS alone, in a fresh process")
-                alone = alone_rss(args, name, bench.codes_from)
-                entry["peak_rss_process_mb"] = entry["peak_rss_mb"]
-                if "error" in alone:
-                    entry["peak_rss_alone_error"] = alone["error"]
-                    say(f"{name}: no peak RSS alone ({alone['error']})")
-                else:
-                    entry["peak_rss_mb"], entry["peak_rss_alone"] = alone["peak_rss_mb"], True
+                take_alone_rss(entry, alone_rss(args, name, bench.codes_from), say)
         if args.long and backends:
             name = max(backends, key=lambda n: report["backends"][n]["fps"])  # the fastest here
             say(f"long run: {args.long_frames} frames through {name}")
             report["long"] = long_run(bench, engines_by_name[name], folder, args.long_frames)
-    report["load_average"] = {"before": load_before, "after": load_average()}
-    report["other_processes_cores"] = other_cores(counters_before, cpu_counters())
-    others.stop()
-    report["other_runnable_threads"] = others.mean
     report["machine_load"] = machine_load(report)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

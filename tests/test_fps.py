@@ -297,6 +297,10 @@ def test_fps_sizes_interleave_the_sizes_and_give_paired_ratios(tmp_path, demo_pa
     assert large["ratio_to_first"] == pytest.approx(float(np.median(paired)), rel=1e-2)
     assert large["stages"]["rasterize"]["count"] >= 1 and large["codes_from"] == "landmarks"
     assert report["backends"]["torch"]["resolution"] == "192x128"  # the first size, where plain runs keep it
+    # every size's path was loaded in this process: each size's peak RSS is taken again alone, in a fresh process
+    for run in (small, large):
+        assert run["peak_rss_alone"] is True and 0 < run["peak_rss_mb"] != run["peak_rss_process_mb"]
+    assert report["backends"]["torch"]["peak_rss_mb"] == small["peak_rss_mb"]
     printed = capsys.readouterr().out
     assert "scaling:" in printed and "256x192" in printed
     with pytest.raises(SystemExit):
