@@ -218,13 +218,15 @@ def test_compiled_paste_rounds_like_a_float_picture():
     colour = torch.rand(40, 3, generator=gen) * 1.4 - 0.2  # some below 0 and above 1
     colour[:5] = (torch.arange(15, dtype=torch.float32).view(5, 3) + 0.5) / 255  # on rounding boundaries
     expected = (colour.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
-    for column, out_w in ((0, w), (w, 2 * w)):
-        out = np.full((h, out_w, 3), 17, np.uint8)
-        cpu_shading.paste_u8(out, index, colour, w, column)
-        want = np.full((h, out_w, 3), 17, np.uint8)
-        rows, cols = (index // w).numpy(), (index % w).numpy() + column
-        want[rows, cols] = expected.numpy()
-        np.testing.assert_array_equal(out, want)
+    # in any order, and in scan order (runs along a row and across row ends, as the shading pass gives them)
+    for order in (torch.arange(40), torch.argsort(index)):
+        for column, out_w in ((0, w), (w, 2 * w)):
+            out = np.full((h, out_w, 3), 17, np.uint8)
+            cpu_shading.paste_u8(out, index[order], colour[order], w, column)
+            want = np.full((h, out_w, 3), 17, np.uint8)
+            rows, cols = (index // w).numpy(), (index % w).numpy() + column
+            want[rows, cols] = expected.numpy()
+            np.testing.assert_array_equal(out, want)
     with pytest.raises(ValueError, match="uint8"):
         cpu_shading.paste_u8(np.zeros((h, w, 3), np.float32), index, colour, w)
     # what would land outside the picture is refused, and nothing is written (the pass checks every index first)

@@ -166,9 +166,13 @@ int64_t capture_paste_u8(int64_t n, const int64_t *index, const float *colour, i
 {
     for (int64_t i = 0; i < n; ++i)
         if (index[i] < 0 || index[i] >= rows * w) return -1;
+    int64_t y = 0, row = 0;  /* the row of the last pixel and its first index: one division per run of a row */
     for (int64_t i = 0; i < n; ++i) {
-        const int64_t y = index[i] / w, x = index[i] % w;
-        uint8_t *px = out + 3 * (y * out_w + x + x0);
+        if (index[i] < row || index[i] >= row + w) {
+            y = index[i] / w;
+            row = y * w;
+        }
+        uint8_t *px = out + 3 * (y * out_w + (index[i] - row) + x0);
         for (int c = 0; c < 3; ++c) {
             float v = colour[3 * i + c];
             v = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
