@@ -1376,7 +1376,11 @@ def alone_rss(args: argparse.Namespace, name: str, codes_from: str, size: Option
     if done.returncode != 0 or not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return {"error": f"exit status {done.returncode}: {tail}"}
-    return json.loads(lines[-1])
+    try:
+        figure = json.loads(lines[-1])
+        return {"peak_rss_mb": float(figure["peak_rss_mb"]), "frames": int(figure["frames"])}
+    except (ValueError, TypeError, KeyError) as exc:
+        return {"error": f"unreadable probe output ({type(exc).__name__}): {lines[-1][:120]}"}
 
 
 ALONE_KEYS = ("peak_rss_mb", "peak_rss_process_mb", "peak_rss_alone", "peak_rss_alone_error")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -277,6 +278,20 @@ def test_fps_runs_and_writes_every_stage_with_ratios(tmp_path, demo_pack_dir, ca
     # a probe that cannot run says why in one line instead of a figure
     failed = fps.alone_rss(fps.parse_args(["--size", "256x192"]), "tensorrt", "landmarks")
     assert set(failed) == {"error"} and "tensorrt" in failed["error"] and "\n" not in failed["error"]
+
+
+def test_alone_rss_reads_only_a_figure_from_the_probe(monkeypatch):
+    """The probe's last line is its JSON figure; anything else it prints there is a one-line error, no traceback."""
+    fps = _load_fps()
+    args = fps.parse_args(["--size", "256x192"])
+    printed = {"out": ""}
+    monkeypatch.setattr(fps.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, printed["out"], ""))
+    printed["out"] = 'warming up\n{"peak_rss_mb": 812.5, "frames": 40}\n'
+    assert fps.alone_rss(args, "torch", "landmarks") == {"peak_rss_mb": 812.5, "frames": 40}
+    for junk in ("Segmentation fault?\n", '{"frames": 40}\n', "[1, 2]\n"):
+        printed["out"] = junk
+        failed = fps.alone_rss(args, "torch", "landmarks")
+        assert set(failed) == {"error"} and "unreadable probe output" in failed["error"]
 
 
 @pytest.mark.slow
