@@ -419,6 +419,38 @@ def test_compiled_rgb_to_yuv420_is_bt709_by_hand_and_swscale_within_levels(full_
         yuv.rgb_to_yuv420(np.zeros((8, 8, 3), np.uint8), av.VideoFrame(16, 8, "yuv420p").planes)
 
 
+def test_compiled_rgb_to_yuv420_native_build_matches_the_portable_one(monkeypatch):
+    """Built for this CPU, the pass converts 32 pixels of a row pair at a time where AVX-512 (VBMI) is there, the
+    rest of each row one at a time; the portable build does every pixel one at a time. Both give the same bits
+    for every width (a multiple of 32 or not), both ranges, extreme and random codes, and rows that are part of
+    a wider picture (the strided left half of a side-by-side frame)."""
+    from capture.compiled import CompiledKernel
+    from capture.stream import yuv
+
+    if yuv.kernel_error():
+        pytest.skip(f"no compiled pass here: {yuv.kernel_error()}")
+    native = yuv._KERNEL
+    portable = CompiledKernel("rgb_to_yuv_portable", native.source, native.functions)
+    rng = np.random.default_rng(12)
+    wide = rng.integers(0, 256, (6, 2 * 1282, 3), dtype=np.uint8)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in
+              ((2, 2), (4, 30), (2, 32), (6, 34), (4, 64), (2, 66), (8, 96), (6, 1282))]
+    images += [np.full((4, 98, 3), 255, np.uint8), np.zeros((4, 98, 3), np.uint8), wide[:, :1282]]
+    for full_range in (False, True):
+        fmt = "yuvj420p" if full_range else "yuv420p"
+        for image in images:
+            h, w = image.shape[:2]
+            frames = []
+            for kernel in (native, portable):
+                monkeypatch.setattr(yuv, "_KERNEL", kernel)
+                frame = av.VideoFrame(w, h, fmt)
+                yuv.rgb_to_yuv420(image, frame.planes, full_range=full_range)
+                frames.append(_planes(frame))
+            monkeypatch.setattr(yuv, "_KERNEL", native)
+            for fast, plain in zip(*frames):
+                assert np.array_equal(fast, plain), (w, h, full_range)
+
+
 def test_writer_without_the_compiled_pass_writes_the_same_video(tmp_path, monkeypatch):
     """swscale stands in where the pass cannot be built: the same frames to a few levels, the same tags."""
     from capture.stream import writer as writer_module

@@ -1,7 +1,11 @@
 """RGB -> YUV 4:2:0 (BT.709) in one compiled pass: the writer's encoder frame straight from the picture.
 
 swscale's rgb24 -> yuv420p takes 1.1 ms at 1280x360 and 4.4 ms at 2560x720 (a 720p input side by side with its
-avatar) on one thread here; this pass, vectorised for the machine's CPU, 0.25 and 1.0 ms.
+avatar) on one thread here; this pass, vectorised for the machine's CPU, 0.25 and 1.0 ms (AMD EPYC). On a CPU with
+AVX-512 VBMI it converts 32 pixels of a row pair per step (byte permutes and word multiply-adds, the same integer
+arithmetic): 0.11 and 0.44 ms with the picture in cache, 1.1 ms at 2560x720 straight from a fresh picture into a
+fresh frame (there memory and first-touch page faults take most of it), against 0.43, 1.74 and 1.9 ms for the
+compiler-vectorised loops (Intel Xeon, Sapphire Rapids).
 
 The definition, on 0..255 codes, with BT.709's Kr = 0.2126, Kb = 0.0722, Kg = 1 - Kr - Kb and Y' = Kr R + Kg G +
 Kb B: limited range ("MPEG", yuv420p) Y = 16 + 219/255 Y', Cb = 128 + 224/255 (B - Y') / (2 (1 - Kb)), Cr = 128
@@ -53,19 +57,106 @@ __attribute__((noinline)) static void column_pairs(const int32_t *restrict cs, i
         out[i] = clamp8((cs[2 * i] + cs[2 * i + 1] + o) >> 16);
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI__)
+#include <immintrin.h>
+
+/* Two words (lo, hi) in each dword, as _mm512_madd_epi16 pairs them: the low word with the even element. */
+static inline __m512i word_pair(int32_t lo, int32_t hi) {
+    return _mm512_set1_epi32((int32_t)(((uint32_t)(uint16_t)lo) | ((uint32_t)(uint16_t)hi << 16)));
+}
+
+static inline int fits_word(int32_t v) { return v >= -32768 && v <= 32767; }
+
+/* The same integers as the loops below, 32 pixels of a row pair at a time: each dword holds two byte lanes that
+   vpermb spreads into words (the rest zeroed), vpmaddwd multiplies and adds them in pairs. Luma pairs (R, G) and
+   (B, G): G's weight is split in two so that every factor fits a signed word. Chroma pairs the two columns of a
+   2 x 2 block after adding its two rows, which is the scalar code's per-column sums added in pairs (integers: the
+   same values). Returns the pixels done (a multiple of 32), or 0 when a weight does not fit a word. */
+static int64_t rows_avx512(const uint8_t *p0, const uint8_t *p1, int64_t w, uint8_t *y0, uint8_t *y1,
+                           uint8_t *u, uint8_t *v, const int32_t *c) {
+    const int32_t g_hi = c[1] > 32767 ? 32767 : (c[1] < -32768 ? -32768 : c[1]), g_lo = c[1] - g_hi;
+    if (!(fits_word(c[0]) && fits_word(c[2]) && fits_word(g_lo)))
+        return 0;
+    for (int k = 4; k < 11; ++k)  /* Cb's and Cr's weights (c[7] and c[11] are offsets) */
+        if (k != 7 && !fits_word(c[k])) return 0;
+    uint8_t rg[64], bg[64], ch[3][64];
+    for (int i = 0; i < 16; ++i) {
+        rg[4 * i] = (uint8_t)(3 * i); rg[4 * i + 2] = (uint8_t)(3 * i + 1);
+        bg[4 * i] = (uint8_t)(3 * i + 2); bg[4 * i + 2] = (uint8_t)(3 * i + 1);
+        rg[4 * i + 1] = rg[4 * i + 3] = bg[4 * i + 1] = bg[4 * i + 3] = 0;
+        for (int k = 0; k < 3; ++k) {  /* channel k of pixels 2i and 2i + 1 */
+            ch[k][4 * i] = (uint8_t)(6 * i + k); ch[k][4 * i + 2] = (uint8_t)(6 * i + 3 + k);
+            ch[k][4 * i + 1] = ch[k][4 * i + 3] = 0;
+        }
+    }
+    const __mmask64 even_bytes = 0x5555555555555555ULL, px16 = 0x0000FFFFFFFFFFFFULL;
+    const __mmask64 tail32 = 0x00000000FFFFFFFFULL;
+    const __m512i i_rg = _mm512_loadu_si512(rg), i_bg = _mm512_loadu_si512(bg);
+    const __m512i i_r = _mm512_loadu_si512(ch[0]), i_g = _mm512_loadu_si512(ch[1]), i_b = _mm512_loadu_si512(ch[2]);
+    const __m512i w_rg = word_pair(c[0], g_hi), w_bg = word_pair(c[2], g_lo), o_y = _mm512_set1_epi32(c[3]);
+    const __m512i u_r = word_pair(c[4], c[4]), u_g = word_pair(c[5], c[5]), u_b = word_pair(c[6], c[6]);
+    const __m512i v_r = word_pair(c[8], c[8]), v_g = word_pair(c[9], c[9]), v_b = word_pair(c[10], c[10]);
+    const __m512i o_u = _mm512_set1_epi32(c[7]), o_v = _mm512_set1_epi32(c[11]), zero = _mm512_setzero_si512();
+    int64_t i = 0;
+    for (; i + 32 <= w; i += 32) {
+        const uint8_t *rows[2] = {p0 + 3 * i, p1 + 3 * i};
+        uint8_t *outs[2] = {y0 + i, y1 + i};
+        __m512i lo[2], hi[2];
+        for (int r = 0; r < 2; ++r) {
+            lo[r] = _mm512_loadu_si512(rows[r]);
+            hi[r] = _mm512_maskz_loadu_epi8(tail32, rows[r] + 64);
+            for (int half = 0; half < 2; ++half) {  /* luma of 16 pixels: 48 bytes */
+                const __m512i px = _mm512_maskz_loadu_epi8(px16, rows[r] + 48 * half);
+                __m512i s = _mm512_add_epi32(
+                    _mm512_madd_epi16(_mm512_maskz_permutexvar_epi8(even_bytes, i_rg, px), w_rg),
+                    _mm512_madd_epi16(_mm512_maskz_permutexvar_epi8(even_bytes, i_bg, px), w_bg));
+                s = _mm512_max_epi32(_mm512_srai_epi32(_mm512_add_epi32(s, o_y), 16), zero);
+                _mm_storeu_si128((__m128i *)(outs[r] + 16 * half), _mm512_cvtusepi32_epi8(s));
+            }
+        }
+        /* each channel's 2 x 2 sums as word pairs (two columns, both rows added) */
+        const __m512i sr = _mm512_add_epi16(_mm512_maskz_permutex2var_epi8(even_bytes, lo[0], i_r, hi[0]),
+                                            _mm512_maskz_permutex2var_epi8(even_bytes, lo[1], i_r, hi[1]));
+        const __m512i sg = _mm512_add_epi16(_mm512_maskz_permutex2var_epi8(even_bytes, lo[0], i_g, hi[0]),
+                                            _mm512_maskz_permutex2var_epi8(even_bytes, lo[1], i_g, hi[1]));
+        const __m512i sb = _mm512_add_epi16(_mm512_maskz_permutex2var_epi8(even_bytes, lo[0], i_b, hi[0]),
+                                            _mm512_maskz_permutex2var_epi8(even_bytes, lo[1], i_b, hi[1]));
+        __m512i cu = _mm512_add_epi32(_mm512_add_epi32(_mm512_madd_epi16(sr, u_r), _mm512_madd_epi16(sg, u_g)),
+                                      _mm512_madd_epi16(sb, u_b));
+        __m512i cv = _mm512_add_epi32(_mm512_add_epi32(_mm512_madd_epi16(sr, v_r), _mm512_madd_epi16(sg, v_g)),
+                                      _mm512_madd_epi16(sb, v_b));
+        cu = _mm512_max_epi32(_mm512_srai_epi32(_mm512_add_epi32(cu, o_u), 16), zero);
+        cv = _mm512_max_epi32(_mm512_srai_epi32(_mm512_add_epi32(cv, o_v), 16), zero);
+        _mm_storeu_si128((__m128i *)(u + i / 2), _mm512_cvtusepi32_epi8(cu));
+        _mm_storeu_si128((__m128i *)(v + i / 2), _mm512_cvtusepi32_epi8(cv));
+    }
+    return i;
+}
+#endif
+
 /* rgb [h, w, 3] (rows `rgb_stride` bytes apart), h and w even -> planes y [h, w], u and v [h/2, w/2] with their
    line sizes. c: Y's three weights and offset, then Cb's and Cr's, in 1/2^16 units; the chroma weights apply to
-   the sum of a 2 x 2 block. work: 2 w int32. */
+   the sum of a 2 x 2 block. work: 2 w int32. With AVX-512 (VBMI) the rows go 32 pixels at a time, the rest of
+   each row through the loops above: the same bits. */
 void capture_rgb_to_yuv420(const uint8_t *rgb, int64_t h, int64_t w, int64_t rgb_stride,
                            uint8_t *y, int64_t y_stride, uint8_t *u, int64_t u_stride,
                            uint8_t *v, int64_t v_stride, const int32_t *c, int32_t *work) {
     for (int64_t j = 0; j < h; j += 2) {
         const uint8_t *p0 = rgb + j * rgb_stride, *p1 = p0 + rgb_stride;
-        luma_row(p0, w, y + j * y_stride, c[0], c[1], c[2], c[3]);
-        luma_row(p1, w, y + (j + 1) * y_stride, c[0], c[1], c[2], c[3]);
-        column_chroma(p0, p1, w, work, work + w, c);
-        column_pairs(work, w / 2, u + (j / 2) * u_stride, c[7]);
-        column_pairs(work + w, w / 2, v + (j / 2) * v_stride, c[11]);
+        uint8_t *y0 = y + j * y_stride, *y1 = y0 + y_stride;
+        uint8_t *uj = u + (j / 2) * u_stride, *vj = v + (j / 2) * v_stride;
+        int64_t done = 0;
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI__)
+        done = rows_avx512(p0, p1, w, y0, y1, uj, vj, c);
+#endif
+        const int64_t rest = w - done;
+        if (rest == 0) continue;
+        p0 += 3 * done; p1 += 3 * done;
+        luma_row(p0, rest, y0 + done, c[0], c[1], c[2], c[3]);
+        luma_row(p1, rest, y1 + done, c[0], c[1], c[2], c[3]);
+        column_chroma(p0, p1, rest, work, work + rest, c);
+        column_pairs(work, rest / 2, uj + done / 2, c[7]);
+        column_pairs(work + rest, rest / 2, vj + done / 2, c[11]);
     }
 }
 """
