@@ -240,6 +240,40 @@ def test_compiled_paste_rounds_like_a_float_picture():
         cpu_shading.paste_u8(np.zeros((h, w, 3), np.uint8), index, colour, w, column=1)
 
 
+
+@pytest.mark.skipif(cpu_shading.kernel_error() is not None, reason=f"no C kernel: {cpu_shading.kernel_error()}")
+def test_compiled_paste_16_at_a_time_matches_one_at_a_time(monkeypatch):
+    """Built for this CPU, paste_u8 converts 16 neighbours of a row at once where AVX-512 is there; the portable
+    build one pixel at a time. Rows of covered pixels with gaps and row ends inside a run of 16, colours beyond
+    [0, 1], on rounding boundaries, -0.0 and NaN: the same bytes, and the float picture's rounding."""
+    from capture.compiled import CompiledKernel
+
+    gen = torch.Generator().manual_seed(5)
+    h, w = 6, 53
+    covered = torch.rand(h * w, generator=gen) > 0.08  # gaps, and runs across row ends
+    covered[2 * w + 10:2 * w + 30] = True
+    index = covered.nonzero().squeeze(1)
+    n = index.numel()
+    colour = torch.rand(n, 3, generator=gen) * 1.4 - 0.2
+    run = int((index < 2 * w + 10).sum())  # where the long run starts: 16 pixels converted at once
+    colour[run:run + 16] = (torch.arange(48, dtype=torch.float32).view(16, 3) * 5 + 0.5) / 255  # rounding ties
+    colour[run + 16, 0], colour[run + 17, 1], colour[3, 2] = -0.0, float("nan"), float("nan")
+    native = cpu_shading._KERNEL
+    portable = CompiledKernel("cpu_shading_portable", native.source, native.functions)
+    pictures = []
+    for kernel in (native, portable):
+        monkeypatch.setattr(cpu_shading, "_KERNEL", kernel)
+        out = np.full((h, 2 * w, 3), 17, np.uint8)
+        cpu_shading.paste_u8(out, index, colour, w, w)
+        pictures.append(out)
+    monkeypatch.setattr(cpu_shading, "_KERNEL", native)
+    np.testing.assert_array_equal(pictures[0], pictures[1])
+    finite = torch.isfinite(colour).all(1)
+    rows, cols = (index // w).numpy(), (index % w).numpy() + w
+    expected = (colour.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+    np.testing.assert_array_equal(pictures[0][rows, cols][finite.numpy()], expected[finite.numpy()])
+    assert (pictures[0][:, :w] == 17).all()
+
 def test_renderer_steps_in_any_split_draw_the_same_picture(frame):
     """merge | detail (LBS, D_detail) | finish, as the pipeline's stages run them, with LBS after the merge (a
     landmark source) or left to `detail` or to `finish`: one picture, and LBS and D_detail run once a frame."""

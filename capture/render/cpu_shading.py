@@ -167,12 +167,29 @@ int64_t capture_paste_u8(int64_t n, const int64_t *index, const float *colour, i
     for (int64_t i = 0; i < n; ++i)
         if (index[i] < 0 || index[i] >= rows * w) return -1;
     int64_t y = 0, row = 0;  /* the row of the last pixel and its first index: one division per run of a row */
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    const __m512 lo = _mm512_setzero_ps(), hi = _mm512_set1_ps(1.0f), scale = _mm512_set1_ps(255.0f);
+    const __m512 half = _mm512_set1_ps(0.5f);
+#endif
     for (int64_t i = 0; i < n; ++i) {
         if (index[i] < row || index[i] >= row + w) {
             y = index[i] / w;
             row = y * w;
         }
         uint8_t *px = out + 3 * (y * out_w + (index[i] - row) + x0);
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+        /* 16 neighbours in one row (the covered pixels come sorted, a row's span at a time): their 48 channels
+           are 48 bytes in a row of the picture. max(v, 0) gives 0 where the scalar code's NaN converts to 0. */
+        if (i + 16 <= n && index[i + 15] == index[i] + 15 && index[i] + 15 < row + w) {
+            for (int k = 0; k < 3; ++k) {
+                __m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_loadu_ps(colour + 3 * i + 16 * k), lo), hi);
+                v = _mm512_add_ps(_mm512_mul_ps(v, scale), half);
+                _mm_storeu_si128((__m128i *)(px + 16 * k), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v)));
+            }
+            i += 15;
+            continue;
+        }
+#endif
         for (int c = 0; c < 3; ++c) {
             float v = colour[3 * i + c];
             v = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
