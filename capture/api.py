@@ -135,7 +135,8 @@ class Retargeter:
         m = self.model
         return RetargetSession(m.deca, m.avatar, frame_size, layout=self.layout, pose_mode=self.pose,
                                smooth=self.smooth, hold_seconds=self.hold, encode_flame=m.encode_flame,
-                               decode_detail=m.decode_detail, codes_from=m.codes_from, keep_vertices=True)
+                               decode_detail=m.decode_detail, codes_from=m.codes_from, keep_vertices=True,
+                               encode_workers=m.encode_workers)
 
     def _session_for(self, size: tuple[int, int]) -> RetargetSession:
         """`process`'s session: kept while the frame size stays, a fresh one when it changes."""

@@ -65,6 +65,7 @@ class ModelSide:
     decode_detail: Optional[Callable]
     backend_name: str
     codes_from: str = "network"  # resolved code source: network, landmarks or hybrid
+    encode_workers: int = 1  # frames E_flame runs on at once (`RetargetSession(encode_workers=...)`)
 
 
 def build_model_side(args, say: Callable[[str], None],
@@ -99,7 +100,7 @@ def build_model_side(args, say: Callable[[str], None],
     except ImageError as exc:
         raise CliError(f"--target {exc}") from None
     from .backends import InferenceEngines
-    from .backends.onnxruntime_backend import pipeline_threads
+    from .backends.onnxruntime_backend import encode_workers, pipeline_threads
     from .int8 import Calibration
 
     renders = Calibration.pack_renders(deca=deca)
@@ -123,9 +124,12 @@ def build_model_side(args, say: Callable[[str], None],
     except (ValueError, RuntimeError) as exc:  # a bad name, an unavailable backend, a failed export or INT8 build
         raise CliError(f"--backend {args.backend}: {' '.join(str(exc).split())}") from None
     encode_flame = None if codes_from == "landmarks" else engines.encode_flame
+    workers = 1 if codes_from == "landmarks" else encode_workers(engines.backend("E_flame"), codes_from, live)
     decode_detail = engines.decode_detail
     backend_name = ", ".join(f"{n} {engines.backend(n).reason.split(';')[0]}" for n in networks)
-    return ModelSide(deca, avatar, cached, encode_flame, decode_detail, backend_name, codes_from)
+    if workers > 1:
+        backend_name += f" (E_flame on {workers} frames at once)"
+    return ModelSide(deca, avatar, cached, encode_flame, decode_detail, backend_name, codes_from, workers)
 
 
 def onnx_exports_pending(pack, networks) -> list[str]:

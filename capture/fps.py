@@ -400,6 +400,7 @@ class Engines:
     settings: dict = field(default_factory=dict)
     int8_path: Optional[Path] = None
     detail_int8: Optional[dict] = None  # the INT8 D_detail graph's sidecar (calibration, error vs fp32)
+    encode_workers: int = 1  # frames E_flame runs on at once in the pipeline (the session's encode stage)
 
 
 def backend_present(name: str, device: torch.device) -> tuple[bool, str]:
@@ -416,7 +417,7 @@ def make_engines(name: str, pack, device: torch.device, args, calibration: Calla
     them in capture.video / capture.live, with this benchmark's options (--fp32, --ort-threads, --spinning;
     INT8 calibrated on `calibration()`)."""
     from capture.backends import InferenceEngines, OnnxRuntimeBackend, OnnxRuntimeInt8Backend, TorchBackend
-    from capture.backends.onnxruntime_backend import pipeline_threads
+    from capture.backends.onnxruntime_backend import encode_workers, pipeline_threads
     from capture.int8 import Calibration
 
     cuda = device.type == "cuda"
@@ -445,8 +446,12 @@ def make_engines(name: str, pack, device: torch.device, args, calibration: Calla
         settings = {"cuda_graphs": flame.cuda_graphs, "half": flame.half}
     else:
         what, settings = "TensorRT", {}
+    workers = args.encode_workers or (1 if codes_from == "landmarks" else encode_workers(flame, codes_from, args.live))
+    if workers > 1:
+        what += f", E_flame on {workers} frames at once"
+    settings["encode_workers"] = workers
     return Engines(engines.choice["E_flame"], engines.encode_flame, engines.decode_detail, what, settings,
-                   int8_path, detail_int8)
+                   int8_path, detail_int8, workers)
 
 
 # ------------------------------------------------------------------------------------------------ one run
@@ -580,7 +585,8 @@ class Bench:
                                encode_flame=None if engines is None else engines.encode_flame,
                                decode_detail=None if engines is None else engines.decode_detail,
                                reference=reference, times=times,
-                               codes_from="network" if reference or engines is None else self.codes_from)
+                               codes_from="network" if reference or engines is None else self.codes_from,
+                               encode_workers=1 if reference or engines is None else engines.encode_workers)
 
     def writer(self, folder: Path, session, tag: str):
         from capture.stream.writer import VideoWriter
@@ -838,7 +844,8 @@ class PipelinePath:
         self._resumed = 0.0
         self._stats = None
         self._error: Optional[BaseException] = None
-        stages = [(name, self._timed(_PIPELINE_STAGE_NAMES[name], fn)) for name, fn in self.session.stages]
+        stages = [(name, self._timed(_PIPELINE_STAGE_NAMES[name], fn), *more)
+                  for name, fn, *more in self.session.stages]
         self.pipeline = Pipeline(self._frames(), stages=stages, sink=self._sink, policy="offline",
                                  depth=bench.args.depth, finalize=self.writer.close)
         self._thread = threading.Thread(target=self._run, name=f"path-{engines.name}", daemon=True)
@@ -932,7 +939,8 @@ class PipelinePath:
         return result
 
 
-_PIPELINE_STAGE_NAMES = {"source": "decode", "sink": "encode", "crop": "crop", "codes": "stage codes",
+_PIPELINE_STAGE_NAMES = {"source": "decode", "sink": "encode", "crop": "crop", "E_flame": "stage E_flame",
+                         "codes": "stage codes",
                          "detail": "stage D_detail", "render": "stage draw"}
 
 
@@ -1362,7 +1370,8 @@ def alone_rss(args: argparse.Namespace, name: str, codes_from: str, size: Option
     `capture.video` would hold it. Returns {"peak_rss_mb", "frames"} or {"error": one line}."""
     options = ["--input", args.input, "--size", size or args.size, "--layout", args.layout, "--codes-from", codes_from,
                "--assets", args.assets, "--target", args.target, "--torch-threads", str(args.torch_threads),
-               "--ort-threads", str(args.ort_threads), "--depth", str(args.depth), "--warmup", str(args.warmup),
+               "--ort-threads", str(args.ort_threads), "--encode-workers", str(args.encode_workers),
+               "--depth", str(args.depth), "--warmup", str(args.warmup),
                "--calibration-frames", str(args.calibration_frames)]
     flags = [flag for flag, on in (("--live", args.live), ("--fp32", args.fp32), ("--spinning", args.spinning)) if on]
     device = ["--device", args.device] if args.device else []
@@ -1439,7 +1448,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="torch intra-op threads in the pipelined runs (default 1: stages share the cores)")
     parser.add_argument("--ort-threads", type=int, default=0,
                         help="ONNX Runtime intra-op threads per network (default 0 = the product's: 1 with landmark "
-                             "codes or, offline, an INT8 E_flame; else physical cores)")
+                             "codes or, offline, an INT8 E_flame; a float32 E_flame offline: the physical cores "
+                             "shared out between the frames it runs on at once; live: physical cores)")
+    parser.add_argument("--encode-workers", type=int, default=0,
+                        help="frames E_flame runs on at once in the product path (default 0 = the product's: 2 for "
+                             "a float32 ONNX Runtime E_flame on the CPU offline, else 1)")
     parser.add_argument("--spinning", action="store_true",
                         help="let ONNX Runtime's idle workers spin (its own default; off in capture's backend)")
     parser.add_argument("--depth", type=int, default=2, help="pipeline queue depth (offline policy)")
@@ -1463,6 +1476,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--frames must be >= 1")
     if args.chunk < 1:
         parser.error("--chunk must be >= 1")
+    if args.encode_workers < 0:
+        parser.error("--encode-workers must be >= 0 (0: the product's choice)")
     if args.sizes is not None:
         try:
             args.sizes = [f"{w}x{h}" for w, h in (parse_size(t) for t in args.sizes.split(",") if t.strip())]

@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     session = RetargetSession(model.deca, model.avatar, frame_size, layout=args.layout, pose_mode=args.pose,
                               smooth=not args.no_smooth and model.codes_from != "landmarks", hold_seconds=args.hold,
                               encode_flame=model.encode_flame, decode_detail=model.decode_detail,
-                              codes_from=model.codes_from)
+                              codes_from=model.codes_from, encode_workers=model.encode_workers)
     out_h, out_w = session.output_size
     writer = None
     if args.record:

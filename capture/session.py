@@ -36,6 +36,7 @@ class CropResult:
     image_to_crop: Optional[np.ndarray]  # None: no face
     landmarks: Optional[np.ndarray] = None  # [68, 2] iBUG points in crop NDC, when the source uses them
     started: float = field(default_factory=time.perf_counter)
+    network: Optional[Codes] = None  # E_flame's codes of the crop, when the E_flame stage ran it
 
 
 @dataclass
@@ -77,10 +78,11 @@ class RetargetSession:
                  encode_flame: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
                  decode_detail: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
                  keep_vertices: bool = False, reference: bool = False, times=None,
-                 codes_from: str = "network"):
+                 codes_from: str = "network", encode_workers: int = 1):
         """reference: the DECA-style renderer (see `capture.retarget`); times: a `StepTimes` that receives
         "E_flame" here and the renderer's steps; codes_from: 'network', 'landmarks' or 'hybrid'
-        (capture.sources; resolve 'auto' with `capture.sources.choose_source` first)."""
+        (capture.sources; resolve 'auto' with `capture.sources.choose_source` first); encode_workers: with more
+        than one, E_flame runs in a stage of its own on that many frames at once (see `stages`)."""
         self.deca = deca
         self._times = times if times is not None else no_times
         self.renderer = AvatarRenderer(deca, avatar, layout, frame_size, pose_mode, decode_detail=decode_detail,
@@ -93,6 +95,9 @@ class RetargetSession:
         self.hold_seconds = hold_seconds
         self.keep_vertices = keep_vertices
         self._encode_flame = encode_flame
+        if int(encode_workers) < 1:
+            raise ValueError(f"encode_workers must be >= 1, got {encode_workers}")
+        self.encode_workers = int(encode_workers)
         self._last: Optional[tuple[Codes, np.ndarray, float]] = None  # codes, T, time of the last face
         self.counters = SessionCounters()
 
@@ -140,14 +145,25 @@ class RetargetSession:
         return Codes(**parts, detail=torch.zeros(1, CODE_LAYOUT.n_detail, device=self.deca.device))
 
     @property
-    def stages(self) -> list[tuple[str, Callable]]:
+    def stages(self) -> list[tuple]:
         """The per-frame work as pipeline stages, in order, for `capture.stream.pipeline.Pipeline` (video, live
         and benchmarks/fps.py all run these): face tracking and the crop | codes and merge | (LBS and) D_detail |
         shading, rasterising and compositing. E_flame and D_detail, the two largest steps, are in stages of
         their own: beside the others either would hold up the whole pipeline on a 2-core CPU (a stage's time
-        bounds the FPS however idle the other core is)."""
-        return [("crop", self.crop), ("codes", self.infer_codes), ("detail", self.detail_codes),
-                ("render", self.render_codes)]
+        bounds the FPS however idle the other core is). With `encode_workers` > 1 (and a source that runs
+        E_flame) E_flame leaves the codes stage for a stage of its own, "E_flame", of that many threads, each on
+        its own frame: a float32 E_flame on one thread is longer than every other stage together, and one
+        frame's pass cannot keep two cores busy."""
+        stages: list[tuple] = [("crop", self.crop)]
+        if self.encode_workers > 1 and self.source.needs_crop:
+            stages.append(("E_flame", self.encode_crop, self.encode_workers))
+        return stages + [("codes", self.infer_codes), ("detail", self.detail_codes), ("render", self.render_codes)]
+
+    def encode_crop(self, item: CropResult) -> CropResult:
+        """The E_flame stage: E_flame on the frame's crop (safe to run on several frames at once)."""
+        if item.crop is not None and item.network is None:
+            item.network = self.encode(item.crop)
+        return item
 
     def infer(self, item: CropResult) -> FrameOutput:
         """Every stage after the crop in one call: crop result -> output picture."""
@@ -171,7 +187,7 @@ class RetargetSession:
         if face and not usable:
             self.counters.without_landmarks += 1
         if usable:
-            codes = self.source(item.crop, item.landmarks, frame.time)
+            codes = self.source(item.crop, item.landmarks, frame.time, network=item.network)
             if self.filter is not None:
                 smoothed = self.filter({k: getattr(codes, k) for k in FILTERED_KEYS}, frame.time)
                 codes = codes.replace(**smoothed)

@@ -87,7 +87,9 @@ class CodeSource:
     needs_crop = True
     needs_landmarks = False
 
-    def __call__(self, crop: Optional[torch.Tensor], landmarks_ndc: Optional[np.ndarray], time: float) -> Codes:
+    def __call__(self, crop: Optional[torch.Tensor], landmarks_ndc: Optional[np.ndarray], time: float,
+                 network: Optional[Codes] = None) -> Codes:
+        """network: E_flame's codes of this crop when a pipeline stage ran it already (else run here)."""
         raise NotImplementedError
 
     def reset(self) -> None:
@@ -101,8 +103,8 @@ class NetworkSource(CodeSource):
     def __init__(self, encode: Callable[[torch.Tensor], Codes]):
         self.encode = encode
 
-    def __call__(self, crop, landmarks_ndc, time) -> Codes:
-        return self.encode(crop)
+    def __call__(self, crop, landmarks_ndc, time, network=None) -> Codes:
+        return network if network is not None else self.encode(crop)
 
 
 class LandmarkSource(CodeSource):
@@ -131,7 +133,7 @@ class LandmarkSource(CodeSource):
         with self._times("fit"):
             return self.fitter.fit(landmarks_ndc, prior_state=prior)
 
-    def __call__(self, crop, landmarks_ndc, time) -> Codes:
+    def __call__(self, crop, landmarks_ndc, time, network=None) -> Codes:
         state = self._fit(landmarks_ndc, time).copy()
         state.rotation = self.head_smoothing(state.rotation, time)
         return codes_from_state(state, self.fitter.shape, self.device)
@@ -159,8 +161,8 @@ class HybridSource(LandmarkSource):
         super().__init__(bases, device, n_shape=n_shape, times=times, config=config)
         self.encode = encode
 
-    def __call__(self, crop, landmarks_ndc, time) -> Codes:
-        net = self.encode(crop)
+    def __call__(self, crop, landmarks_ndc, time, network=None) -> Codes:
+        net = network if network is not None else self.encode(crop)
         if landmarks_ndc is None:
             return net
         state = self._fit(landmarks_ndc, time, prior=state_from_codes(net))

@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     session = RetargetSession(model.deca, model.avatar, frame_size, layout=args.layout, pose_mode=args.pose,
                               smooth=args.smooth, hold_seconds=args.hold, encode_flame=model.encode_flame,
                               decode_detail=model.decode_detail, codes_from=model.codes_from,
-                              keep_vertices=needs_vertices)
+                              keep_vertices=needs_vertices, encode_workers=model.encode_workers)
     if session.source.needs_landmarks:
         calibrated = session.calibrate(calibration_frames(args.input, args.start, args.duration))
         span = min(CALIBRATION_SECONDS, args.duration or CALIBRATION_SECONDS, reader.duration or CALIBRATION_SECONDS)

@@ -161,13 +161,36 @@ def test_onnxruntime_session_is_tuned():
     assert options.enable_mem_pattern
 
 
-def test_pipeline_threads_follow_the_code_source_the_precision_and_live_use():
-    """One ONNX Runtime thread per session where E_flame does not run per frame or, offline, runs as INT8; the
-    physical cores for a float32 E_flame, and for INT8 live (latency first)."""
+@pytest.mark.parametrize("cores", [1, 2, 8])
+def test_pipeline_threads_follow_the_code_source_the_precision_and_live_use(cores, monkeypatch):
+    """One ONNX Runtime thread per session where E_flame does not run per frame or, offline, runs as INT8. A
+    float32 E_flame offline runs on two frames at once (one core: one), the physical cores shared out between
+    them; live, and INT8 live, one frame at a time on every core (latency first)."""
+    from capture.backends import onnxruntime_backend
+
+    monkeypatch.setattr(onnxruntime_backend, "physical_cores", lambda: cores)
+    workers = onnxruntime_backend.pipeline_workers
     assert pipeline_threads("landmarks") == 1 and pipeline_threads("landmarks", int8=True, live=True) == 1
     assert pipeline_threads("network", int8=True) == 1 and pipeline_threads("hybrid", int8=True) == 1
-    assert pipeline_threads("network") is None and pipeline_threads("hybrid", live=True) is None
-    assert pipeline_threads("network", int8=True, live=True) is None
+    assert pipeline_threads("hybrid", live=True) is None and pipeline_threads("network", int8=True, live=True) is None
+    assert workers("landmarks") == workers("network", int8=True) == workers("hybrid", live=True) == 1
+    assert workers("network") == workers("hybrid") == min(2, cores)
+    assert pipeline_threads("network") == (None if cores == 1 else cores // 2)
+
+
+def test_encode_workers_only_for_onnx_runtime_on_the_cpu(engines_dir, monkeypatch):
+    """Several E_flame frames at once only where calls may overlap and run on the CPU: ONNX Runtime sessions (not
+    the torch or TensorRT backends, not CUDA), float32 offline."""
+    from capture.backends import onnxruntime_backend
+
+    monkeypatch.setattr(onnxruntime_backend, "physical_cores", lambda: 2)
+    fp32 = _backend("onnxruntime", "cpu", "E_flame", engines_dir)
+    assert onnxruntime_backend.encode_workers(fp32, "network") == 2
+    assert onnxruntime_backend.encode_workers(fp32, "network", live=True) == 1
+    assert onnxruntime_backend.encode_workers(_backend("torch", "cpu", "E_flame", engines_dir), "network") == 1
+    int8 = object.__new__(onnxruntime_backend.OnnxRuntimeInt8Backend)  # the type decides: no calibration here
+    int8.device = torch.device("cpu")
+    assert onnxruntime_backend.encode_workers(int8, "network") == 1
 
 
 @pytest.mark.gpu

@@ -97,3 +97,40 @@ def test_landmark_source_recovers_blinks_jaw_smile_and_brows(rendered):
     shut = seq["eyeClose_L"] > 0.9
     assert exp[shut, COL["eyeClose_L"]].mean() > 0.5
     assert np.abs(exp[seq["eyeClose_L"] < 0.05, COL["eyeClose_L"]]).mean() < 0.3
+
+
+@pytest.mark.parametrize("codes_from", ["network", "hybrid"])
+def test_e_flame_on_two_frames_at_once_gives_the_pictures_of_one_at_a_time(rendered, codes_from):
+    """`encode_workers=2`: E_flame leaves the codes stage for a stage of two threads, each on its own frame. The
+    pipeline then hands on, in order, the same codes and pictures as the session gives one frame at a time (the
+    landmark fit of the hybrid source, which carries state from frame to frame, still sees every frame in turn)."""
+    from capture.stream import Pipeline
+
+    deca, performer, frames, _ = rendered
+    frames = [Frame(index=i, image=image, pts=i, time_base=Fraction(1, 12), time=i / 12.0)
+              for i, image in enumerate(frames[:10])]
+
+    def run(workers: int) -> list:
+        session = RetargetSession(deca, performer, SIZE, codes_from=codes_from, encode_workers=workers)
+        try:
+            if workers == 1:
+                return [session.infer(session.crop(frame)) for frame in frames]
+            assert [stage[0] for stage in session.stages] == ["crop", "E_flame", "codes", "detail", "render"]
+            out = []
+            Pipeline(frames, stages=session.stages, sink=out.append).run()
+            return out
+        finally:
+            session.close()
+
+    one, two = run(1), run(2)
+    assert [o.frame.index for o in two] == list(range(len(frames)))
+    for a, b in zip(one, two):
+        assert a.codes is not None and b.codes is not None
+        np.testing.assert_array_equal(a.image, b.image)
+        for key in ("exp", "pose", "cam"):
+            np.testing.assert_array_equal(a.codes[key], b.codes[key])
+    with pytest.raises(ValueError, match="encode_workers"):
+        RetargetSession(deca, performer, SIZE, encode_workers=0)
+    landmarks = RetargetSession(deca, performer, SIZE, codes_from="landmarks", encode_workers=2)
+    assert [stage[0] for stage in landmarks.stages] == ["crop", "codes", "detail", "render"]  # no E_flame to run
+    landmarks.close()

@@ -55,6 +55,63 @@ def test_order_preserved_under_random_stage_delays():
     assert all(s.count == 80 for s in stats.stages.values() if s.name != "source")
 
 
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_a_stage_with_workers_runs_items_at_once_and_keeps_their_order(workers):
+    """(name, fn, workers): that many threads call fn on consecutive items at the same time; whatever each call
+    takes, the results leave in the order the items came, every one once, and the end comes after the last."""
+    running, most, lock = [0], [0], threading.Lock()
+    rng = random.Random(workers)
+
+    def slow(x):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            delay = rng.random() * 6e-3
+        time.sleep(delay)
+        with lock:
+            running[0] -= 1
+        return x * 2
+
+    out = []
+    stats = Pipeline(range(60), stages=[("a", _jitter(8)), ("slow", slow, workers), ("c", _jitter(9, lambda x: x + 1))],
+                     sink=out.append, depth=2).run()
+    assert out == [2 * i + 1 for i in range(60)]
+    assert most[0] == workers  # the calls overlapped
+    assert stats.stages["slow"].count == 60 and stats.frames_out == 60 and stats.reason == "end of input"
+    assert Pipeline(range(0), stages=[("slow", slow, workers)], sink=out.append).run().frames_out == 0
+
+
+def test_a_failing_worker_stops_the_run_and_its_error_is_raised():
+    def explode(x):
+        if x == 7:
+            raise ValueError("worker fails on 7")
+        time.sleep(0.002)
+        return x
+
+    seen = []
+    with pytest.raises(ValueError, match="worker fails on 7"):
+        Pipeline(range(1000), stages=[("w", explode, 2)], sink=seen.append).run()
+    assert seen == list(range(len(seen))) and len(seen) < 1000
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        Pipeline(range(3), stages=[("w", explode, 0)])
+
+
+def test_stop_drains_a_stage_with_workers_in_order():
+    out = []
+    holder = {}
+
+    def source():
+        for i in range(10_000):
+            if i == 40:
+                holder["p"].stop()
+            yield i
+
+    p = Pipeline(source(), stages=[("w", _jitter(10, lambda x: -x), 2)], sink=out.append)
+    holder["p"] = p
+    stats = p.run()
+    assert out == [-i for i in range(stats.frames_in)] and stats.frames_out == stats.frames_in >= 40
+
 def test_offline_never_drops_with_a_slow_consumer():
     out = []
     stats = Pipeline(range(40), stages=[("id", lambda x: x)],

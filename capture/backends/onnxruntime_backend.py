@@ -29,11 +29,35 @@ def pipeline_threads(codes_from: str, int8: bool = False, live: bool = False) ->
     per frame (network, hybrid): an INT8 E_flame (~13 CPU ms) fits one core, and offline the second thread's
     hand-offs only cost the other stages CPU (32.6 / 32.7 FPS with 1 thread against 31.4 / 31.9 with 2, 52 against
     58 CPU ms a frame); live, the frame's latency is what counts, and two threads halve E_flame's share of it (36 /
-    46 ms median / p95 against 55-59 / 63-78). A float32 E_flame (~77 CPU ms) needs the cores either way.
+    46 ms median / p95 against 55-59 / 63-78). A float32 E_flame needs the cores: offline they are shared out
+    between the frames it runs on at once (`pipeline_workers`), live one frame gets them all.
     """
     if codes_from == "landmarks" or (int8 and not live):
         return 1
-    return None
+    workers = pipeline_workers(codes_from, int8, live)
+    return None if workers == 1 else max(1, physical_cores() // workers)
+
+
+def pipeline_workers(codes_from: str, int8: bool = False, live: bool = False) -> int:
+    """Frames a CPU E_flame runs on at once in the stage pipeline (`RetargetSession(encode_workers=...)`), each
+    call with `pipeline_threads` threads.
+
+    Offline, a float32 E_flame is longer than all the other stages together (~36 CPU ms on one thread on an
+    Intel Xeon, ~75 on an AMD EPYC), and one pass on two threads leaves the cores idle between its layers: two
+    frames at once, one thread each, keep both busy (benchmarks/fps.py --codes-from network, 2 cores: 20.1 ->
+    21.9 FPS over five alternating pairs, 93 -> 88 CPU ms a frame). An INT8 E_flame fits beside the other stages
+    on one thread, and live, one frame on every core is what shortens the latency."""
+    if codes_from == "landmarks" or int8 or live:
+        return 1
+    return 2 if physical_cores() >= 2 else 1
+
+
+def encode_workers(flame, codes_from: str, live: bool = False) -> int:
+    """`pipeline_workers` for a built E_flame backend: ONNX Runtime on the CPU; 1 for every other backend (a
+    GPU runs one frame's layers in parallel already; a TensorRT execution context serves one call at a time)."""
+    if not isinstance(flame, OnnxRuntimeBackend) or flame.device.type != "cpu":
+        return 1
+    return pipeline_workers(codes_from, isinstance(flame, OnnxRuntimeInt8Backend), live)
 
 
 def session_options(threads: Optional[int] = None, spinning: bool = False):

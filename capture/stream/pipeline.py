@@ -4,7 +4,9 @@
                      policy="offline", finalize=writer.close).run()
 
 Each stage runs in its own named thread and takes items from a bounded `queue.Queue(depth)`; one thread
-per stage and FIFO queues keep the order of items. Policies:
+per stage and FIFO queues keep the order of items. A stage given as (name, fn, workers) with workers > 1 runs
+that many threads on consecutive items at once (fn must then be safe to call concurrently: a pure step such as
+a network's forward pass), and hands its results on in the order the items came. Policies:
 
 - offline: every put blocks while the next queue is full (lossless back-pressure: the source is read only
   as fast as the slowest stage).
@@ -32,6 +34,7 @@ first error wins and is re-raised by `run()`; an interrupt is not an error: `run
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import signal
 import threading
@@ -45,6 +48,7 @@ import numpy as np
 __all__ = ["Pipeline", "PipelineStats", "StageStats", "StepTimes"]
 
 _END = object()
+_SKIP = object()  # a stage worker that found the end after another one took it
 _POLL_S = 0.05
 LIVE_IN_FLIGHT = 2  # live policy: frames between the first stage and the sink (two keep two cores busy)
 _WINDOW = 100_000  # timing samples kept per stage (percentiles over the most recent frames)
@@ -100,13 +104,16 @@ class _Timer:
         self.name = name
         self.count = 0
         self.samples: deque[float] = deque(maxlen=_WINDOW)
+        self._lock = threading.Lock()
 
     def add(self, seconds: float) -> None:
-        self.count += 1
-        self.samples.append(seconds)
+        with self._lock:  # a stage's workers share its timer
+            self.count += 1
+            self.samples.append(seconds)
 
     def stats(self) -> StageStats:
-        s = np.fromiter(list(self.samples), dtype=np.float64) * 1e3
+        with self._lock:
+            s = np.fromiter(list(self.samples), dtype=np.float64) * 1e3
         if s.size == 0:
             return StageStats(self.name, self.count, 0.0, 0.0, 0.0)
         return StageStats(self.name, self.count, float(np.median(s)), float(np.percentile(s, 95)), float(s.mean()))
@@ -176,8 +183,63 @@ def no_times(name: str):
 _NULL = contextlib.nullcontext()
 
 
+
+class _Stage:
+    """One stage's function and its worker threads. With one worker items go through in the queue's order; with
+    several, `take` numbers the items as they are taken and `hand_on` lets each result out only after the one
+    before it, so the order holds however long each call takes."""
+
+    def __init__(self, name: str, fn: Callable[[Any], Any], workers: int = 1):
+        if int(workers) < 1:
+            raise ValueError(f"stage {name!r}: workers must be >= 1, got {workers}")
+        self.name, self.fn, self.workers = name, fn, int(workers)
+        self._taking = threading.Lock()  # held while a worker waits for the next item: numbers follow the queue
+        self._turn = threading.Condition()
+        self._taken = 0  # items numbered so far
+        self._out = 0  # the number of the next result to hand on
+        self._ended = False
+
+    @classmethod
+    def of(cls, spec) -> "_Stage":
+        if isinstance(spec, _Stage):
+            return spec
+        return cls(*spec)
+
+    def take(self, q: queue.Queue, get: Callable[[queue.Queue], Any]) -> tuple[Any, Any]:
+        """(next item, its number: None with one worker); (_END, number) for the worker that takes the end,
+        (_END, _SKIP) for the others (the end goes back into the queue for the next worker to find)."""
+        if self.workers == 1:
+            return get(q), None
+        with self._taking:
+            item = get(q)
+            if item is _END:
+                q.put_nowait(_END)  # room: the item just taken was the last the queue will get
+                if self._ended:
+                    return _END, _SKIP
+                self._ended = True
+            turn = self._taken
+            self._taken += 1
+            return item, turn
+
+    def hand_on(self, turn: int | None, put: Callable[[], None], abort: threading.Event) -> None:
+        """Run put() once every earlier result has been handed on (at once with one worker)."""
+        if turn is None:
+            put()
+            return
+        with self._turn:
+            while self._out != turn:
+                if abort.is_set():
+                    raise _Abort
+                self._turn.wait(_POLL_S)
+        put()  # outside the condition: a full queue blocks this worker, not the others' wake-ups
+        with self._turn:
+            self._out += 1
+            self._turn.notify_all()
+
+
 class Pipeline:
-    """source: iterable of items (e.g. `Frame`s); stages: (name, fn) pairs, fn(item) -> item, run in order;
+    """source: iterable of items (e.g. `Frame`s); stages: (name, fn) pairs, fn(item) -> item, run in order (or
+    (name, fn, workers): `workers` threads call fn on consecutive items, results kept in order);
     sink(item): consumes the last stage's output; finalize(): called once at the end, whatever happened
     (e.g. `VideoWriter.close`). policy: "offline" or "live"; depth: capacity of each queue (>= 1).
     quit_event: setting it stops the run gracefully (as stop() does), e.g. from a preview window.
@@ -204,11 +266,12 @@ class Pipeline:
             in_flight = LIVE_IN_FLIGHT if policy == "live" else 0
         if in_flight < 0:
             raise ValueError(f"in_flight must be >= 1 (or 0: no limit), got {in_flight}")
-        names = [name for name, _ in stages]
+        stages = [_Stage.of(spec) for spec in stages]
+        names = [stage.name for stage in stages]
         if len(set(names)) != len(names) or {"source", "sink"} & set(names):
             raise ValueError(f"stage names must be unique and not 'source'/'sink', got {names}")
         self._source = source
-        self._stages = list(stages)
+        self._stages = stages
         self._sink = sink
         self._finalize = finalize
         self.policy = policy
@@ -337,30 +400,31 @@ class Pipeline:
                 raise _Abort
 
     def _run_stage(self, index: int) -> None:
-        name, fn = self._stages[index]
+        stage = self._stages[index]
         q_in, q_out = self._queues[index], self._queues[index + 1]
-        timer = self._timers[name]
+        timer = self._timers[stage.name]
         slots = self._slots if index == 0 else None
         try:
             while True:
                 if slots is not None:
                     self._take_slot()
-                item = self._get(q_in)
+                item, turn = stage.take(q_in, self._get)
                 if item is _END:
                     if slots is not None:
                         slots.release()
-                    self._put(q_out, _END)
+                    if turn is not _SKIP:  # one worker hands the end on, after every earlier result
+                        stage.hand_on(turn, functools.partial(self._put, q_out, _END), self._abort)
                     return
                 t = time.perf_counter()
-                out = fn(item)
+                out = stage.fn(item)
                 timer.add(time.perf_counter() - t)
-                self._put(q_out, out)
+                stage.hand_on(turn, functools.partial(self._put, q_out, out), self._abort)
         except _Abort:
             pass
         except KeyboardInterrupt:
             self._interrupt(drain=False)
         except BaseException as e:  # noqa: BLE001 - a stage failure of any type drains the pipeline and is reported
-            self._fail(e, f"stage {name!r}")
+            self._fail(e, f"stage {stage.name!r}")
 
     def _run_sink(self) -> None:
         q_in = self._queues[-1]
@@ -397,8 +461,9 @@ class Pipeline:
         self._t0 = time.perf_counter()
         threads = [threading.Thread(target=self._run_source, name="source", daemon=True)]
         threads += [
-            threading.Thread(target=self._run_stage, args=(i,), name=name, daemon=True)
-            for i, (name, _) in enumerate(self._stages)
+            threading.Thread(target=self._run_stage, args=(i,), name=stage.name if stage.workers == 1 else
+                             f"{stage.name}-{k}", daemon=True)
+            for i, stage in enumerate(self._stages) for k in range(stage.workers)
         ]
         threads.append(threading.Thread(target=self._run_sink, name="sink", daemon=True))
         finalize_error: BaseException | None = None
