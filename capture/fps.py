@@ -940,8 +940,7 @@ class PipelinePath:
 
 
 _PIPELINE_STAGE_NAMES = {"source": "decode", "sink": "encode", "crop": "crop", "E_flame": "stage E_flame",
-                         "codes": "stage codes",
-                         "detail": "stage D_detail", "render": "stage draw"}
+                         "codes": "stage codes", "detail": "stage D_detail", "render": "stage draw"}
 
 
 def _fill_from_chunks(result: RunResult, chunks: list[Chunk], latencies: list[float], peak_rss: float,

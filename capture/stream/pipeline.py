@@ -183,7 +183,6 @@ def no_times(name: str):
 _NULL = contextlib.nullcontext()
 
 
-
 class _Stage:
     """One stage's function and its worker threads. With one worker items go through in the queue's order; with
     several, `take` numbers the items as they are taken and `hand_on` lets each result out only after the one
