@@ -112,6 +112,22 @@ def test_stop_drains_a_stage_with_workers_in_order():
     stats = p.run()
     assert out == [-i for i in range(stats.frames_in)] and stats.frames_out == stats.frames_in >= 40
 
+
+def test_live_policy_with_a_stage_of_workers_drops_at_the_source_and_keeps_order():
+    """A camera faster than the stage's two workers: frames are dropped at the source queue only, and those that
+    get through leave in order, each once."""
+    def camera():
+        for i in range(80):
+            time.sleep(0.002)
+            yield i
+
+    out = []
+    stats = Pipeline(camera(), stages=[("w", _jitter(11, max_ms=20.0), 2), ("b", _jitter(12))], sink=out.append,
+                     policy="live", depth=1, in_flight=3).run()
+    assert out == sorted(set(out)) and out[-1] == 79
+    assert stats.dropped > 0 and stats.frames_out + stats.dropped == stats.frames_in == 80
+
+
 def test_offline_never_drops_with_a_slow_consumer():
     out = []
     stats = Pipeline(range(40), stages=[("id", lambda x: x)],
