@@ -71,9 +71,11 @@ static inline int fits_word(int32_t v) { return v >= -32768 && v <= 32767; }
    vpermb spreads into words (the rest zeroed), vpmaddwd multiplies and adds them in pairs. Luma pairs (R, G) and
    (B, G): G's weight is split in two so that every factor fits a signed word. Chroma pairs the two columns of a
    2 x 2 block after adding its two rows, which is the scalar code's per-column sums added in pairs (integers: the
-   same values). Returns the pixels done (a multiple of 32), or 0 when a weight does not fit a word. */
-static int64_t rows_avx512(const uint8_t *p0, const uint8_t *p1, int64_t w, uint8_t *y0, uint8_t *y1,
-                           uint8_t *u, uint8_t *v, const int32_t *c) {
+   same values). Every row pair of the picture (arguments as capture_rgb_to_yuv420's); returns the pixels done in
+   each row (a multiple of 32), or 0 when a weight does not fit a word. */
+static int64_t rows_avx512(const uint8_t *rgb, int64_t h, int64_t w, int64_t rgb_stride, uint8_t *y,
+                           int64_t y_stride, uint8_t *u, int64_t u_stride, uint8_t *v, int64_t v_stride,
+                           const int32_t *c) {
     const int32_t g_hi = c[1] > 32767 ? 32767 : (c[1] < -32768 ? -32768 : c[1]), g_lo = c[1] - g_hi;
     if (!(fits_word(c[0]) && fits_word(c[2]) && fits_word(g_lo)))
         return 0;
@@ -97,40 +99,45 @@ static int64_t rows_avx512(const uint8_t *p0, const uint8_t *p1, int64_t w, uint
     const __m512i u_r = word_pair(c[4], c[4]), u_g = word_pair(c[5], c[5]), u_b = word_pair(c[6], c[6]);
     const __m512i v_r = word_pair(c[8], c[8]), v_g = word_pair(c[9], c[9]), v_b = word_pair(c[10], c[10]);
     const __m512i o_u = _mm512_set1_epi32(c[7]), o_v = _mm512_set1_epi32(c[11]), zero = _mm512_setzero_si512();
-    int64_t i = 0;
-    for (; i + 32 <= w; i += 32) {
-        const uint8_t *rows[2] = {p0 + 3 * i, p1 + 3 * i};
-        uint8_t *outs[2] = {y0 + i, y1 + i};
-        __m512i lo[2], hi[2];
-        for (int r = 0; r < 2; ++r) {
-            lo[r] = _mm512_loadu_si512(rows[r]);
-            hi[r] = _mm512_maskz_loadu_epi8(tail32, rows[r] + 64);
-            for (int half = 0; half < 2; ++half) {  /* luma of 16 pixels: 48 bytes */
-                const __m512i px = _mm512_maskz_loadu_epi8(px16, rows[r] + 48 * half);
-                __m512i s = _mm512_add_epi32(
-                    _mm512_madd_epi16(_mm512_maskz_permutexvar_epi8(even_bytes, i_rg, px), w_rg),
-                    _mm512_madd_epi16(_mm512_maskz_permutexvar_epi8(even_bytes, i_bg, px), w_bg));
-                s = _mm512_max_epi32(_mm512_srai_epi32(_mm512_add_epi32(s, o_y), 16), zero);
-                _mm_storeu_si128((__m128i *)(outs[r] + 16 * half), _mm512_cvtusepi32_epi8(s));
+    const int64_t done = w / 32 * 32;
+    for (int64_t j = 0; j < h; j += 2) {
+        const uint8_t *p0 = rgb + j * rgb_stride, *p1 = p0 + rgb_stride;
+        uint8_t *y0 = y + j * y_stride, *y1 = y0 + y_stride;
+        uint8_t *uj = u + (j / 2) * u_stride, *vj = v + (j / 2) * v_stride;
+        for (int64_t i = 0; i < done; i += 32) {
+            const uint8_t *rows[2] = {p0 + 3 * i, p1 + 3 * i};
+            uint8_t *outs[2] = {y0 + i, y1 + i};
+            __m512i lo[2], hi[2];
+            for (int r = 0; r < 2; ++r) {
+                lo[r] = _mm512_loadu_si512(rows[r]);
+                hi[r] = _mm512_maskz_loadu_epi8(tail32, rows[r] + 64);
+                for (int half = 0; half < 2; ++half) {  /* luma of 16 pixels: 48 bytes */
+                    const __m512i px = _mm512_maskz_loadu_epi8(px16, rows[r] + 48 * half);
+                    __m512i s = _mm512_add_epi32(
+                        _mm512_madd_epi16(_mm512_maskz_permutexvar_epi8(even_bytes, i_rg, px), w_rg),
+                        _mm512_madd_epi16(_mm512_maskz_permutexvar_epi8(even_bytes, i_bg, px), w_bg));
+                    s = _mm512_max_epi32(_mm512_srai_epi32(_mm512_add_epi32(s, o_y), 16), zero);
+                    _mm_storeu_si128((__m128i *)(outs[r] + 16 * half), _mm512_cvtusepi32_epi8(s));
+                }
             }
+            /* each channel's 2 x 2 sums as word pairs (two columns, both rows added) */
+            const __m512i sr = _mm512_add_epi16(_mm512_maskz_permutex2var_epi8(even_bytes, lo[0], i_r, hi[0]),
+                                                _mm512_maskz_permutex2var_epi8(even_bytes, lo[1], i_r, hi[1]));
+            const __m512i sg = _mm512_add_epi16(_mm512_maskz_permutex2var_epi8(even_bytes, lo[0], i_g, hi[0]),
+                                                _mm512_maskz_permutex2var_epi8(even_bytes, lo[1], i_g, hi[1]));
+            const __m512i sb = _mm512_add_epi16(_mm512_maskz_permutex2var_epi8(even_bytes, lo[0], i_b, hi[0]),
+                                                _mm512_maskz_permutex2var_epi8(even_bytes, lo[1], i_b, hi[1]));
+            __m512i cu = _mm512_add_epi32(_mm512_add_epi32(_mm512_madd_epi16(sr, u_r), _mm512_madd_epi16(sg, u_g)),
+                                          _mm512_madd_epi16(sb, u_b));
+            __m512i cv = _mm512_add_epi32(_mm512_add_epi32(_mm512_madd_epi16(sr, v_r), _mm512_madd_epi16(sg, v_g)),
+                                          _mm512_madd_epi16(sb, v_b));
+            cu = _mm512_max_epi32(_mm512_srai_epi32(_mm512_add_epi32(cu, o_u), 16), zero);
+            cv = _mm512_max_epi32(_mm512_srai_epi32(_mm512_add_epi32(cv, o_v), 16), zero);
+            _mm_storeu_si128((__m128i *)(uj + i / 2), _mm512_cvtusepi32_epi8(cu));
+            _mm_storeu_si128((__m128i *)(vj + i / 2), _mm512_cvtusepi32_epi8(cv));
         }
-        /* each channel's 2 x 2 sums as word pairs (two columns, both rows added) */
-        const __m512i sr = _mm512_add_epi16(_mm512_maskz_permutex2var_epi8(even_bytes, lo[0], i_r, hi[0]),
-                                            _mm512_maskz_permutex2var_epi8(even_bytes, lo[1], i_r, hi[1]));
-        const __m512i sg = _mm512_add_epi16(_mm512_maskz_permutex2var_epi8(even_bytes, lo[0], i_g, hi[0]),
-                                            _mm512_maskz_permutex2var_epi8(even_bytes, lo[1], i_g, hi[1]));
-        const __m512i sb = _mm512_add_epi16(_mm512_maskz_permutex2var_epi8(even_bytes, lo[0], i_b, hi[0]),
-                                            _mm512_maskz_permutex2var_epi8(even_bytes, lo[1], i_b, hi[1]));
-        __m512i cu = _mm512_add_epi32(_mm512_add_epi32(_mm512_madd_epi16(sr, u_r), _mm512_madd_epi16(sg, u_g)),
-                                      _mm512_madd_epi16(sb, u_b));
-        __m512i cv = _mm512_add_epi32(_mm512_add_epi32(_mm512_madd_epi16(sr, v_r), _mm512_madd_epi16(sg, v_g)),
-                                      _mm512_madd_epi16(sb, v_b));
-        cu = _mm512_max_epi32(_mm512_srai_epi32(_mm512_add_epi32(cu, o_u), 16), zero);
-        cv = _mm512_max_epi32(_mm512_srai_epi32(_mm512_add_epi32(cv, o_v), 16), zero);
-        _mm_storeu_si128((__m128i *)(u + i / 2), _mm512_cvtusepi32_epi8(cu));
-        _mm_storeu_si128((__m128i *)(v + i / 2), _mm512_cvtusepi32_epi8(cv));
     }
-    return i;
+    return done;
 }
 #endif
 
@@ -141,17 +148,16 @@ static int64_t rows_avx512(const uint8_t *p0, const uint8_t *p1, int64_t w, uint
 void capture_rgb_to_yuv420(const uint8_t *rgb, int64_t h, int64_t w, int64_t rgb_stride,
                            uint8_t *y, int64_t y_stride, uint8_t *u, int64_t u_stride,
                            uint8_t *v, int64_t v_stride, const int32_t *c, int32_t *work) {
+    int64_t done = 0;  /* the pixels of each row that the vector pass converted */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI__)
+    done = rows_avx512(rgb, h, w, rgb_stride, y, y_stride, u, u_stride, v, v_stride, c);
+#endif
+    const int64_t rest = w - done;
+    if (rest == 0) return;
     for (int64_t j = 0; j < h; j += 2) {
-        const uint8_t *p0 = rgb + j * rgb_stride, *p1 = p0 + rgb_stride;
+        const uint8_t *p0 = rgb + j * rgb_stride + 3 * done, *p1 = p0 + rgb_stride;
         uint8_t *y0 = y + j * y_stride, *y1 = y0 + y_stride;
         uint8_t *uj = u + (j / 2) * u_stride, *vj = v + (j / 2) * v_stride;
-        int64_t done = 0;
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI__)
-        done = rows_avx512(p0, p1, w, y0, y1, uj, vj, c);
-#endif
-        const int64_t rest = w - done;
-        if (rest == 0) continue;
-        p0 += 3 * done; p1 += 3 * done;
         luma_row(p0, rest, y0 + done, c[0], c[1], c[2], c[3]);
         luma_row(p1, rest, y1 + done, c[0], c[1], c[2], c[3]);
         column_chroma(p0, p1, rest, work, work + rest, c);
