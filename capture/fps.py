@@ -446,7 +446,8 @@ def make_engines(name: str, pack, device: torch.device, args, calibration: Calla
         settings = {"cuda_graphs": flame.cuda_graphs, "half": flame.half}
     else:
         what, settings = "TensorRT", {}
-    workers = args.encode_workers or (1 if codes_from == "landmarks" else encode_workers(flame, codes_from, args.live))
+    # landmark codes run no E_flame per frame: nothing for a second frame to do, whatever --encode-workers says
+    workers = 1 if codes_from == "landmarks" else args.encode_workers or encode_workers(flame, codes_from, args.live)
     if workers > 1:
         what += f", E_flame on {workers} frames at once"
     settings["encode_workers"] = workers

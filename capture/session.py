@@ -161,7 +161,7 @@ class RetargetSession:
 
     def encode_crop(self, item: CropResult) -> CropResult:
         """The E_flame stage: E_flame on the frame's crop (safe to run on several frames at once)."""
-        if item.crop is not None and item.network is None:
+        if item.crop is not None:
             item.network = self.encode(item.crop)
         return item
 

@@ -198,12 +198,6 @@ class _Stage:
         self._out = 0  # the number of the next result to hand on
         self._ended = False
 
-    @classmethod
-    def of(cls, spec) -> "_Stage":
-        if isinstance(spec, _Stage):
-            return spec
-        return cls(*spec)
-
     def take(self, q: queue.Queue, get: Callable[[queue.Queue], Any]) -> tuple[Any, Any]:
         """(next item, its number: None with one worker); (_END, number) for the worker that takes the end,
         (_END, _SKIP) for the others (the end goes back into the queue for the next worker to find)."""
@@ -265,7 +259,7 @@ class Pipeline:
             in_flight = LIVE_IN_FLIGHT if policy == "live" else 0
         if in_flight < 0:
             raise ValueError(f"in_flight must be >= 1 (or 0: no limit), got {in_flight}")
-        stages = [_Stage.of(spec) for spec in stages]
+        stages = [_Stage(*spec) for spec in stages]
         names = [stage.name for stage in stages]
         if len(set(names)) != len(names) or {"source", "sink"} & set(names):
             raise ValueError(f"stage names must be unique and not 'source'/'sink', got {names}")
