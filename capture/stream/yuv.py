@@ -195,20 +195,51 @@ def kernel_error() -> Optional[str]:
     return _KERNEL.error()
 
 
-def rgb_to_yuv420(image: np.ndarray, planes, full_range: bool = False) -> None:
-    """image [H, W, 3] uint8 RGB (H, W even; rows contiguous) into `planes` = (Y, U, V) of a yuv420p frame,
-    each with `.buffer_ptr`, `.line_size`, `.width` and `.height` (PyAV's VideoPlane)."""
+def _checked(image: np.ndarray) -> tuple[int, int]:
     h, w = image.shape[:2]
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or h % 2 or w % 2:
         raise ValueError(f"rgb_to_yuv420: expected an even-sized [H, W, 3] uint8 image, got {list(image.shape)} "
                          f"{image.dtype}")
     if image.strides[1:] != (3, 1):
         raise ValueError("rgb_to_yuv420: the image's pixels must be contiguous within a row")
-    py, pu, pv = planes
-    if (py.width, py.height) != (w, h) or any((p.width, p.height) != (w // 2, h // 2) for p in (pu, pv)):
-        raise ValueError(f"rgb_to_yuv420: planes {[(p.width, p.height) for p in planes]} do not fit a {w}x{h} image")
+    return h, w
+
+
+def plane_views(planes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (Y, U, V) planes of a yuv420p frame (PyAV's VideoPlanes: buffer, `.line_size`, `.width`, `.height`) as
+    writable uint8 arrays [height, width] over their buffers (rows `line_size` bytes apart)."""
+    return tuple(np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width] for p in planes)
+
+
+def convert_into(image: np.ndarray, y: np.ndarray, u: np.ndarray, v: np.ndarray, full_range: bool = False) -> None:
+    """image [H, W, 3] uint8 RGB (H, W even; each row's pixels contiguous) into plane arrays y [H, W], u and v
+    [H/2, W/2] (uint8, contiguous within rows: `plane_views`, or rectangles of them at even coordinates)."""
+    h, w = _checked(image)
+    if y.shape != (h, w) or u.shape != (h // 2, w // 2) or v.shape != (h // 2, w // 2):
+        raise ValueError(f"rgb_to_yuv420: planes {[list(p.shape) for p in (y, u, v)]} do not fit a {w}x{h} image")
+    if any(p.dtype != np.uint8 or p.strides[1] != 1 or not p.flags.writeable for p in (y, u, v)):
+        raise ValueError("rgb_to_yuv420: the planes must be writable uint8 arrays, contiguous within a row")
     c = _COEFFICIENTS[bool(full_range)]
     work = np.empty(2 * w, np.int32)
     _KERNEL.function("capture_rgb_to_yuv420")(
-        image.ctypes.data, h, w, image.strides[0], py.buffer_ptr, py.line_size, pu.buffer_ptr, pu.line_size,
-        pv.buffer_ptr, pv.line_size, c.ctypes.data, work.ctypes.data)
+        image.ctypes.data, h, w, image.strides[0], y.ctypes.data, y.strides[0], u.ctypes.data, u.strides[0],
+        v.ctypes.data, v.strides[0], c.ctypes.data, work.ctypes.data)
+
+
+def rgb_to_yuv420(image: np.ndarray, planes, full_range: bool = False) -> None:
+    """image [H, W, 3] uint8 RGB (H, W even; rows contiguous) into `planes` = (Y, U, V) of a yuv420p frame,
+    each with `.line_size`, `.width` and `.height` and the buffer protocol (PyAV's VideoPlane)."""
+    h, w = _checked(image)
+    py, pu, pv = planes
+    if (py.width, py.height) != (w, h) or any((p.width, p.height) != (w // 2, h // 2) for p in (pu, pv)):
+        raise ValueError(f"rgb_to_yuv420: planes {[(p.width, p.height) for p in planes]} do not fit a {w}x{h} image")
+    convert_into(image, *plane_views(planes), full_range=full_range)
+
+
+def colour_codes(rgb, full_range: bool = False) -> tuple[int, int, int]:
+    """The (Y, Cb, Cr) codes of a flat uint8 RGB colour, as the pass converts a block of it."""
+    block = np.empty((2, 2, 3), np.uint8)
+    block[:] = np.asarray(rgb, np.uint8)
+    y, u, v = np.empty((2, 2), np.uint8), np.empty((1, 1), np.uint8), np.empty((1, 1), np.uint8)
+    convert_into(block, y, u, v, full_range)
+    return int(y[0, 0]), int(u[0, 0]), int(v[0, 0])
