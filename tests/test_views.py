@@ -238,6 +238,20 @@ def test_compiled_paste_rounds_like_a_float_picture():
         cpu_shading.paste_u8(np.zeros((h, w, 3), np.uint8), index - h * w, colour, w)
     with pytest.raises(ValueError, match="do not fit"):
         cpu_shading.paste_u8(np.zeros((h, w, 3), np.uint8), index, colour, w, column=1)
+    # into a rectangle of the frame (rows 2..5, columns 3..7): row = -top, column = -left
+    rows, cols = index // w, index % w
+    inside = (rows >= 2) & (rows < 6) & (cols >= 3) & (cols < 8)
+    patch = np.full((4, 5, 3), 17, np.uint8)
+    cpu_shading.paste_u8(patch, index[inside], colour[inside], w, column=-3, row=-2)
+    want = np.full((4, 5, 3), 17, np.uint8)
+    want[(rows[inside] - 2).numpy(), (cols[inside] - 3).numpy()] = expected[inside].numpy()
+    np.testing.assert_array_equal(patch, want)
+    for outside in (inside | (cols == 8), inside | (cols == 2), inside | (rows == 1), inside | (rows == 6)):
+        assert (outside & ~inside).any()
+        untouched = np.zeros((4, 5, 3), np.uint8)
+        with pytest.raises(ValueError, match="do not fit"):
+            cpu_shading.paste_u8(untouched, index[outside], colour[outside], w, column=-3, row=-2)
+        assert not untouched.any()
 
 
 

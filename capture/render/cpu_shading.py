@@ -158,15 +158,26 @@ int64_t capture_detail_normals(int64_t B, int64_t V, int64_t S, const int64_t *v
     return 0;
 }
 
-/* The covered pixels' colours [n, 3] into a uint8 RGB picture [rows, out_w, 3]: pixel index (y * w + x) of a
-   w-wide frame goes to column x + x0 of row y, as (uint8)(clamp(c, 0, 1) * 255 + 0.5) (the float picture's
-   rounding). Returns 0, or -1 (nothing written) when an index lies outside the `rows` x w frame. */
+/* The covered pixels' colours [n, 3] into a uint8 RGB picture [out_rows, out_w, 3]: pixel index (y * w + x) of
+   a w-wide frame goes to row y + y0, column x + x0, as (uint8)(clamp(c, 0, 1) * 255 + 0.5) (the float picture's
+   rounding). Returns 0, or -1 (nothing written) when an index lies outside the `rows` x w frame or its pixel
+   outside the picture. */
 int64_t capture_paste_u8(int64_t n, const int64_t *index, const float *colour, int64_t w, int64_t rows,
-                         uint8_t *out, int64_t out_w, int64_t x0)
+                         uint8_t *out, int64_t out_rows, int64_t out_w, int64_t x0, int64_t y0)
 {
-    for (int64_t i = 0; i < n; ++i)
-        if (index[i] < 0 || index[i] >= rows * w) return -1;
     int64_t y = 0, row = 0;  /* the row of the last pixel and its first index: one division per run of a row */
+    const int64_t whole = x0 >= 0 && x0 + w <= out_w;  /* every column of the frame lands in the picture */
+    for (int64_t i = 0; i < n; ++i) {
+        if (index[i] < 0 || index[i] >= rows * w) return -1;
+        if (index[i] < row || index[i] >= row + w) {
+            y = index[i] / w;
+            row = y * w;
+            if (y + y0 < 0 || y + y0 >= out_rows) return -1;
+        }
+        if (!whole && (index[i] - row + x0 < 0 || index[i] - row + x0 >= out_w)) return -1;
+    }
+    y = 0;
+    row = 0;
 #if defined(__AVX512F__) && defined(__AVX512BW__)
     const __m512 lo = _mm512_setzero_ps(), hi = _mm512_set1_ps(1.0f), scale = _mm512_set1_ps(255.0f);
     const __m512 half = _mm512_set1_ps(0.5f);
@@ -176,7 +187,7 @@ int64_t capture_paste_u8(int64_t n, const int64_t *index, const float *colour, i
             y = index[i] / w;
             row = y * w;
         }
-        uint8_t *px = out + 3 * (y * out_w + (index[i] - row) + x0);
+        uint8_t *px = out + 3 * ((y + y0) * out_w + (index[i] - row) + x0);
 #if defined(__AVX512F__) && defined(__AVX512BW__)
         /* 16 neighbours in one row (the covered pixels come sorted, a row's span at a time): their 48 channels
            are 48 bytes in a row of the picture. max(v, 0) gives 0 where the scalar code's NaN converts to 0. */
@@ -363,7 +374,7 @@ _KERNEL = CompiledKernel("cpu_shading", _SOURCE, native=True, functions={
     "capture_detail_normals": (ctypes.c_int64, [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 2
                                + [ctypes.c_void_p] * 4),
     "capture_paste_u8": (ctypes.c_int64, [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                          ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64])})
+                                          ctypes.c_int64, ctypes.c_void_p] + [ctypes.c_int64] * 4)})
 
 
 def kernel_error() -> Optional[str]:
@@ -445,18 +456,21 @@ def detail_normals_c(uv_z: torch.Tensor, vertices: torch.Tensor, normals: torch.
     return out
 
 
-def paste_u8(out: np.ndarray, index: torch.Tensor, colour: torch.Tensor, width: int, column: int = 0) -> None:
+def paste_u8(out: np.ndarray, index: torch.Tensor, colour: torch.Tensor, width: int, column: int = 0,
+             row: int = 0) -> None:
     """Round the covered pixels' colours [N, 3] (float32, CPU) to uint8 as a float picture is rounded and write
     them into `out` [rows, out_width, 3] uint8 (C-contiguous): pixel index y * width + x (batch 1) lands at
-    row y, column x + column (side-by-side: column = width)."""
+    row y + row, column x + column (side-by-side: column = width; a rectangle of the frame at (top, left):
+    row = -top, column = -left)."""
     if out.dtype != np.uint8 or out.ndim != 3 or out.shape[2] != 3 or not out.flags.c_contiguous:
         raise ValueError(f"paste_u8: out must be a C-contiguous [rows, width, 3] uint8 array, got {out.shape} "
                          f"{out.dtype}")
     index = index.to(torch.int64).contiguous()
     colour = colour.to(torch.float32).contiguous()
-    fits = column + width <= out.shape[1] and colour.shape == (index.numel(), 3)
+    frame_rows = out.shape[0] - int(row)  # the rows of the frame whose pixels can land in the picture
+    fits = colour.shape == (index.numel(), 3) and frame_rows > 0
     if not fits or _KERNEL.function("capture_paste_u8")(index.numel(), index.data_ptr(), colour.data_ptr(),
-                                                         int(width), out.shape[0], out.ctypes.data, out.shape[1],
-                                                         int(column)) < 0:  # the pass checks each index first
-        raise ValueError(f"paste_u8: {index.numel()} pixels of a {width}-wide frame do not fit at column {column} "
-                         f"of a {out.shape[1]}x{out.shape[0]} picture (batch 1 only)")
+                                                         int(width), frame_rows, out.ctypes.data, out.shape[0],
+                                                         out.shape[1], int(column), int(row)) < 0:
+        raise ValueError(f"paste_u8: {index.numel()} pixels of a {width}-wide frame do not fit at row {row}, column "
+                         f"{column} of a {out.shape[1]}x{out.shape[0]} picture (batch 1 only)")
