@@ -69,7 +69,7 @@ def main(argv=None) -> int:
             times.add("crop (process)", time.process_time() - proc)
             result = session.render_codes(session.detail_codes(session.infer_codes(item)))
             proc = time.process_time()
-            writer.write(result.image, result.frame.pts, result.frame.time_base)
+            writer.write(result.picture, result.frame.pts, result.frame.time_base)
             times.add("encode (process)", time.process_time() - proc)
             times.add("frame (thread)", time.thread_time() - wall)
         total = time.process_time() - start

@@ -665,7 +665,7 @@ class Bench:
             latencies: list[float] = []
 
             def sink(out) -> None:
-                writer.write(out.image, out.frame.pts, out.frame.time_base)
+                writer.write(out.picture, out.frame.pts, out.frame.time_base)
                 latencies.append(time.perf_counter() - source.arrived[out.frame.index])
                 if rss_every:
                     if len(latencies) % rss_every == 0:
@@ -780,7 +780,7 @@ class SerialPath:
                         result.crops.append(item.crop.numpy().copy())
                     out = session.infer(item)
                     with times("encode"):
-                        self.writer.write(out.image, out.frame.pts, out.frame.time_base)
+                        self.writer.write(out.picture, out.frame.pts, out.frame.time_base)
                     self.latencies.append(time.perf_counter() - self.source.arrived.pop(frame.index))
                     bench._record(result, out)
                     done += 1
@@ -888,7 +888,7 @@ class PipelinePath:
     def _sink(self, out) -> None:
         self._gate()
         t, c = time.perf_counter(), time.thread_time()
-        self.writer.write(out.image, out.frame.pts, out.frame.time_base)
+        self.writer.write(out.picture, out.frame.pts, out.frame.time_base)
         self.times.add("encode", time.perf_counter() - t, time.thread_time() - c)
         arrived = self.source.arrived.pop(out.frame.index)
         if arrived >= self._resumed:

@@ -183,7 +183,7 @@ def main(argv=None) -> int:
         if writer is not None:
             pts = round(out.frame.time / writer.time_base)
             if last_pts[0] is None or pts > last_pts[0]:  # a camera can repeat a timestamp; keep it monotonic
-                writer.write(out.image, pts)
+                writer.write(out.picture, pts)
                 last_pts[0] = pts
         if channels is not None:
             channels.add(out)

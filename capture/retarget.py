@@ -23,6 +23,7 @@ from .conventions import INPUT_SIZE
 from .deca import DECA, Codes
 from .model_assets import ModelAssets
 from .nets import detail_input
+from .picture import Picture, even_box, fill
 from .projection import crop_to_image_ndc, orthographic
 from .reference import ReferenceDrawing
 from .render import cpu_shading
@@ -79,8 +80,13 @@ def output_size(layout: str, frame_size: tuple[int, int]) -> tuple[int, int]:
 
 @dataclass
 class FrameResult:
-    image: np.ndarray  # [H_out, W_out, 3] uint8
+    picture: Picture  # [H_out, W_out] RGB, as its parts (`image` builds the whole array)
     codes: Optional[Codes]  # merged codes that were rendered (None when the frame passed through)
+
+    @property
+    def image(self) -> np.ndarray:
+        """[H_out, W_out, 3] uint8 RGB."""
+        return self.picture.rgb()
 
 
 @dataclass
@@ -125,7 +131,6 @@ class AvatarRenderer:
         self.drawing = ReferenceDrawing(self.assets) if self.reference else Drawing(self.assets)
         self._times = times if times is not None else no_times
         self._view_T = torch.as_tensor(view_transform(frame_size), dtype=torch.float32, device=self.device)
-        self._template: Optional[np.ndarray] = None  # the background picture, made on first use
         self._detail: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (latent, uv_z) of the last D_detail run
         if self.device.type == "cpu":
             cpu_shading.kernel_error()  # the compiled drawing passes: built (once per machine) now, not on a frame
@@ -215,8 +220,8 @@ class AvatarRenderer:
         """The picture of a prepared frame in the layout: frame [H, W, 3] uint8 -> FrameResult."""
         pixels = self._lit_pixels(prepared)
         with self._times("composite"):
-            image = self._composite(frame, pixels)
-        return FrameResult(image, prepared.codes)
+            picture = self._composite(frame, pixels)
+        return FrameResult(picture, prepared.codes)
 
     # ------------------------------------------------------------------------------------ whole frames
     def render(self, frame: np.ndarray, source: Optional[Codes], image_to_crop: Optional[np.ndarray]) -> FrameResult:
@@ -243,38 +248,50 @@ class AvatarRenderer:
             return self.drawing.lit(self.rasterizer, fragments, prepared.screen, prepared.normals, albedo, normal_map,
                                     prepared.codes.light)
 
-    def _composite(self, frame: np.ndarray, pixels: LitPixels) -> np.ndarray:
-        """uint8 compositing of the covered pixels over the frame or the grey background (batch 1). The same
-        bytes as compositing float pictures (alpha is 0 or 1) and rounding them to uint8."""
+    def _composite(self, frame: np.ndarray, pixels: LitPixels) -> Picture:
+        """The picture of a frame in the layout (batch 1), kept as its parts (`capture.picture`): the input, and
+        the rectangle of the frame that holds the head, its covered pixels rounded to uint8 over the background
+        (in the overlay, over the input's own pixels there). The same bytes as compositing float pictures (alpha
+        is 0 or 1) and rounding them to uint8."""
         h, w = self.frame_size
+        top, left, ph, pw = self._head_box(pixels)
         if self.layout == "overlay":
-            out = np.array(frame, dtype=np.uint8, order="C")  # a fresh copy: the writer may still hold the last
+            patch = np.array(frame[top:top + ph, left:left + pw], dtype=np.uint8, order="C")
         else:
-            if self._template is None:  # the grey background of the avatar's picture
-                self._template = np.empty((h, w, 3), np.uint8)
-                self._template[:] = self._background
-            if self.layout == "side-by-side":  # the input on the left, each half written once
-                out = np.empty((*self.out_size, 3), np.uint8)
-                out[:, :w] = frame
-                out[:, w:] = self._template
-            else:
-                out = self._template.copy()
-        column = w if self.layout == "side-by-side" else 0
+            patch = np.empty((ph, pw, 3), np.uint8)
+            fill(patch, self._background)
+        index, colour = pixels.index.cpu(), pixels.colour.cpu()
         if cpu_shading.kernel_error() is None:  # rounding and scatter in one compiled pass
-            cpu_shading.paste_u8(out, pixels.index.cpu(), pixels.colour.cpu(), w, column)
-            return out
-        colour = (pixels.colour.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu()
-        index = pixels.index.cpu()
-        if column:  # frame pixel index -> the same pixel in the right half
-            index = torch.div(index, w, rounding_mode="floor") * (2 * w) + column + index % w
-        torch.from_numpy(out).view(-1, 3).index_copy_(0, index, colour)
-        return out
+            cpu_shading.paste_u8(patch, index, colour, w, column=-left, row=-top)
+        else:
+            at = (torch.div(index, w, rounding_mode="floor") - top) * pw + index % w - left
+            colour = (colour.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+            torch.from_numpy(patch).view(-1, 3).index_copy_(0, at, colour)
+        if self.layout == "side-by-side":  # the input on the left
+            return Picture(h, 2 * w, [(0, 0, frame), (top, w + left, patch)], self._background)
+        if self.layout == "overlay":
+            return Picture(h, w, [(0, 0, frame), (top, left, patch)])
+        return Picture(h, w, [(top, left, patch)], self._background)
 
-    def _pass_through(self, frame: np.ndarray) -> np.ndarray:
+    def _head_box(self, pixels: LitPixels) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of a rectangle of the frame holding every covered pixel, corners even."""
+        h, w = self.frame_size
+        if pixels.window is not None:
+            box = (pixels.window.top, pixels.window.left, pixels.window.height, pixels.window.width)
+        elif pixels.index.numel():
+            rows = torch.div(pixels.index, w, rounding_mode="floor")
+            cols = pixels.index % w
+            top, left = int(rows.min()), int(cols.min())
+            box = (top, left, int(rows.max()) - top + 1, int(cols.max()) - left + 1)
+        else:
+            box = (0, 0, 1, 1)
+        return even_box(*box, (h, w))
+
+    def _pass_through(self, frame: np.ndarray) -> Picture:
+        h, w = frame.shape[:2]
         if self.layout == "side-by-side":
-            blank = np.full_like(frame, int(BACKGROUND * 255))
-            return np.concatenate([frame, blank], axis=1)
-        return frame
+            return Picture(h, 2 * w, [(0, 0, frame)], self._background)
+        return Picture(h, w, [(0, 0, frame)])
 
 
 def _to_uint8(picture: torch.Tensor) -> np.ndarray:

@@ -20,6 +20,7 @@ from .avatar import Avatar
 from .crop import FaceDetector, FaceTracker, crop_to_tensor, crop_transform
 from .deca import DECA, Codes
 from .nets import CODE_LAYOUT
+from .picture import Picture
 from .retarget import AvatarRenderer, Prepared
 from .sources import landmarks_to_crop_ndc, make_source
 from .stream.filters import CodeFilter
@@ -42,12 +43,17 @@ class CropResult:
 @dataclass
 class FrameOutput:
     frame: Frame  # the input frame (pts / time_base kept for the writer)
-    image: np.ndarray  # output picture [H, W, 3] uint8
+    picture: Picture  # output picture [H, W] RGB as its parts: what the writer takes (`image` builds the array)
     codes: Optional[dict[str, np.ndarray]]  # merged codes rendered (None: passed through)
     face: bool  # a face was found in this frame
     held: bool  # the last codes were reused because the face was missing
     vertices: Optional[np.ndarray] = None  # [V, 3] animated avatar vertices, when asked for
     latency: float = 0.0  # seconds from crop start to render end
+
+    @property
+    def image(self) -> np.ndarray:
+        """The output picture, [H, W, 3] uint8 RGB."""
+        return self.picture.rgb()
 
 
 @dataclass
@@ -222,7 +228,7 @@ class RetargetSession:
             vertices = result.prepared.vertices[0].detach().cpu().numpy()
         merged = None if rendered.codes is None else {k: v[0].detach().cpu().numpy()
                                                       for k, v in vars(rendered.codes).items()}
-        return FrameOutput(frame=frame, image=rendered.image, codes=merged, face=result.face, held=result.held,
+        return FrameOutput(frame=frame, picture=rendered.picture, codes=merged, face=result.face, held=result.held,
                            vertices=vertices, latency=time.perf_counter() - item.started)
 
     def close(self) -> None:

@@ -186,7 +186,7 @@ def main(argv=None) -> int:
     latencies = []
 
     def sink(out: FrameOutput) -> None:
-        writer.write(out.image, out.frame.pts, out.frame.time_base)
+        writer.write(out.picture, out.frame.pts, out.frame.time_base)
         latencies.append(out.latency)
         if recorder is not None:
             recorder.add(out)

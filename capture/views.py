@@ -35,7 +35,7 @@ from .appearance import (
     sh_terms,
     vertex_normals,
 )
-from .render import covering_window, cpu_shading
+from .render import Window, covering_window, cpu_shading
 
 
 @dataclass
@@ -164,6 +164,7 @@ class LitPixels:
     colour: torch.Tensor  # [N, 3] albedo x SH(detail normals), not clamped
     size: tuple[int, int]  # (H, W)
     batch: int
+    window: Optional[Window] = None  # a rectangle of the frame holding every covered pixel (None: not known)
 
     def images(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(lit [B, 3, H, W], alpha [B, 1, H, W]) as `draw_views` gives them (zeros where uncovered)."""
@@ -213,11 +214,12 @@ def lit_pixels(fragments, uv_face: torch.Tensor, albedo_uv: torch.Tensor, detail
     """
     if _compiled(kernel) and cpu_shading.applies(fragments, uv_face, albedo_uv, detail_normals_uv, light):
         index, colour, size = cpu_shading.lit_pixels_c(fragments, uv_face, albedo_uv, detail_normals_uv, light)
-        return LitPixels(index=index, colour=colour, size=size, batch=fragments.face_id.shape[0])
+        return LitPixels(index=index, colour=colour, size=size, batch=fragments.face_id.shape[0],
+                         window=getattr(fragments, "window", None))
     pixels = CoveredPixels.of(fragments)
     albedo, normals = _sample(pixels, pixels.interpolate(uv_face), albedo_uv, detail_normals_uv)
     return LitPixels(index=pixels.index, colour=_shade(pixels, albedo, normals, light), size=pixels.size,
-                     batch=pixels.batch)
+                     batch=pixels.batch, window=getattr(fragments, "window", None))
 
 
 def draw_views(fragments, assets, world_normals: torch.Tensor, screen_normals: torch.Tensor, *,

@@ -29,6 +29,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from ..picture import Picture
 from . import yuv
 from .reader import Frame, FrameConverter, VideoError, codec_threads, open_input
 
@@ -401,8 +402,9 @@ class VideoWriter:
             return self._origin
         return self._first_time if self._first_time is not None else Fraction(0)
 
-    def write(self, image: np.ndarray, pts: int | None = None, time_base: Fraction | None = None) -> None:
-        """Encode one [height, width, 3] uint8 RGB image at `pts` (in `time_base`, default the writer's).
+    def write(self, image: np.ndarray | Picture, pts: int | None = None, time_base: Fraction | None = None) -> None:
+        """Encode one [height, width, 3] uint8 RGB image (an array, or a `capture.picture.Picture`, whose parts
+        go straight into the encoder's planes where they can) at `pts` (in `time_base`, default the writer's).
 
         pts must increase strictly; None continues one nominal frame after the previous one.
         """
@@ -431,12 +433,21 @@ class VideoWriter:
             self._last_step = pts - self._last_pts
         if self._first_time is None:
             self._first_time = t
-        if self._pad_w or self._pad_h:
-            image = np.pad(image, ((0, self._pad_h), (0, self._pad_w), (0, 0)), mode="edge")
-        image = np.ascontiguousarray(image)
+        padded = bool(self._pad_w or self._pad_h)
+        picture = image if isinstance(image, Picture) else None  # converted part by part where it can be
+        if picture is not None and (padded or not self._yuv420 or not picture.fits_yuv420()):
+            image, picture = picture.rgb(), None
+        if picture is None:
+            if padded:
+                image = np.pad(image, ((0, self._pad_h), (0, self._pad_w), (0, 0)), mode="edge")
+            image = np.ascontiguousarray(image)
         if self._yuv420:
             frame = av.VideoFrame(self.coded_size[0], self.coded_size[1], self._video.pix_fmt)
-            yuv.rgb_to_yuv420(image, frame.planes, full_range=self._yuv_range == "JPEG")
+            full_range = self._yuv_range == "JPEG"
+            if picture is not None:
+                picture.to_yuv420(frame.planes, full_range)
+            else:
+                yuv.rgb_to_yuv420(image, frame.planes, full_range=full_range)
             frame.colorspace, frame.color_range = 1, 2 if self._yuv_range == "JPEG" else 1  # as swscale's frames
         elif self._to_yuv is not None:
             # no copy into an RGB frame first: the conversion reads the array and makes the encoder's frame
