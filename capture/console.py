@@ -196,3 +196,35 @@ def say_once(say: Callable[[str], None], text: str) -> None:
 def notice(text: str) -> None:
     """A one-line progress notice on stderr (before a long first-run step), once per command."""
     say_once(lambda t: print(t, file=sys.stderr, flush=True), text)
+
+
+# ------------------------------------------------------------------------------------ progress
+LOG_PROGRESS_S = 30.0  # how often a progress bar writes a line when stderr is not a terminal
+
+
+class _LinesOut:
+    """A stream for tqdm that ends each redraw with a newline instead of starting it with a carriage return:
+    in a log file or a CI console every update is one readable line."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "")
+        if text.strip():
+            self.stream.write(text if text.endswith("\n") else text + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress_bar(total, stream=None, **options):
+    """A tqdm bar on stderr. On a terminal it redraws in place; elsewhere (a log, a pipe) it writes one line every
+    LOG_PROGRESS_S seconds and one at the end, instead of a redraw ten times a second run together by '\\r'."""
+    from tqdm import tqdm
+
+    stream = sys.stderr if stream is None else stream
+    if getattr(stream, "isatty", lambda: False)():
+        return tqdm(total=total, file=stream, dynamic_ncols=True, **options)
+    return tqdm(total=total, file=_LinesOut(stream), ncols=100, mininterval=LOG_PROGRESS_S, maxinterval=LOG_PROGRESS_S,
+                **options)

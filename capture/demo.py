@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from .assets import ensure_demo_pack, load_pack
 from .assets.locate import cache_dir
 from .avatar import load_avatar
 from .cli_common import CliError, add_backend_argument, run_cli
-from .console import add_version_argument, command, plural, prog, say_once
+from .console import add_version_argument, command, plural, prog, progress_bar, say_once
 from .crop import FaceDetector
 from .deca import DECA
 from .reconstruct import output_name, reconstruct_one
@@ -87,9 +86,7 @@ def render_performer_clip(deca: DECA, path: Path, n_frames: int, size: tuple[int
 
     bar = None
     if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=n_frames, unit="frame", file=sys.stderr, dynamic_ncols=True)
+        bar = progress_bar(n_frames, unit="frame")
     try:
         make_test_clip(path, frames=n_frames, size=size, fps=fps, audio=True, draw=draw)
     finally:

@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 
 from .cli_common import ChannelOutputs, CliError, add_channel_arguments, add_model_arguments, build_model_side, run_cli
-from .console import add_version_argument, command, plural, prog
+from .console import add_version_argument, command, plural, prog, progress_bar
 from .meshio import write_obj
 from .session import FrameOutput, RetargetSession
 from .stream.pipeline import Pipeline
@@ -180,9 +180,7 @@ def main(argv=None) -> int:
     recorder = CodeRecorder() if args.codes else None
     progress = None
     if not args.no_progress:
-        from tqdm import tqdm
-
-        progress = tqdm(total=reader.frame_count or None, unit="frame", file=sys.stderr, dynamic_ncols=True)
+        progress = progress_bar(reader.frame_count or None, unit="frame")
     latencies = []
 
     def sink(out: FrameOutput) -> None:

@@ -106,3 +106,25 @@ def test_mediapipe_graphs_start_without_log_lines():
         os.write(2, b"done\\n")
     """)
     assert err.strip() == "done"
+
+
+def test_progress_bar_in_a_log_writes_lines_not_redraws(monkeypatch):
+    """Off a terminal the bar writes whole lines (no carriage returns), one at the start, at most one per
+    LOG_PROGRESS_S while it runs, and one at the end with the final count."""
+    import io
+
+    class FakeClock:
+        now = 0.0
+
+    monkeypatch.setattr("tqdm.std.time", lambda: FakeClock.now)  # the bar's clock: nothing sleeps
+    log = io.StringIO()
+    bar = console.progress_bar(300, stream=log, unit="frame")
+    for _ in range(300):
+        FakeClock.now += 0.5  # 150 s in all: about 5 lines of progress
+        bar.update(1)
+    bar.close()
+    text = log.getvalue()
+    lines = text.splitlines()
+    assert "\r" not in text and text.endswith("\n")
+    assert 3 <= len(lines) <= 2 + 150 / console.LOG_PROGRESS_S + 1
+    assert "300/300" in lines[-1] and "0/300" in lines[0]

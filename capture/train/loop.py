@@ -265,9 +265,9 @@ class CsvLog:
 
 
 def progress(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm import tqdm
+    from ..console import progress_bar
 
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, leave=True)
+    return progress_bar(total, initial=initial, desc=desc, disable=not enabled, leave=True)
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:
