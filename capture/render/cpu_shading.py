@@ -310,22 +310,25 @@ static void shade_x16(int64_t n, const int32_t *pix, const int32_t *face, const 
 /* face_id [B, h, w] (-1 = empty), bary [B, h, w, 3]: fragments of a window at (top, left) of an H x W image.
    uv_face [F, 3, 2]; albedo [Ba, 3, Sa, Sa] (Ba = 1 or B); normals [B, 3, Sn, Sn]; light [B, 9, 3] with the SH
    constants folded in. Writes index [n] (b * H * W + y * W + x in the image) and colour [n, 3]; returns n, or -1
-   (nothing written) when a fragment's face is not one of the F faces of the UV layout. */
+   (index and colour not to be read) when a fragment's face is not one of the F faces of the UV layout. */
 int64_t capture_lit_pixels(int64_t B, int64_t h, int64_t w, const int64_t *face_id, const float *bary,
                            int64_t F, const float *uv_face, int64_t Ba, int64_t Sa, const float *albedo, int64_t Sn,
                            const float *normals, const float *light, int64_t H, int64_t W, int64_t top,
                            int64_t left, int64_t *index, float *colour)
 {
     int64_t n = 0;
-    for (int64_t i = 0; i < B * h * w; ++i)
-        if (face_id[i] >= F) return -1;  /* a face the UV layout does not have */
+    int checked = 0;  /* the faces are checked while the covered pixels are listed, before any is shaded */
 #if defined(__AVX512F__)
     /* 16 pixels at a time where the gathers' int32 offsets reach every fragment, texel and face */
     int32_t *pix = NULL;
     const int fits = 3 * B * h * w < INT32_MAX && 6 * F < INT32_MAX && 3 * Sa * Sa < INT32_MAX
                      && 3 * Sn * Sn < INT32_MAX;
     if (fits) pix = (int32_t *)malloc(sizeof(int32_t) * 2 * (size_t)(h * w > 0 ? h * w : 1));
+    checked = pix != NULL;
 #endif
+    if (!checked)  /* one pixel at a time shades as it goes: every face first */
+        for (int64_t i = 0; i < B * h * w; ++i)
+            if (face_id[i] >= F) return -1;  /* a face the UV layout does not have */
     for (int64_t b = 0; b < B; ++b) {
         const float *alb = albedo + (Ba > 1 ? b : 0) * 3 * Sa * Sa;
         const float *nrm = normals + b * 3 * Sn * Sn;
@@ -334,7 +337,7 @@ int64_t capture_lit_pixels(int64_t B, int64_t h, int64_t w, const int64_t *face_
         if (pix != NULL) {
             /* the covered pixels in raster order: their place, face and index in the image (branch-free) */
             int32_t *face = pix + h * w;
-            int64_t m = 0;
+            int64_t m = 0, bad = 0;
             for (int64_t r = 0; r < h; ++r) {
                 for (int64_t c = 0; c < w; ++c) {
                     const int64_t i = (b * h + r) * w + c;
@@ -343,7 +346,12 @@ int64_t capture_lit_pixels(int64_t B, int64_t h, int64_t w, const int64_t *face_
                     face[m] = (int32_t)f;
                     index[n + m] = b * H * W + (r + top) * W + c + left;
                     m += f >= 0;
+                    bad |= f >= F;
                 }
+            }
+            if (bad) {  /* a face the UV layout does not have */
+                free(pix);
+                return -1;
             }
             shade_x16(m, pix, face, bary, uv_face, alb, Sa, nrm, Sn, L, colour + 3 * n);
             n += m;
