@@ -166,15 +166,18 @@ int64_t capture_paste_u8(int64_t n, const int64_t *index, const float *colour, i
                          uint8_t *out, int64_t out_rows, int64_t out_w, int64_t x0, int64_t y0)
 {
     int64_t y = 0, row = 0;  /* the row of the last pixel and its first index: one division per run of a row */
-    const int64_t whole = x0 >= 0 && x0 + w <= out_w;  /* every column of the frame lands in the picture */
-    for (int64_t i = 0; i < n; ++i) {
-        if (index[i] < 0 || index[i] >= rows * w) return -1;
-        if (index[i] < row || index[i] >= row + w) {
-            y = index[i] / w;
+    /* the columns of the frame that land in the picture, [c0, c1): a pixel's column x must be in them */
+    const int64_t c0 = x0 < 0 ? -x0 : 0, c1 = out_w - x0 < w ? out_w - x0 : w;
+    const uint64_t span = c1 > c0 ? (uint64_t)(c1 - c0) : 0, limit = (uint64_t)(rows * w);
+    for (int64_t i = 0; i < n; ++i) {  /* unsigned compares: a negative value is a large one */
+        const int64_t k = index[i];
+        if ((uint64_t)k >= limit) return -1;
+        if ((uint64_t)(k - row) >= (uint64_t)w) {
+            y = k / w;
             row = y * w;
-            if (y + y0 < 0 || y + y0 >= out_rows) return -1;
+            if ((uint64_t)(y + y0) >= (uint64_t)out_rows) return -1;
         }
-        if (!whole && (index[i] - row + x0 < 0 || index[i] - row + x0 >= out_w)) return -1;
+        if ((uint64_t)(k - row - c0) >= span) return -1;
     }
     y = 0;
     row = 0;
@@ -476,7 +479,7 @@ def paste_u8(out: np.ndarray, index: torch.Tensor, colour: torch.Tensor, width: 
     index = index.to(torch.int64).contiguous()
     colour = colour.to(torch.float32).contiguous()
     frame_rows = out.shape[0] - int(row)  # the rows of the frame whose pixels can land in the picture
-    fits = colour.shape == (index.numel(), 3) and frame_rows > 0
+    fits = colour.shape == (index.numel(), 3) and frame_rows > 0 and width > 0
     if not fits or _KERNEL.function("capture_paste_u8")(index.numel(), index.data_ptr(), colour.data_ptr(),
                                                          int(width), frame_rows, out.ctypes.data, out.shape[0],
                                                          out.shape[1], int(column), int(row)) < 0:
