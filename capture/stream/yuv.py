@@ -195,16 +195,6 @@ def kernel_error() -> Optional[str]:
     return _KERNEL.error()
 
 
-def _checked(image: np.ndarray) -> tuple[int, int]:
-    h, w = image.shape[:2]
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or h % 2 or w % 2:
-        raise ValueError(f"rgb_to_yuv420: expected an even-sized [H, W, 3] uint8 image, got {list(image.shape)} "
-                         f"{image.dtype}")
-    if image.strides[1:] != (3, 1):
-        raise ValueError("rgb_to_yuv420: the image's pixels must be contiguous within a row")
-    return h, w
-
-
 def plane_views(planes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The (Y, U, V) planes of a yuv420p frame (PyAV's VideoPlanes: buffer, `.line_size`, `.width`, `.height`) as
     writable uint8 arrays [height, width] over their buffers (rows `line_size` bytes apart)."""
@@ -214,7 +204,12 @@ def plane_views(planes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def convert_into(image: np.ndarray, y: np.ndarray, u: np.ndarray, v: np.ndarray, full_range: bool = False) -> None:
     """image [H, W, 3] uint8 RGB (H, W even; each row's pixels contiguous) into plane arrays y [H, W], u and v
     [H/2, W/2] (uint8, contiguous within rows: `plane_views`, or rectangles of them at even coordinates)."""
-    h, w = _checked(image)
+    h, w = image.shape[:2]
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or h % 2 or w % 2:
+        raise ValueError(f"rgb_to_yuv420: expected an even-sized [H, W, 3] uint8 image, got {list(image.shape)} "
+                         f"{image.dtype}")
+    if image.strides[1:] != (3, 1):
+        raise ValueError("rgb_to_yuv420: the image's pixels must be contiguous within a row")
     if y.shape != (h, w) or u.shape != (h // 2, w // 2) or v.shape != (h // 2, w // 2):
         raise ValueError(f"rgb_to_yuv420: planes {[list(p.shape) for p in (y, u, v)]} do not fit a {w}x{h} image")
     if any(p.dtype != np.uint8 or p.strides[1] != 1 or not p.flags.writeable for p in (y, u, v)):
@@ -229,11 +224,7 @@ def convert_into(image: np.ndarray, y: np.ndarray, u: np.ndarray, v: np.ndarray,
 def rgb_to_yuv420(image: np.ndarray, planes, full_range: bool = False) -> None:
     """image [H, W, 3] uint8 RGB (H, W even; rows contiguous) into `planes` = (Y, U, V) of a yuv420p frame,
     each with `.line_size`, `.width` and `.height` and the buffer protocol (PyAV's VideoPlane)."""
-    h, w = _checked(image)
-    py, pu, pv = planes
-    if (py.width, py.height) != (w, h) or any((p.width, p.height) != (w // 2, h // 2) for p in (pu, pv)):
-        raise ValueError(f"rgb_to_yuv420: planes {[(p.width, p.height) for p in planes]} do not fit a {w}x{h} image")
-    convert_into(image, *plane_views(planes), full_range=full_range)
+    convert_into(image, *plane_views(planes), full_range=full_range)  # which checks both
 
 
 def colour_codes(rgb, full_range: bool = False) -> tuple[int, int, int]:
