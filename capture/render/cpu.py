@@ -46,7 +46,7 @@ SUBPIXEL = 1 << SUBPIXEL_BITS
 GUARD_PIXELS = float(1 << 20)
 KERNELS = ("auto", "c", "torch")
 # The C kernel draws the image in bands of rows whose buffers (z-buffer, face ids, barycentrics: 28 bytes a pixel)
-# fit a core's L2 cache: a 720p head's window (~640 x 410) in ~116-row bands, a 360p one in one band.
+# fit a core's L2 cache: a 720p head's window (~410 wide, ~640 tall) in four bands, a 360p one in one band.
 BYTES_PER_PIXEL = 28
 BAND_BYTES = 2 << 20
 
