@@ -480,11 +480,10 @@ def band_rows(width: int) -> int:
     return max(1, BAND_BYTES // (BYTES_PER_PIXEL * max(1, int(width))))
 
 
-def rasterize_c(fx, fy, z, valid, faces, size, near=DEPTH_NEAR, far=DEPTH_FAR, band: Optional[int] = None,
-                kernel: Optional[CompiledKernel] = None):
+def rasterize_c(fx, fy, z, valid, faces, size, near=DEPTH_NEAR, far=DEPTH_FAR, band: Optional[int] = None):
     """Same contract and bit-identical results as `rasterize_torch`, in compiled C. band: rows drawn at a time
-    (default `band_rows`); kernel: another build of the same source (tests)."""
-    rasterize_fn = (kernel or _RASTER).function("capture_rasterize")
+    (default `band_rows`)."""
+    rasterize_fn = _RASTER.function("capture_rasterize")
     H, W = size
     band = band_rows(W) if band is None else int(band)
     B, V = fx.shape
