@@ -263,11 +263,11 @@ static int face_rows(const Image *im, int64_t f, int64_t *rmin, int64_t *rmax) {
     return *rmin <= *rmax;
 }
 
-/* Face f's fragments in rows [r_lo, r_hi] (z-test against zbuf, the winner's face, barycentrics). */
+/* Face f's fragments in rows [r_lo, r_hi] (z-test against zbuf, the winner's face, barycentrics); only for a face
+   that `face_rows` passed (its vertices valid). */
 static void draw_face(const Image *im, int64_t f, int64_t r_lo, int64_t r_hi) {
     const int64_t S = im->S, W = im->W;
     const int64_t i0 = im->faces[3 * f], i1 = im->faces[3 * f + 1], i2 = im->faces[3 * f + 2];
-    if (!(im->ok[i0] && im->ok[i1] && im->ok[i2])) return;
     const int64_t x0 = im->X[i0], x1 = im->X[i1], x2 = im->X[i2];
     const int64_t y0 = im->Y[i0], y1 = im->Y[i1], y2 = im->Y[i2];
     int64_t area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0);
