@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from capture.render.cpu import SUBPIXEL, CpuRasterizer, c_kernel_error, rasterize_c, snap_vertices
+from capture.render.cpu import CpuRasterizer, c_kernel_error, rasterize_c, snap_into_window
 
 
 def main() -> None:
@@ -67,9 +67,7 @@ def demo_head(sizes=("640x360", "1280x720"), n_frames: int = 60) -> None:
             prepared = session.detail_codes(session.infer_codes(session.crop(frame))).prepared
             if prepared is None:
                 continue
-            window = covering_window(prepared.screen, frame_size)
-            fx, fy, z, valid = snap_vertices(prepared.screen, frame_size)
-            draws.append((fx - window.left * SUBPIXEL, fy - window.top * SUBPIXEL, z, valid, window.size))
+            draws.append(snap_into_window(prepared.screen, frame_size, covering_window(prepared.screen, frame_size)))
         session.close()
         passes = []
         for _ in range(5):

@@ -71,6 +71,16 @@ def _floor_div(a: torch.Tensor, b) -> torch.Tensor:
     return torch.div(a, b, rounding_mode="floor")
 
 
+def snap_into_window(vertices: torch.Tensor, size: Tuple[int, int], window: Optional[Window] = None):
+    """`snap_vertices` in the coordinates of `window` (a rectangle of the (H, W) image; None: the whole image):
+    the same snapped image coordinates moved by whole pixels, so the same pixels. Returns fx, fy, z, valid and
+    the size drawn."""
+    fx, fy, z, valid = snap_vertices(vertices, size)
+    if window is None:
+        return fx, fy, z, valid, tuple(size)
+    return fx - window.left * SUBPIXEL, fy - window.top * SUBPIXEL, z, valid, window.size
+
+
 def rasterize_torch(fx, fy, z, valid, faces, size, near=DEPTH_NEAR, far=DEPTH_FAR,
                     chunk: int = 1 << 19):
     """Vectorised rasterisation of snapped vertices (see `snap_vertices`); returns (face_id, bary, depth).
@@ -537,10 +547,7 @@ class CpuRasterizer(Rasterizer):
         B = vertices.shape[0]
         if faces.shape[0] == 0 or vertices.shape[1] == 0:
             return empty_fragments(B, (H, W), vertices.device, window)
-        fx, fy, z, valid = snap_vertices(vertices, (H, W))
-        if window is not None:  # the same snapped image coordinates, moved by whole pixels: the same pixels
-            fx, fy = fx - window.left * SUBPIXEL, fy - window.top * SUBPIXEL
-            H, W = window.size
+        fx, fy, z, valid, (H, W) = snap_into_window(vertices, (H, W), window)
         faces_cpu = faces.detach().to(device="cpu", dtype=torch.int64).contiguous()
         if self.kernel == "c":
             face_id, bary, depth = rasterize_c(fx, fy, z, valid, faces_cpu, (H, W), self.near, self.far)
