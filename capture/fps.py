@@ -30,9 +30,9 @@ that path alone (`peak_rss_mb`; this process's, every path loaded, is `peak_rss_
 skips it). The table is printed last;
 `--json OUT` writes the same numbers. `--long` then runs >= 10k frames (the synthetic clip looped) through the
 first backend and reports memory growth. `--sizes A,B,...` runs each backend's product path at every size instead
-(the synthetic clip rendered at each), the sizes' chunks interleaved, and reports each size's FPS ratio to the
-first as the median of the paired chunk ratios: the scaling table (peak RSS there: each size's path alone, in a
-fresh process, as above).
+(the synthetic clip rendered at each, or an `--input` clip resampled to each: a real face at every size), the
+sizes' chunks interleaved, and reports each size's FPS ratio to the first as the median of the paired chunk
+ratios: the scaling table (peak RSS there: each size's path alone, in a fresh process, as above).
 
 Input `synthetic` (default): the demo pack's performer clip (`capture.demo.render_performer_clip`: the demo
 head wearing the astronaut photo, known jaw/expression/yaw motion, MediaPipe detects it), rendered once and
@@ -75,6 +75,7 @@ CPU_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
 GPU_BACKENDS = ("torch", "tensorrt", "onnxruntime")
 ALL_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
 CLIP_FPS = 25.0
+DEFAULT_SIZE = "640x360"  # the synthetic clip's frame size
 COMPARE_FRAMES = 8  # frames whose pictures are compared with the eager reference's
 CALIBRATION_FRAMES = 48  # INT8 calibration crops, from a clip other than the benchmarked one
 INT8_CHECK_CROPS = 48  # benchmark crops on which the INT8 code error is measured
@@ -321,6 +322,50 @@ def synthetic_clip(deca, n_frames: int, size: tuple[int, int], say: Callable[[st
     return path
 
 
+def resampled_clip(source: Path, n_frames: int, size: tuple[int, int], say: Callable[[str], None]) -> Path:
+    """The first `n_frames` frames of a clip resampled to `size` (bicubic, its own timestamps, no audio), encoded
+    once near-losslessly (x264 crf 12) into the capture cache: `--size`/`--sizes` with `--input CLIP`, so that a
+    real face can be measured at every size. Every size goes through this same re-encoding, the clip's own size
+    too, so that the sizes differ in pixels only. The size must keep the clip's aspect ratio (within 1 %)."""
+    import hashlib
+
+    import av
+
+    from capture.artifacts import atomic_write, build_lock
+    from capture.assets.locate import cache_dir
+    from capture.stream.reader import VideoReader
+    from capture.stream.writer import VideoWriter
+
+    w, h = size
+    with VideoReader(source) as reader:
+        src_w, src_h, rate = reader.width, reader.height, reader.fps
+    if abs((w / h) / (src_w / src_h) - 1) > 0.01:
+        raise SystemExit(f"error: --size {w}x{h}: {source} is {src_w}x{src_h}; give sizes of its aspect ratio "
+                         f"(e.g. {2 * src_w}x{2 * src_h})")
+    stat = source.resolve().stat()
+    key = hashlib.sha256(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    path = cache_dir() / "bench" / f"{source.stem}-{key}-{w}x{h}-{n_frames}.mp4"
+    if not path.is_file():
+        with build_lock(path):
+            if not path.is_file():
+                say(f"resampling {source} to {w}x{h} ({n_frames} frames) -> {path}")
+                with atomic_write(path, suffix=".mp4") as tmp, VideoReader(source) as reader:
+                    writer = None
+                    for frame in reader:
+                        if frame.index >= n_frames:
+                            break
+                        if writer is None:
+                            writer = VideoWriter(tmp, w, h, fps=rate or CLIP_FPS, time_base=frame.time_base,
+                                                 crf=12, preset="fast")
+                        image = av.VideoFrame.from_ndarray(frame.image, format="rgb24").reformat(
+                            width=w, height=h, interpolation="BICUBIC").to_ndarray(format="rgb24")
+                        writer.write(image, frame.pts)
+                    if writer is None:
+                        raise SystemExit(f"error: --input {source}: no frames decoded")
+                    writer.close()
+    return path
+
+
 class FrameSource:
     """The clip's frames, `limit` of them, looping the file when it is shorter (pts kept increasing).
 
@@ -520,13 +565,14 @@ class Bench:
             self.deca, self.avatar = model_from.deca, model_from.avatar
         else:
             self._load_model(args, say)
-        size = parse_size(args.size)
         if args.input == "synthetic":
-            self.clip = synthetic_clip(self.deca, args.frames, size, say)
+            self.clip = synthetic_clip(self.deca, args.frames, parse_size(args.size or DEFAULT_SIZE), say)
         else:
             self.clip = Path(args.input)
             if not self.clip.is_file():
                 raise SystemExit(f"error: --input {args.input}: no such file")
+            if args.size is not None:
+                self.clip = resampled_clip(self.clip, args.frames, parse_size(args.size), say)
         self.info, self.time_base = clip_info(self.clip)
         self.frame_size = (self.info["height"], self.info["width"])
         self.n_frames = args.frames
@@ -562,7 +608,7 @@ class Bench:
     # never from the benchmarked frames.
     def calibration(self) -> np.ndarray:
         if self._calibration is None:
-            w, h = parse_size(self.args.size)
+            w, h = self.info["width"], self.info["height"]
             other = (h, h) if w != h else (w * 3 // 4, h)
             n = self.args.calibration_frames
             # at half the frame rate: twice the motion of n frames at the benchmark's rate, n frames to render
@@ -1368,7 +1414,9 @@ def alone_rss(args: argparse.Namespace, name: str, codes_from: str, size: Option
     """One backend's peak RSS with nothing else loaded: the same product path (the same input, size (`size`, default
     `--size`), layout, code source and settings) run in a fresh process for up to `RSS_PROBE_FRAMES` frames, as
     `capture.video` would hold it. Returns {"peak_rss_mb", "frames"} or {"error": one line}."""
-    options = ["--input", args.input, "--size", size or args.size, "--layout", args.layout, "--codes-from", codes_from,
+    size = size or args.size
+    options = ["--input", args.input, *(["--size", size] if size else []), "--layout", args.layout,
+               "--codes-from", codes_from,
                "--assets", args.assets, "--target", args.target, "--torch-threads", str(args.torch_threads),
                "--ort-threads", str(args.ort_threads), "--encode-workers", str(args.encode_workers),
                "--depth", str(args.depth), "--warmup", str(args.warmup),
@@ -1421,11 +1469,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=200, help="frames per run (default 200)")
     parser.add_argument("--backends", default="all",
                         help=f"comma list from {', '.join(ALL_BACKENDS)}, or 'all' present here (default)")
-    parser.add_argument("--size", default="640x360", help="synthetic clip size WxH (default 640x360)")
+    parser.add_argument("--size", default=None, metavar="WxH",
+                        help=f"frame size: the synthetic clip's (default {DEFAULT_SIZE}), or an --input clip's "
+                             "frames resampled to it (default: its own size)")
     parser.add_argument("--sizes", default=None, metavar="WxH,...",
-                        help="scaling: the backends' product path at each synthetic clip size instead, interleaved "
-                             "in chunks; each size's FPS ratio to the first is the median of the paired chunk "
-                             "ratios (e.g. 640x360,1280x720,1920x1080; no eager reference)")
+                        help="scaling: the backends' product path at each size instead (the synthetic clip "
+                             "rendered at each, or the --input clip resampled to each), interleaved in chunks; each "
+                             "size's FPS ratio to the first is the median of the paired chunk ratios (e.g. "
+                             "640x360,1280x720,1920x1080; no eager reference)")
     parser.add_argument("--json", default=None, metavar="OUT", help="write the numbers as JSON")
     parser.add_argument("--long", action="store_true", help="then run --long-frames frames and report memory growth")
     parser.add_argument("--long-frames", type=int, default=10_000)
@@ -1485,8 +1536,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(str(exc).replace("error: --size", "--sizes", 1))
         if len(args.sizes) < 2 or len(set(args.sizes)) != len(args.sizes):
             parser.error("--sizes: two or more different sizes")
-        if args.live or args.input != "synthetic" or args.serial or args.long:
-            parser.error("--sizes runs the synthetic clip offline: no --live, --input, --serial or --long")
+        if args.live or args.serial or args.long:
+            parser.error("--sizes runs offline: no --live, --serial or --long")
         args.size, args.no_eager = args.sizes[0], True
     return args
 

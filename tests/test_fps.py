@@ -324,6 +324,40 @@ def test_fps_sizes_interleave_the_sizes_and_give_paired_ratios(tmp_path, demo_pa
         fps.parse_args(["--sizes", "640x360,1280x720", "--live"])
 
 
+def test_resampled_clip_keeps_frames_and_timestamps_and_the_aspect(tmp_path, monkeypatch):
+    """`--size`/`--sizes` with `--input CLIP`: the clip's first frames at another size, their timestamps kept,
+    made once; a size of another aspect ratio is refused in one line."""
+    from fractions import Fraction
+
+    from capture.stream.reader import VideoReader
+    from capture.stream.writer import VideoWriter
+
+    fps = _load_fps()
+    monkeypatch.setenv("CAPTURE_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "in.mp4"
+    pts = [0, 3, 6, 10, 13, 16]  # not evenly spaced, in 1/30 s
+    with VideoWriter(source, 128, 96, fps=10, time_base=Fraction(1, 30)) as writer:
+        for k, t in enumerate(pts):
+            image = np.zeros((96, 128, 3), np.uint8)
+            image[:, : 20 * (k + 1)] = 200  # a bar that grows: frames tell apart
+            writer.write(image, t)
+    said = []
+    out = fps.resampled_clip(source, 4, (256, 192), said.append)
+    with VideoReader(out) as reader:
+        frames = list(reader)
+    assert [f.image.shape for f in frames] == [(192, 256, 3)] * 4
+    assert [f.time for f in frames] == pytest.approx([t / 30 for t in pts[:4]], abs=1e-3)
+    # the bar, twice as long: 40 px of 256 in the first frame, 160 in the fourth
+    assert [int((f.image[96, :, 0] > 100).sum()) for f in frames] == pytest.approx([40, 80, 120, 160], abs=2)
+    assert len(said) == 1 and fps.resampled_clip(source, 4, (256, 192), said.append) == out and len(said) == 1
+    with pytest.raises(SystemExit) as refused:
+        fps.resampled_clip(source, 4, (256, 144), said.append)
+    assert "128x96" in str(refused.value) and "\n" not in str(refused.value)
+    args = fps.parse_args(["--input", str(source), "--sizes", "128x96,256x192"])
+    assert args.size == "128x96" and args.no_eager
+    assert fps.parse_args(["--input", str(source)]).size is None  # a clip runs at its own size
+
+
 def test_chunk_sizes_cover_the_clip():
     fps = _load_fps()
     assert fps.chunk_sizes(200, 25) == [25] * 8
