@@ -1410,12 +1410,15 @@ def _scaling_lines(report: dict) -> list[str]:
 RSS_PROBE_FRAMES = 100  # frames a fresh process runs to take one backend's peak RSS alone
 
 
-def alone_rss(args: argparse.Namespace, name: str, codes_from: str, size: Optional[str] = None) -> dict:
-    """One backend's peak RSS with nothing else loaded: the same product path (the same input, size (`size`, default
-    `--size`), layout, code source and settings) run in a fresh process for up to `RSS_PROBE_FRAMES` frames, as
-    `capture.video` would hold it. Returns {"peak_rss_mb", "frames"} or {"error": one line}."""
-    size = size or args.size
-    options = ["--input", args.input, *(["--size", size] if size else []), "--layout", args.layout,
+def alone_rss(args: argparse.Namespace, name: str, codes_from: str, clip: Optional[Path] = None) -> dict:
+    """One backend's peak RSS with nothing else loaded: the same product path (the same input, layout, code source
+    and settings) run in a fresh process for up to `RSS_PROBE_FRAMES` frames, as `capture.video` would hold it.
+    clip: the file the measured run decoded (the synthetic clip, or an input resampled to a size), given to the
+    probe as its input at its own size, so that the probe does not render or resample it again in the process
+    it measures; None: `--input` at `--size`. Returns {"peak_rss_mb", "frames"} or {"error": one line}."""
+    source = ["--input", str(clip)] if clip is not None else ["--input", args.input,
+                                                              *(["--size", args.size] if args.size else [])]
+    options = [*source, "--layout", args.layout,
                "--codes-from", codes_from,
                "--assets", args.assets, "--target", args.target, "--torch-threads", str(args.torch_threads),
                "--ort-threads", str(args.ort_threads), "--encode-workers", str(args.encode_workers),
@@ -1602,6 +1605,7 @@ def measure(args: argparse.Namespace, argv, priority: dict, others: RunnableOthe
             benches = [bench] + [Bench(argparse.Namespace(**dict(vars(args), size=other)), say, model_from=bench)
                                  for other in args.sizes[1:]]
             by_size, engines_by_name = run_scaling(benches, folder, backends, make, say)
+            clips = dict(zip(args.sizes, (b.clip for b in benches)))
             report["scaling"] = {"sizes": args.sizes, "backends": {}}
             for name, runs in by_size.items():
                 first = runs[args.sizes[0]]
@@ -1641,13 +1645,13 @@ def measure(args: argparse.Namespace, argv, priority: dict, others: RunnableOthe
             for name, runs in report["scaling"]["backends"].items():
                 for size, entry in runs.items():
                     say(f"{name} {size}: peak RSS alone, in a fresh process")
-                    take_alone_rss(entry, alone_rss(args, name, bench.codes_from, size), say)
+                    take_alone_rss(entry, alone_rss(args, name, bench.codes_from, clips[size]), say)
                 report["backends"][name].update({key: runs[args.sizes[0]][key] for key in ALONE_KEYS
                                                  if key in runs[args.sizes[0]]})
         elif results and not args.no_alone_rss and (eager is not None or len(results) > 1 or serial_runs):
             for name, entry in report["backends"].items():
                 say(f"{name}: peak RSS alone, in a fresh process")
-                take_alone_rss(entry, alone_rss(args, name, bench.codes_from), say)
+                take_alone_rss(entry, alone_rss(args, name, bench.codes_from, bench.clip), say)
         if args.long and backends:
             name = max(backends, key=lambda n: report["backends"][n]["fps"])  # the fastest here
             say(f"long run: {args.long_frames} frames through {name}")

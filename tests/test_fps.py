@@ -292,6 +292,14 @@ def test_alone_rss_reads_only_a_figure_from_the_probe(monkeypatch):
         printed["out"] = junk
         failed = fps.alone_rss(args, "torch", "landmarks")
         assert set(failed) == {"error"} and "unreadable probe output" in failed["error"]
+    # given the clip the measured run decoded, the probe reads that file at its own size (nothing to render or
+    # resample in the process whose memory it measures)
+    commands = []
+    monkeypatch.setattr(fps.subprocess, "run", lambda command, **k: commands.append(command) or
+                        subprocess.CompletedProcess(command, 0, '{"peak_rss_mb": 1.0, "frames": 1}\n', ""))
+    fps.alone_rss(args, "torch", "landmarks", Path("/cache/bench/clip-1280x720-200.mp4"))
+    command = commands[0]
+    assert command[command.index("--input") + 1] == "/cache/bench/clip-1280x720-200.mp4" and "--size" not in command
 
 
 @pytest.mark.slow
