@@ -328,17 +328,18 @@ def resampled_clip(source: Path, n_frames: int, size: tuple[int, int], say: Call
     real face can be measured at every size. Every size goes through this same re-encoding, the clip's own size
     too, so that the sizes differ in pixels only. The size must keep the clip's aspect ratio (within 1 %)."""
     import hashlib
+    import itertools
 
     import av
 
     from capture.artifacts import atomic_write, build_lock
     from capture.assets.locate import cache_dir
-    from capture.stream.reader import VideoReader
+    from capture.stream.reader import FrameConverter, VideoReader
     from capture.stream.writer import VideoWriter
 
     w, h = size
     with VideoReader(source) as reader:
-        src_w, src_h, rate = reader.width, reader.height, reader.fps
+        src_w, src_h = reader.width, reader.height
     if abs((w / h) / (src_w / src_h) - 1) > 0.01:
         raise SystemExit(f"error: --size {w}x{h}: {source} is {src_w}x{src_h}; give sizes of its aspect ratio "
                          f"(e.g. {2 * src_w}x{2 * src_h})")
@@ -349,20 +350,12 @@ def resampled_clip(source: Path, n_frames: int, size: tuple[int, int], say: Call
         with build_lock(path):
             if not path.is_file():
                 say(f"resampling {source} to {w}x{h} ({n_frames} frames) -> {path}")
-                with atomic_write(path, suffix=".mp4") as tmp, VideoReader(source) as reader:
-                    writer = None
-                    for frame in reader:
-                        if frame.index >= n_frames:
-                            break
-                        if writer is None:
-                            writer = VideoWriter(tmp, w, h, fps=rate or CLIP_FPS, time_base=frame.time_base,
-                                                 crf=12, preset="fast")
-                        image = av.VideoFrame.from_ndarray(frame.image, format="rgb24").reformat(
-                            width=w, height=h, interpolation="BICUBIC").to_ndarray(format="rgb24")
-                        writer.write(image, frame.pts)
-                    if writer is None:
-                        raise SystemExit(f"error: --input {source}: no frames decoded")
-                    writer.close()
+                resize = FrameConverter(width=w, height=h, interpolation="BICUBIC")
+                with atomic_write(path, suffix=".mp4") as tmp, VideoReader(source) as reader, \
+                        VideoWriter(tmp, w, h, fps=reader.fps or CLIP_FPS, time_base=reader.time_base, crf=12,
+                                    preset="fast") as writer:
+                    for frame in itertools.islice(reader, n_frames):
+                        writer.write(resize.rgb(av.VideoFrame.from_ndarray(frame.image, format="rgb24")), frame.pts)
     return path
 
 
@@ -565,6 +558,7 @@ class Bench:
             self.deca, self.avatar = model_from.deca, model_from.avatar
         else:
             self._load_model(args, say)
+        self.resampled_from: Optional[str] = None  # the --input clip, when it was resampled to --size
         if args.input == "synthetic":
             self.clip = synthetic_clip(self.deca, args.frames, parse_size(args.size or DEFAULT_SIZE), say)
         else:
@@ -572,6 +566,7 @@ class Bench:
             if not self.clip.is_file():
                 raise SystemExit(f"error: --input {args.input}: no such file")
             if args.size is not None:
+                self.resampled_from = args.input
                 self.clip = resampled_clip(self.clip, args.frames, parse_size(args.size), say)
         self.info, self.time_base = clip_info(self.clip)
         self.frame_size = (self.info["height"], self.info["width"])
@@ -1410,16 +1405,13 @@ def _scaling_lines(report: dict) -> list[str]:
 RSS_PROBE_FRAMES = 100  # frames a fresh process runs to take one backend's peak RSS alone
 
 
-def alone_rss(args: argparse.Namespace, name: str, codes_from: str, clip: Optional[Path] = None) -> dict:
+def alone_rss(args: argparse.Namespace, name: str, codes_from: str, clip: Path) -> dict:
     """One backend's peak RSS with nothing else loaded: the same product path (the same input, layout, code source
     and settings) run in a fresh process for up to `RSS_PROBE_FRAMES` frames, as `capture.video` would hold it.
-    clip: the file the measured run decoded (the synthetic clip, or an input resampled to a size), given to the
-    probe as its input at its own size, so that the probe does not render or resample it again in the process
-    it measures; None: `--input` at `--size`. Returns {"peak_rss_mb", "frames"} or {"error": one line}."""
-    source = ["--input", str(clip)] if clip is not None else ["--input", args.input,
-                                                              *(["--size", args.size] if args.size else [])]
-    options = [*source, "--layout", args.layout,
-               "--codes-from", codes_from,
+    clip: the file the measured run decoded (the synthetic clip, or an input resampled to a size), the probe's
+    input at its own size, so that the probe does not render or resample it again in the process it measures.
+    Returns {"peak_rss_mb", "frames"} or {"error": one line}."""
+    options = ["--input", str(clip), "--layout", args.layout, "--codes-from", codes_from,
                "--assets", args.assets, "--target", args.target, "--torch-threads", str(args.torch_threads),
                "--ort-threads", str(args.ort_threads), "--encode-workers", str(args.encode_workers),
                "--depth", str(args.depth), "--warmup", str(args.warmup),
@@ -1585,7 +1577,7 @@ def measure(args: argparse.Namespace, argv, priority: dict, others: RunnableOthe
         "machine": machine_info(bench.device), "priority": priority,
         "libraries": library_versions(),
         "input": dict(bench.info, synthetic=args.input == "synthetic", frames_run=bench.n_frames,
-                      resampled_from=args.input if args.input != "synthetic" and args.size else None),
+                      resampled_from=bench.resampled_from),
         "layout": args.layout, "target": args.target, "pack": bench.pack.label, "codes_from": bench.codes_from,
         "stages": list(STAGES),
         "eager": None, "backends": {}, "serial": {}, "skipped": skipped, "int8": None, "long": None,

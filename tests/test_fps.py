@@ -276,7 +276,8 @@ def test_fps_runs_and_writes_every_stage_with_ratios(tmp_path, demo_pack_dir, ca
     assert "eager" in printed and "x eager" in printed and printed.rstrip().splitlines()[-1].strip()
     assert "each alone, in a fresh process" in printed
     # a probe that cannot run says why in one line instead of a figure
-    failed = fps.alone_rss(fps.parse_args(["--size", "256x192"]), "tensorrt", "landmarks")
+    failed = fps.alone_rss(fps.parse_args(["--size", "256x192"]), "tensorrt", "landmarks",
+                           Path(report["input"]["path"]))
     assert set(failed) == {"error"} and "tensorrt" in failed["error"] and "\n" not in failed["error"]
 
 
@@ -284,22 +285,23 @@ def test_alone_rss_reads_only_a_figure_from_the_probe(monkeypatch):
     """The probe's last line is its JSON figure; anything else it prints there is a one-line error, no traceback."""
     fps = _load_fps()
     args = fps.parse_args(["--size", "256x192"])
+    clip = Path("/cache/bench/clip-1280x720-200.mp4")  # the file the measured run decoded
     printed = {"out": ""}
     monkeypatch.setattr(fps.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, printed["out"], ""))
     printed["out"] = 'warming up\n{"peak_rss_mb": 812.5, "frames": 40}\n'
-    assert fps.alone_rss(args, "torch", "landmarks") == {"peak_rss_mb": 812.5, "frames": 40}
+    assert fps.alone_rss(args, "torch", "landmarks", clip) == {"peak_rss_mb": 812.5, "frames": 40}
     for junk in ("Segmentation fault?\n", '{"frames": 40}\n', "[1, 2]\n"):
         printed["out"] = junk
-        failed = fps.alone_rss(args, "torch", "landmarks")
+        failed = fps.alone_rss(args, "torch", "landmarks", clip)
         assert set(failed) == {"error"} and "unreadable probe output" in failed["error"]
     # given the clip the measured run decoded, the probe reads that file at its own size (nothing to render or
     # resample in the process whose memory it measures)
     commands = []
     monkeypatch.setattr(fps.subprocess, "run", lambda command, **k: commands.append(command) or
                         subprocess.CompletedProcess(command, 0, '{"peak_rss_mb": 1.0, "frames": 1}\n', ""))
-    fps.alone_rss(args, "torch", "landmarks", Path("/cache/bench/clip-1280x720-200.mp4"))
+    fps.alone_rss(args, "torch", "landmarks", clip)
     command = commands[0]
-    assert command[command.index("--input") + 1] == "/cache/bench/clip-1280x720-200.mp4" and "--size" not in command
+    assert command[command.index("--input") + 1] == str(clip) and "--size" not in command
 
 
 @pytest.mark.slow
