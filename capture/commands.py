@@ -20,7 +20,7 @@ COMMANDS = {
     "assets": ("capture.assets.__main__", "exit"),
     "export": ("capture.export_onnx", "exit"),
     "build_engines": ("capture.build_engines", "exit"),
-    "fps": ("capture.fps", "exit"),
+    "fps": ("capture.fps", "run_cli"),
 }
 
 

@@ -1657,5 +1657,7 @@ def measure(args: argparse.Namespace, argv, priority: dict, others: RunnableOthe
 
 
 if __name__ == "__main__":
+    from .cli_common import run_cli
+
     with contextlib.suppress(BrokenPipeError):
-        sys.exit(main())
+        run_cli(main)

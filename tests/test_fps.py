@@ -368,6 +368,19 @@ def test_resampled_clip_keeps_frames_and_timestamps_and_the_aspect(tmp_path, mon
     assert fps.parse_args(["--input", str(source)]).size is None  # a clip runs at its own size
 
 
+def test_fps_says_a_bad_input_in_one_line(tmp_path, demo_pack_dir):
+    """fps.py goes through the CLIs' error handling: a file that is not a video is one `error:` line, status 2."""
+    from cli_runs import run_main
+
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("not a video")
+    done = run_main("capture.fps", "--input", bad, "--size", "256x192", "--assets", demo_pack_dir, "--backends",
+                    "torch", "--frames", "2", "--priority", "0", "--quiet")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and str(bad) in errors[0] and "not a readable video" in errors[0], done.stderr
+
+
 def test_chunk_sizes_cover_the_clip():
     fps = _load_fps()
     assert fps.chunk_sizes(200, 25) == [25] * 8
