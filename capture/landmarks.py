@@ -14,6 +14,10 @@ brows' iBUG points follow the hairy edge that the mesh only approximates; eyes a
 """
 from __future__ import annotations
 
+import bisect
+import math
+from collections import deque
+
 import numpy as np
 
 # iBUG 0..16: jaw contour, subject's right ear -> chin -> left ear (the same vertices as capture.crop's box).
@@ -79,13 +83,17 @@ EYE_CORNERS = {"right": (36, 39), "left": (42, 45)}
 
 
 def eye_openness(points: np.ndarray) -> dict[str, float]:
-    """Mean lid gap over eye width of each eye, from 68 iBUG points [68, 2] (any units)."""
-    out = {}
-    for eye, pairs in LID_PAIRS.items():
-        a, b = EYE_CORNERS[eye]
-        width = max(float(np.linalg.norm(points[a] - points[b])), 1e-9)
-        out[eye] = float(np.mean([np.linalg.norm(points[u] - points[d]) for u, d in pairs])) / width
-    return out
+    """Mean lid gap over eye width of each eye, from 68 iBUG points [68, 2] (any units).
+
+    Plain Python on the points: it runs twice a frame in the codes thread, where a dozen tiny numpy calls cost
+    more than the arithmetic (with the window's percentile in numpy, the calibration took 0.3 ms a frame; 0.05)."""
+    p = np.asarray(points, dtype=np.float64).tolist()
+
+    def dist(i: int, j: int) -> float:
+        return math.sqrt((p[i][0] - p[j][0]) ** 2 + (p[i][1] - p[j][1]) ** 2)
+
+    return {eye: sum(dist(u, d) for u, d in pairs) / len(pairs) / max(dist(*EYE_CORNERS[eye]), 1e-9)
+            for eye, pairs in LID_PAIRS.items()}
 
 
 def set_lid_gaps(points: np.ndarray, scale: dict[str, float]) -> np.ndarray:
@@ -98,6 +106,18 @@ def set_lid_gaps(points: np.ndarray, scale: dict[str, float]) -> np.ndarray:
             half = 0.5 * (out[u] - out[d])
             out[u], out[d] = mid + k * half, mid - k * half
     return out
+
+
+def percentile_of_sorted(values: list[float], percentile: float) -> float:
+    """`np.percentile(values, percentile)` (its default "linear" method, to the bit) of a sorted, non-empty list."""
+    n, q = len(values), percentile / 100.0
+    index = (n - 1) * q  # numpy's virtual index for "linear"
+    if index >= n - 1:
+        return float(values[-1])
+    lo = max(math.floor(index), 0)
+    t = index - lo
+    a, b = values[lo], values[lo + 1]
+    return float(a + (b - a) * t if t < 0.5 else b - (b - a) * (1.0 - t))
 
 
 class LidCalibration:
@@ -117,35 +137,42 @@ class LidCalibration:
                  min_frames: int = 5):
         self.closed_ratio = float(closed_ratio)
         self.window, self.percentile, self.min_frames = int(window), float(percentile), int(min_frames)
-        self._history: dict[str, list[float]] = {eye: [] for eye in LID_PAIRS}
-        self.baseline: dict[str, float] = {}
+        self.reset()
 
     def reset(self) -> None:
         """A new performer: forget the baseline."""
-        self._history = {eye: [] for eye in LID_PAIRS}
-        self.baseline = {}
+        self._history = {eye: deque() for eye in LID_PAIRS}  # the last `window` values, oldest first
+        self._sorted: dict[str, list[float]] = {eye: [] for eye in LID_PAIRS}  # the same values, sorted
+        self.baseline: dict[str, float] = {}
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         """Next frame's 68 iBUG points [68, 2] -> the same points with each eye's lid gap remapped."""
-        for eye, value in eye_openness(points).items():
-            history = self._history[eye]
+        openness = eye_openness(points)
+        for eye, value in openness.items():
+            if not math.isfinite(value):  # a damaged point says nothing about the baseline
+                continue
+            history, ordered = self._history[eye], self._sorted[eye]
             history.append(value)
+            bisect.insort(ordered, value)
             if len(history) > self.window:
-                del history[0]
+                del ordered[bisect.bisect_left(ordered, history.popleft())]
             if len(history) >= self.min_frames:
-                self.baseline[eye] = float(np.percentile(history, self.percentile))
-        return self.remap(points)
+                self.baseline[eye] = percentile_of_sorted(ordered, self.percentile)
+        return self._remap(points, openness)
 
     def remap(self, points: np.ndarray) -> np.ndarray:
         """The remapping with the current baseline, without adding the frame to the history."""
+        return self._remap(points, eye_openness(points))
+
+    def _remap(self, points: np.ndarray, openness: dict[str, float]) -> np.ndarray:
         scale = {}
-        for eye, value in eye_openness(points).items():
+        for eye, value in openness.items():
             base = self.baseline.get(eye)
             if base is None:
                 continue
             ratio = value / max(base, 1e-9)
             if ratio >= 1.0:
                 continue
-            closure = np.clip((1.0 - ratio) / (1.0 - self.closed_ratio), 0.0, 1.0)  # 0 open .. 1 shut
+            closure = min(max((1.0 - ratio) / (1.0 - self.closed_ratio), 0.0), 1.0)  # 0 open .. 1 shut
             scale[eye] = (1.0 - closure) / ratio  # the new gap = (1 - closure) x the open gap
         return set_lid_gaps(points, scale) if scale else np.asarray(points, np.float64)
