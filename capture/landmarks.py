@@ -85,8 +85,8 @@ EYE_CORNERS = {"right": (36, 39), "left": (42, 45)}
 def eye_openness(points: np.ndarray) -> dict[str, float]:
     """Mean lid gap over eye width of each eye, from 68 iBUG points [68, 2] (any units).
 
-    Plain Python on the points: it runs twice a frame in the codes thread, where a dozen tiny numpy calls cost
-    more than the arithmetic (with the window's percentile in numpy, the calibration took 0.3 ms a frame; 0.05)."""
+    Plain Python on the points: it runs every frame in the codes thread, where numpy's per-call cost on
+    2-vectors is more than the arithmetic (with it and `np.percentile`, LidCalibration took 0.3 ms a frame; 0.05)."""
     p = np.asarray(points, dtype=np.float64).tolist()
 
     def dist(i: int, j: int) -> float:
