@@ -356,6 +356,8 @@ def resampled_clip(source: Path, n_frames: int, size: tuple[int, int], say: Call
                                     preset="fast") as writer:
                     for frame in itertools.islice(reader, n_frames):
                         writer.write(resize.rgb(av.VideoFrame.from_ndarray(frame.image, format="rgb24")), frame.pts)
+                    if writer.frames_written == 0:  # inside atomic_write: nothing is cached
+                        raise SystemExit(f"error: --input {source}: no frames decoded")
     return path
 
 

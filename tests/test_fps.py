@@ -363,6 +363,9 @@ def test_resampled_clip_keeps_frames_and_timestamps_and_the_aspect(tmp_path, mon
     with pytest.raises(SystemExit) as refused:
         fps.resampled_clip(source, 4, (256, 144), said.append)
     assert "128x96" in str(refused.value) and "\n" not in str(refused.value)
+    with pytest.raises(SystemExit, match="no frames decoded"):  # nothing to resample: one line, nothing cached
+        fps.resampled_clip(source, 0, (256, 192), said.append)
+    assert not list((tmp_path / "cache").rglob("*-0.mp4"))
     args = fps.parse_args(["--input", str(source), "--sizes", "128x96,256x192"])
     assert args.size == "128x96" and args.no_eager
     assert fps.parse_args(["--input", str(source)]).size is None  # a clip runs at its own size
