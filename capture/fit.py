@@ -453,6 +453,28 @@ class LandmarkFitter:
         Jw = J2 * np.repeat(robust, 2)[:, None]
         return pred, Jw.T @ J2, Jw.T @ r.reshape(-1)
 
+    def _shape_system(self, state: FitState, target: np.ndarray, trust: np.ndarray, kernel: str = "auto"):
+        """One reservoir frame of an identity update at `state`: (J^T W J [n, n], J^T W r [n]) over the frame's
+        parameters then the fitted shape (n = 9 + n_exp + n_shape), and the landmark offsets' parts: H_fo [n, 136]
+        (parameters x offsets), H_oo [68, 2, 2] (the block diagonal: an offset moves its own landmark only) and
+        g_o [136]; W the IRLS weights as in `_system`. kernel: as `_system` ("numpy": the definition)."""
+        c2 = self.cfg.robust_scale ** 2
+        if kernel == "auto" and fit_system.kernel_error() is None:
+            R = rotation_matrix(state.rotation)
+            _, H, g, H_fo, H_oo, g_o = fit_system.shape_system(self._row(contour_row(yaw_degrees(R))), self.b.n_exp,
+                                                               self._vector(state), R, target, trust, c2)
+            return H, g, H_fo, H_oo, g_o.reshape(-1)
+        pred, J, Jo = self._jacobian(state, with_shape=True)  # J [L, 2, nf + ns], Jo [L, 2, 2]
+        r = pred - target
+        robust = trust / (1.0 + (r * r).sum(1) / c2)
+        J2 = J.reshape(-1, J.shape[-1])
+        Jw = J2 * np.repeat(robust, 2)[:, None]
+        Jow = Jo * robust[:, None, None]
+        H_fo = np.einsum("lan,lab->nlb", Jw.reshape(J.shape), Jo).reshape(J.shape[-1], -1)
+        H_oo = np.einsum("lab,lac->lbc", Jow, Jo)
+        g_o = np.einsum("lab,la->lb", Jow, r).reshape(-1)
+        return Jw.T @ J2, Jw.T @ r.reshape(-1), H_fo, H_oo, g_o
+
     def _vector(self, state: FitState) -> np.ndarray:
         return np.concatenate([state.rotation, state.jaw, state.exp, state.cam])
 
@@ -576,13 +598,14 @@ class LandmarkFitter:
             return
         cfg = self.cfg
         lam_frame = self._priors()
-        c2 = cfg.robust_scale ** 2
         frames = [(t, v, s.copy()) for t, v, s in self._reservoir]
         # global unknowns: shape (ns) then offsets (68 x 2), with their Gaussian priors
         lam_g = np.concatenate([np.full(ns, cfg.shape_prior),
                                 np.repeat(cfg.offset_noise ** 2 / self.offset_sigma ** 2, 2)])
         glob = np.concatenate([self.shape[:ns], self.offsets[:, :2].reshape(-1)])
         nf = 9 + ne
+        first = ns + 2 * np.arange(68)[:, None, None]  # landmark l's offsets in the global unknowns
+        block_rows, block_cols = first + np.arange(2)[None, :, None], first + np.arange(2)[None, None, :]
         for _ in range(iterations):
             self.shape[:ns] = glob[:ns]
             self.offsets[:, :2] = glob[ns:].reshape(68, 2)
@@ -592,34 +615,23 @@ class LandmarkFitter:
             blocks = []
             for target, valid, st in frames:
                 yield  # before each frame: the step that linearises the last one also finishes the update
-                pred, J, Jo = self._jacobian(st, with_shape=True)  # J [L, 2, nf + ns], Jo [L, 2, 2]
-                r = pred - target
-                robust = self.weights * valid / (1.0 + (r * r).sum(1) / c2)
-                J2 = J.reshape(-1, J.shape[-1])
-                Jw = J2 * np.repeat(robust, 2)[:, None]
-                H = Jw.T @ J2
-                g = Jw.T @ r.reshape(-1)
-                # the offsets' columns: landmark l's 2 x 2 block only
-                Jow = Jo * robust[:, None, None]
-                H_fo = np.einsum("lan,lab->nlb", Jw.reshape(J.shape), Jo).reshape(J.shape[-1], -1)  # [nf+ns, 136]
-                H_oo = np.einsum("lab,lac->lbc", Jow, Jo)  # [L, 2, 2] block diagonal
-                g_o = np.einsum("lab,la->lb", Jow, r).reshape(-1)
+                H, g, H_fo, H_oo, g_o = self._shape_system(st, target, self.weights * valid)
                 x = self._vector(st)
                 H_ff = H[:nf, :nf] + np.diag(lam_frame)
                 H_ff[np.diag_indices(nf)] += 1e-6
                 g_f = g[:nf] + lam_frame * x
                 H_fb = np.concatenate([H[:nf, nf:], H_fo[:nf]], 1)  # frame x (shape | offsets)
-                H_gg = np.zeros((ns + 136, ns + 136))
-                H_gg[:ns, :ns] = H[nf:, nf:]
-                H_gg[:ns, ns:] = H_fo[nf:]
-                H_gg[ns:, :ns] = H_fo[nf:].T
-                oi = ns + np.arange(68)[:, None, None] * 2
-                H_gg[oi + np.arange(2)[None, :, None], oi + np.arange(2)[None, None, :]] += H_oo
-                g_g = np.concatenate([g[nf:], g_o])
-                Hi_Hfb = np.linalg.solve(H_ff, H_fb)
-                Hi_gf = np.linalg.solve(H_ff, g_f)
-                H_bb += H_gg - H_fb.T @ Hi_Hfb
-                g_b += g_g - H_fb.T @ Hi_gf
+                solved = np.linalg.solve(H_ff, np.concatenate([H_fb, g_f[:, None]], 1))  # both sides, one LU
+                Hi_Hfb, Hi_gf = solved[:, :-1], solved[:, -1]
+                # the frame's part of the global system (its offsets' block diagonal), less its Schur complement
+                H_bb[:ns, :ns] += H[nf:, nf:]
+                H_bb[:ns, ns:] += H_fo[nf:]
+                H_bb[ns:, :ns] += H_fo[nf:].T
+                H_bb[block_rows, block_cols] += H_oo
+                H_bb -= H_fb.T @ Hi_Hfb
+                g_b[:ns] += g[nf:]
+                g_b[ns:] += g_o
+                g_b -= H_fb.T @ Hi_gf
                 blocks.append((Hi_Hfb, Hi_gf))
             try:
                 d_glob = -np.linalg.solve(H_bb, g_b)

@@ -1,4 +1,6 @@
-"""One frame's Gauss-Newton system of the landmark fit in a compiled pass (`LandmarkFitter._solve_frame`).
+"""One frame's Gauss-Newton system of the landmark fit in a compiled pass (`LandmarkFitter._solve_frame`), and the
+same with the shape columns and the landmark offsets for each reservoir frame of an identity update
+(`LandmarkFitter._shape_steps`: 80 such frames an update, ~1.2 ms each in numpy, ~0.5 ms here).
 
 `LandmarkFitter._jacobian` (numpy) is the definition: the 68 landmarks of a state, their Jacobian over rotation |
 jaw | expression | camera, and from them, with the robust weights of the Cauchy loss, J^T W J and J^T W r. In
@@ -61,22 +63,26 @@ static void times_skews(const double *M, const double *V, double *out) {
     }
 }
 
-/* Landmarks of one contour row (L points; K coefficient columns, the first ne of them expression):
-   x, y [L, 3]; xb, yb [L, 3, K]; xf, yf [L, 3, 9]; j0 [3]; j0b [3, K]. State: R, Rj rotations [9], Jr, Jrj
-   their right Jacobians [9], exp [ne], cam (s, tx, ty). trust [L] = weights x valid, c2 the Cauchy scale^2.
-   state = rotation (3) | jaw (3) | exp (ne) | cam (3) as the fitter's vector, R = rotation_matrix(rotation)
-   (the caller has it: the contour row depends on it). Out, in one buffer: pred [L, 2] crop NDC, H [n, n] = J^T W J
-   and g [n] = J^T W r with n = 9 + ne, W the IRLS weights trust / (1 + |r|^2 / c2), r = pred - target; then
-   2 n doubles of work. */
-void capture_fit_system(int64_t L, int64_t ne, int64_t K, const double *state, const double *R, const double *x,
-                        const double *xb, const double *xf, const double *y, const double *yb, const double *yf,
-                        const double *j0, const double *j0b, const double *target, const double *trust, double c2,
-                        double *out)
+/* Landmarks of one contour row (L points; K coefficient columns, the first ne of them expression, the rest the
+   fitted shape): x, y [L, 3]; xb, yb [L, 3, K]; xf, yf [L, 3, 9]; j0 [3]; j0b [3, K]; w [L] the jaw weights of the
+   arms. state = rotation (3) | jaw (3) | exp (ne) | cam (s, tx, ty) as the fitter's vector, R =
+   rotation_matrix(rotation) (the caller has it: the contour row depends on it); trust [L] = weights x valid, c2 the
+   Cauchy scale^2. The parameters are rotation | jaw | exp | cam, then with_shape the K - ne shape columns:
+   n = 9 + ne, or 9 + K. Out, in one buffer: pred [L, 2] crop NDC, H [n, n] = J^T W J and g [n] = J^T W r, W the
+   IRLS weights trust / (1 + |r|^2 / c2), r = pred - target; with_shape then the landmark offsets' parts (offset l,
+   x and y in head space, moves landmark l only): H_fo [n, 2 L], H_oo [L, 2, 2], g_o [L, 2]; then 2 n doubles of
+   work. */
+static void fit_pass(int64_t L, int64_t ne, int64_t K, int with_shape, const double *state, const double *R,
+                     const double *x, const double *xb, const double *xf, const double *y, const double *yb,
+                     const double *yf, const double *j0, const double *j0b, const double *w_arm,
+                     const double *target, const double *trust, double c2, double *out)
 {
-    const int64_t n = 9 + ne, c0 = 6 + ne;
+    const int64_t nk = with_shape ? K : ne, n = 9 + nk, c0 = 6 + ne;
     const double *exp = state + 6, *cam = state + 6 + ne;
     const double s = cam[0], tx = cam[1], ty = cam[2];
-    double *pred = out, *H = out + 2 * L, *g = H + n * n, *work = g + n;
+    double *pred = out, *H = out + 2 * L, *g = H + n * n;
+    double *H_fo = g + n, *H_oo = H_fo + (with_shape ? 2 * L * n : 0), *g_o = H_oo + (with_shape ? 4 * L : 0);
+    double *work = g_o + (with_shape ? 2 * L : 0);
     double Rj[9], Jr[9], Jrj[9], A[9], G[27], D[27], j0e[3];
     rotation(state + 3, Rj);
     right_jacobian(state, Jr);
@@ -89,8 +95,7 @@ void capture_fit_system(int64_t L, int64_t ne, int64_t K, const double *state, c
         for (int64_t k = 0; k < ne; ++k) acc += j0b[c * K + k] * exp[k];
         j0e[c] = acc;
     }
-    for (int64_t i = 0; i < n * n; ++i) H[i] = 0.0;
-    for (int64_t i = 0; i < n; ++i) g[i] = 0.0;
+    for (int64_t i = 0; i < work - H; ++i) H[i] = 0.0;  /* H, g and the offsets' parts */
     double *J0 = work, *J1 = work + n;
     for (int64_t l = 0; l < L; ++l) {
         const double *xl = x + 3 * l, *yl = y + 3 * l;
@@ -138,14 +143,15 @@ void capture_fit_system(int64_t L, int64_t ne, int64_t K, const double *state, c
             J0[m] = s * dp[0][m];
             J1[m] = -s * dp[1][m];
         }
-        for (int64_t k = 0; k < ne; ++k) {  /* d p / d coefficient = R (xb + (Rj - I) yb) + j0b */
+        for (int64_t k = 0; k < nk; ++k) {  /* d p / d coefficient = R (xb + (Rj - I) yb) + j0b */
             double q[3];
             for (int j = 0; j < 3; ++j)
                 q[j] = xbl[j * K + k] + A[3 * j] * ybl[k] + A[3 * j + 1] * ybl[K + k] + A[3 * j + 2] * ybl[2 * K + k];
             const double d0 = R[0] * q[0] + R[1] * q[1] + R[2] * q[2] + j0b[k];
             const double d1 = R[3] * q[0] + R[4] * q[1] + R[5] * q[2] + j0b[K + k];
-            J0[6 + k] = s * d0;
-            J1[6 + k] = -s * d1;
+            const int64_t col = k < ne ? 6 + k : 9 + k;  /* exp, then (after the camera) shape */
+            J0[col] = s * d0;
+            J1[col] = -s * d1;
         }
         J0[c0] = p[0] + tx;
         J1[c0] = -(p[1] + ty);
@@ -165,15 +171,49 @@ void capture_fit_system(int64_t L, int64_t ne, int64_t K, const double *state, c
             for (int64_t j = i; j < n; ++j) Hi[j] += a * J0[j] + b * J1[j];
             g[i] += a * r0 + b * r1;
         }
+        if (!with_shape) continue;
+        /* offset d of landmark l moves x by d and y by w_arm d: d p = R (I + w_arm (Rj - I)) d, x and y of d */
+        double M[6], O[2][2];
+        for (int c = 0; c < 2; ++c)
+            for (int b = 0; b < 2; ++b)
+                M[3 * c + b] = R[3 * c + b]
+                               + w_arm[l] * (R[3 * c] * A[b] + R[3 * c + 1] * A[3 + b] + R[3 * c + 2] * A[6 + b]);
+        for (int b = 0; b < 2; ++b) {
+            O[0][b] = s * M[b];
+            O[1][b] = -s * M[3 + b];
+        }
+        for (int64_t i = 0; i < n; ++i)
+            for (int b = 0; b < 2; ++b) H_fo[i * 2 * L + 2 * l + b] = w * (J0[i] * O[0][b] + J1[i] * O[1][b]);
+        for (int b = 0; b < 2; ++b) {
+            for (int c = 0; c < 2; ++c) H_oo[4 * l + 2 * b + c] = w * (O[0][b] * O[0][c] + O[1][b] * O[1][c]);
+            g_o[2 * l + b] = w * (O[0][b] * r0 + O[1][b] * r1);
+        }
     }
     for (int64_t i = 0; i < n; ++i)
         for (int64_t j = 0; j < i; ++j) H[i * n + j] = H[j * n + i];
+}
+
+void capture_fit_system(int64_t L, int64_t ne, int64_t K, const double *state, const double *R, const double *x,
+                        const double *xb, const double *xf, const double *y, const double *yb, const double *yf,
+                        const double *j0, const double *j0b, const double *target, const double *trust, double c2,
+                        double *out)
+{
+    fit_pass(L, ne, K, 0, state, R, x, xb, xf, y, yb, yf, j0, j0b, 0, target, trust, c2, out);
+}
+
+void capture_fit_system_shape(int64_t L, int64_t ne, int64_t K, const double *state, const double *R,
+                              const double *x, const double *xb, const double *xf, const double *y, const double *yb,
+                              const double *yf, const double *j0, const double *j0b, const double *w_arm,
+                              const double *target, const double *trust, double c2, double *out)
+{
+    fit_pass(L, ne, K, 1, state, R, x, xb, xf, y, yb, yf, j0, j0b, w_arm, target, trust, c2, out);
 }
 """
 
 _p, _i64, _f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 _KERNEL = CompiledKernel("fit_system", _SOURCE, functions={
     "capture_fit_system": (None, [_i64] * 3 + [_p] * 12 + [_f64, _p]),
+    "capture_fit_system_shape": (None, [_i64] * 3 + [_p] * 13 + [_f64, _p]),
 })
 
 
@@ -187,15 +227,33 @@ def fit_system(row, n_exp: int, vector: np.ndarray, R: np.ndarray, target: np.nd
     """(pred [L, 2], J^T W J [n, n], J^T W r [n]) of one frame, n = 9 + n_exp: `row` is the fitter's `_RowData`
     of the state's contour row, vector the state as `_vector` makes it, R its rotation matrix, target [L, 2],
     trust [L] = weights x valid."""
+    return _run(False, row, n_exp, vector, R, target, trust, c2)
+
+
+def shape_system(row, n_exp: int, vector: np.ndarray, R: np.ndarray, target: np.ndarray, trust: np.ndarray,
+                 c2: float):
+    """`fit_system` with the shape columns of `row` and the landmark offsets, for an identity update's frame:
+    (pred [L, 2], J^T W J [n, n] and J^T W r [n] over rotation | jaw | exp | cam | shape, n = 9 + row's columns,
+    then the offsets' parts: H_fo [n, 2 L] (parameters x offsets), H_oo [L, 2, 2] (offset l with itself: it
+    moves landmark l only), g_o [L, 2])."""
+    return _run(True, row, n_exp, vector, R, target, trust, c2)
+
+
+def _run(with_shape: bool, row, n_exp: int, vector, R, target, trust, c2: float):
     L, _, K = row.xb.shape
-    n = 9 + n_exp
-    if K < n_exp or vector.shape != (n,) or target.shape != (L, 2) or trust.shape != (L,):
+    n = 9 + (K if with_shape else n_exp)
+    if K < n_exp or vector.shape != (9 + n_exp,) or target.shape != (L, 2) or trust.shape != (L,):
         raise ValueError(f"fit_system: row of {L} points and {K} columns, {n_exp} expression, state {vector.shape}, "
                          f"target {target.shape}, trust {trust.shape}")
     # no copies: the fitter's arrays are float64 and C-ordered already (a row's are made by arithmetic)
-    arrays = [np.ascontiguousarray(a, dtype=np.float64) for a in (vector, R, row.x, row.xb, row.xf, row.y, row.yb,
-                                                                   row.yf, row.j0, row.j0b, target, trust)]
-    state, R, *rows, target, trust = (a.ctypes.data for a in arrays)
-    out = np.empty(2 * L + n * n + 3 * n)
-    _KERNEL.function("capture_fit_system")(L, n_exp, K, state, R, *rows, target, trust, float(c2), out.ctypes.data)
-    return out[:2 * L].reshape(L, 2), out[2 * L:2 * L + n * n].reshape(n, n), out[2 * L + n * n:2 * L + n * n + n]
+    arrays = (vector, R, row.x, row.xb, row.xf, row.y, row.yb, row.yf, row.j0, row.j0b)
+    arrays += (row.w,) if with_shape else ()
+    pointers = [np.ascontiguousarray(a, dtype=np.float64) for a in arrays + (target, trust)]
+    state, R_, *rows, target_, trust_ = (a.ctypes.data for a in pointers)
+    sizes = [2 * L, n * n, n] + ([2 * L * n, 4 * L, 2 * L] if with_shape else [])
+    out = np.empty(sum(sizes) + 2 * n)
+    name = "capture_fit_system_shape" if with_shape else "capture_fit_system"
+    _KERNEL.function(name)(L, n_exp, K, state, R_, *rows, target_, trust_, float(c2), out.ctypes.data)
+    parts = np.split(out[:sum(sizes)], np.cumsum(sizes)[:-1])
+    shapes = [(L, 2), (n, n), (n,), (n, 2 * L), (L, 2, 2), (L, 2)]
+    return tuple(part.reshape(shape) for part, shape in zip(parts, shapes))

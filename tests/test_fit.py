@@ -247,9 +247,10 @@ def test_a_shape_update_is_spread_over_frames_and_equals_the_one_at_once(demo):
 
 
 def test_the_compiled_frame_system_is_the_numpy_one(demo, monkeypatch):
-    """`capture.fit_system` (J^T W J, J^T W r and the landmarks in one compiled pass) against `_jacobian` and the
-    numpy products: random states, yaws over several contour rows, missing points; then whole tracks with and
-    without the pass."""
+    """`capture.fit_system` (J^T W J, J^T W r and the landmarks in one compiled pass; with the shape columns and
+    the landmark offsets for an identity update) against `_jacobian` and the numpy products: random states, yaws
+    over several contour rows, missing points; then whole tracks (identity updates included) with and without the
+    pass."""
     from capture import fit_system
 
     if fit_system.kernel_error():
@@ -266,7 +267,11 @@ def test_the_compiled_frame_system_is_the_numpy_one(demo, monkeypatch):
         trust = fitter.weights * (rng.uniform(size=68) > 0.15)
         fast = fitter._system(state, target, trust)
         slow = fitter._system(state, target, trust, kernel="numpy")
-        for a, b in zip(fast, slow):
+        # an identity update's frame: the shape columns and the landmark offsets' blocks too
+        fast += fitter._shape_system(state, target, trust)
+        slow += fitter._shape_system(state, target, trust, kernel="numpy")
+        for a, b in zip(fast, slow, strict=True):
+            assert a.shape == b.shape
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12 * np.abs(b).max())
     shape = np.zeros(flame.n_shape)
     shape[:10] = rng.normal(size=10)
