@@ -254,6 +254,8 @@ def _run(with_shape: bool, row, n_exp: int, vector, R, target, trust, c2: float)
     out = np.empty(sum(sizes) + 2 * n)
     name = "capture_fit_system_shape" if with_shape else "capture_fit_system"
     _KERNEL.function(name)(L, n_exp, K, state, R_, *rows, target_, trust_, float(c2), out.ctypes.data)
-    parts = np.split(out[:sum(sizes)], np.cumsum(sizes)[:-1])
-    shapes = [(L, 2), (n, n), (n,), (n, 2 * L), (L, 2, 2), (L, 2)]
-    return tuple(part.reshape(shape) for part, shape in zip(parts, shapes))
+    parts, start = [], 0
+    for size, shape in zip(sizes, [(L, 2), (n, n), (n,), (n, 2 * L), (L, 2, 2), (L, 2)]):
+        parts.append(out[start:start + size].reshape(shape))
+        start += size
+    return tuple(parts)
