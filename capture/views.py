@@ -49,8 +49,12 @@ class Views:
 
 
 # ------------------------------------------------------------------------------------------------ geometry
-def mesh_normals(assets, vertices: torch.Tensor) -> torch.Tensor:
-    """[B, V, 3] -> area-weighted unit vertex normals [B, V, 3] (world, or of the projected mesh)."""
+def mesh_normals(assets, vertices: torch.Tensor, kernel: str = "auto") -> torch.Tensor:
+    """[B, V, 3] -> area-weighted unit vertex normals [B, V, 3] (world, or of the projected mesh). kernel "auto":
+    on CPU tensors without gradients the same sums in one compiled pass (`cpu_shading.vertex_normals_c`, the
+    incidence matrix's order); "torch": `appearance.vertex_normals`."""
+    if _compiled(kernel) and cpu_shading.usable(vertices):
+        return cpu_shading.vertex_normals_c(vertices, assets.faces, assets.incidence)
     return vertex_normals(vertices, assets.faces, assets.incidence)
 
 

@@ -171,6 +171,27 @@ def test_compiled_lit_pixels_16_at_a_time_match_one_at_a_time(frame, monkeypatch
 
 
 @pytest.mark.skipif(cpu_shading.kernel_error() is not None, reason=f"no C kernel: {cpu_shading.kernel_error()}")
+def test_compiled_vertex_normals_are_the_torch_steps(frame):
+    """The compiled pass of `mesh_normals` against `appearance.vertex_normals` on a batch of two posed frames:
+    the same sums in the same order (on this project's machines the same bits; the tolerance allows a torch
+    built without fused multiply-adds), and one that needs gradients takes the torch steps."""
+    deca, codes, vertices, uv_z = frame
+    a = deca.assets
+    with torch.inference_mode():
+        other = a.flame(codes.shape, -codes.exp, codes.pose * torch.tensor([[1.0, -1.0, 1.0, 0.5, 0.0, 0.0]])).vertices
+    batch = torch.cat([vertices, other])
+    fast = mesh_normals(a, batch)
+    slow = mesh_normals(a, batch, kernel="torch")
+    assert fast.shape == slow.shape == batch.shape and not torch.equal(fast[0], fast[1])
+    torch.testing.assert_close(fast, slow, atol=1e-6, rtol=0)
+    wanting = vertices.clone().requires_grad_(True)
+    mesh_normals(a, wanting).sum().backward()  # the torch steps: differentiable
+    assert wanting.grad is not None and wanting.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="outside the mesh"):
+        cpu_shading.vertex_normals_c(batch, a.faces.clamp(max=0) + batch.shape[1], a.incidence)
+
+
+@pytest.mark.skipif(cpu_shading.kernel_error() is not None, reason=f"no C kernel: {cpu_shading.kernel_error()}")
 def test_compiled_detail_normal_map_matches_the_torch_steps(frame):
     """The compiled CPU pass of `detail_normal_map` against its torch steps on a batch of two posed frames."""
     deca, codes, vertices, uv_z = frame
