@@ -21,6 +21,8 @@ import torch
 from .avatar import Avatar
 from .conventions import INPUT_SIZE
 from .deca import DECA, Codes
+from .flame import lbs as flame_lbs
+from .lbs_cpu import CpuLBS
 from .model_assets import ModelAssets
 from .nets import detail_input
 from .picture import Picture, even_box, fill
@@ -140,6 +142,9 @@ class AvatarRenderer:
             self._albedo = self._make_albedo().contiguous()  # read every frame: one contiguous copy
             # the target's shape folded into FLAME's template once (the reference poses the full model)
             self._flame = None if self.reference else self.assets.flame.with_identity(self.avatar.codes.shape)
+            if self._flame is not None and self.device.type == "cpu" and self._flame.lbs_impl is flame_lbs \
+                    and CpuLBS.available() is None:
+                self._flame.lbs_impl = CpuLBS.from_flame(self._flame)  # LBS in one compiled pass (capture.lbs_cpu)
             self._background = _to_uint8(torch.full((1, 3, 1, 1), BACKGROUND))[0, 0]  # as a float picture rounds
 
     def _make_albedo(self) -> torch.Tensor:
