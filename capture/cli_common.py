@@ -66,6 +66,7 @@ class ModelSide:
     backend_name: str
     codes_from: str = "network"  # resolved code source: network, landmarks or hybrid
     encode_workers: int = 1  # frames E_flame runs on at once (`RetargetSession(encode_workers=...)`)
+    live_in_flight: Optional[int] = None  # live policy: frames in flight (`Pipeline(in_flight=...)`; None: default)
 
 
 def build_model_side(args, say: Callable[[str], None],
@@ -100,7 +101,7 @@ def build_model_side(args, say: Callable[[str], None],
     except ImageError as exc:
         raise CliError(f"--target {exc}") from None
     from .backends import InferenceEngines
-    from .backends.onnxruntime_backend import encode_workers, pipeline_threads
+    from .backends.onnxruntime_backend import encode_workers, live_in_flight, pipeline_threads
     from .int8 import Calibration
 
     renders = Calibration.pack_renders(deca=deca)
@@ -129,7 +130,8 @@ def build_model_side(args, say: Callable[[str], None],
     backend_name = ", ".join(f"{n} {engines.backend(n).reason.split(';')[0]}" for n in networks)
     if workers > 1:
         backend_name += f" (E_flame on {workers} frames at once)"
-    return ModelSide(deca, avatar, cached, encode_flame, decode_detail, backend_name, codes_from, workers)
+    in_flight = live_in_flight(engines.backend("E_flame"), codes_from) if codes_from != "landmarks" else None
+    return ModelSide(deca, avatar, cached, encode_flame, decode_detail, backend_name, codes_from, workers, in_flight)
 
 
 def onnx_exports_pending(pack, networks) -> list[str]:

@@ -441,6 +441,7 @@ class Engines:
     int8_path: Optional[Path] = None
     detail_int8: Optional[dict] = None  # the INT8 D_detail graph's sidecar (calibration, error vs fp32)
     encode_workers: int = 1  # frames E_flame runs on at once in the pipeline (the session's encode stage)
+    live_in_flight: Optional[int] = None  # --live: frames in flight (`Pipeline(in_flight=...)`; None: its default)
 
 
 def backend_present(name: str, device: torch.device) -> tuple[bool, str]:
@@ -457,7 +458,7 @@ def make_engines(name: str, pack, device: torch.device, args, calibration: Calla
     them in capture.video / capture.live, with this benchmark's options (--fp32, --ort-threads, --spinning;
     INT8 calibrated on `calibration()`)."""
     from capture.backends import InferenceEngines, OnnxRuntimeBackend, OnnxRuntimeInt8Backend, TorchBackend
-    from capture.backends.onnxruntime_backend import encode_workers, pipeline_threads
+    from capture.backends.onnxruntime_backend import encode_workers, live_in_flight, pipeline_threads
     from capture.int8 import Calibration
 
     cuda = device.type == "cuda"
@@ -491,8 +492,12 @@ def make_engines(name: str, pack, device: torch.device, args, calibration: Calla
     if workers > 1:
         what += f", E_flame on {workers} frames at once"
     settings["encode_workers"] = workers
+    in_flight = live_in_flight(flame, codes_from) if args.live else None
+    if in_flight is not None:
+        what += f", {in_flight} frame(s) in flight"
+        settings["live_in_flight"] = in_flight
     return Engines(engines.choice["E_flame"], engines.encode_flame, engines.decode_detail, what, settings,
-                   int8_path, detail_int8, workers)
+                   int8_path, detail_int8, workers, in_flight)
 
 
 # ------------------------------------------------------------------------------------------------ one run
@@ -718,7 +723,8 @@ class Bench:
 
             pipeline = Pipeline(source, stages=session.stages,
                                 sink=sink, policy="live" if self.args.live else "offline",
-                                depth=1 if self.args.live else self.args.depth, finalize=writer.close)
+                                depth=1 if self.args.live else self.args.depth, in_flight=engines.live_in_flight,
+                                finalize=writer.close)
             self._gpu_reset()
             try:
                 with PeakRss() as peak:

@@ -205,7 +205,8 @@ def main(argv=None) -> int:
         timer.daemon = True
         timer.start()
     pipeline = Pipeline(latency.stamp(source), stages=session.stages, sink=sink,
-                        policy="live", depth=1, finalize=finalize, quit_event=quit_event)
+                        policy="live", depth=1, in_flight=model.live_in_flight, finalize=finalize,
+                        quit_event=quit_event)
     try:
         try:
             stats = pipeline.run()

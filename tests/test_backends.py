@@ -193,6 +193,26 @@ def test_encode_workers_only_for_onnx_runtime_on_the_cpu(engines_dir, monkeypatc
     assert onnxruntime_backend.encode_workers(int8, "network") == 1
 
 
+def test_live_keeps_one_frame_in_flight_only_behind_a_float32_e_flame_on_every_core(engines_dir, monkeypatch):
+    """Live, a float32 ONNX Runtime E_flame with every core to itself is most of a frame: one frame in flight.
+    With fewer threads than cores, as INT8, torch, or with landmark codes (no E_flame per frame): the pipeline's
+    default (None)."""
+    from capture.backends import onnxruntime_backend
+
+    fp32 = _backend("onnxruntime", "cpu", "E_flame", engines_dir)
+    threads = fp32.session.get_session_options().intra_op_num_threads
+    monkeypatch.setattr(onnxruntime_backend, "physical_cores", lambda: threads)
+    assert onnxruntime_backend.live_in_flight(fp32, "network") == 1
+    assert onnxruntime_backend.live_in_flight(fp32, "hybrid") == 1
+    assert onnxruntime_backend.live_in_flight(fp32, "landmarks") is None
+    assert onnxruntime_backend.live_in_flight(_backend("torch", "cpu", "E_flame", engines_dir), "network") is None
+    int8 = object.__new__(onnxruntime_backend.OnnxRuntimeInt8Backend)
+    int8.device = torch.device("cpu")
+    assert onnxruntime_backend.live_in_flight(int8, "network") is None
+    monkeypatch.setattr(onnxruntime_backend, "physical_cores", lambda: threads + 1)
+    assert onnxruntime_backend.live_in_flight(fp32, "network") is None
+
+
 @pytest.mark.gpu
 def test_torch_cuda_graph_replay_handles_two_shapes_and_fresh_outputs():
     backend = make_backend("torch", "D_detail", memory_pack(), "cuda")

@@ -60,6 +60,23 @@ def encode_workers(flame, codes_from: str, live: bool = False) -> int:
     return pipeline_workers(codes_from, isinstance(flame, OnnxRuntimeInt8Backend), live)
 
 
+def live_in_flight(flame, codes_from: str) -> Optional[int]:
+    """Frames between the first stage and the sink in live mode (`Pipeline(in_flight=...)`) for a built E_flame
+    backend; None: the pipeline's default (`capture.stream.pipeline.LIVE_IN_FLIGHT`, two).
+
+    One where a float32 ONNX Runtime E_flame runs every frame on every core of the CPU (`pipeline_threads`, live):
+    it is then most of a frame's time, and a second frame in flight waits for it anyway while its crop and
+    drawing take cores from the first frame's pass. benchmarks/fps.py --live --codes-from network, 2 cores (AMD
+    EPYC, 640x360): latency median / p95 166 / 192 ms with two frames in flight against 97 / 120 with one, at
+    13.5 against 12.5 FPS. INT8's E_flame is a small share of the frame, and two in flight overlap the rest:
+    39 / 66 ms against 58 / 82."""
+    float_cpu = (isinstance(flame, OnnxRuntimeBackend) and not isinstance(flame, OnnxRuntimeInt8Backend)
+                 and flame.device.type == "cpu")
+    if codes_from == "landmarks" or not float_cpu:
+        return None
+    return 1 if flame.session.get_session_options().intra_op_num_threads >= physical_cores() else None
+
+
 def session_options(threads: Optional[int] = None, spinning: bool = False):
     """Tuned options: intra-op threads = physical cores, all graph optimisations, sequential, memory pattern.
 
