@@ -3,14 +3,19 @@
 For each clip (the real clips of `real_clips.py`, or any `--video`) and each code source, this runs
 
     python -m capture.video CLIP -o OUT/<clip>_<source>.mp4 --layout avatar --assets demo --no-progress
-        [--codes-from SOURCE] [--duration S]
+        --codes OUT/<clip>_<source>_codes.npz [--codes-from SOURCE] [--duration S]
 
 then measures five face signals (mouth opening and width, each eye's opening, brow height; see
 `face_signals.py`, which uses MediaPipe and nothing of `capture`) on the performer's frames and on the
 avatar's, frame i against frame i, and reports each signal's Pearson correlation over the frames where both
 faces were found, the frames missed on either side, and the pipeline's FPS from its summary line. Writes
 OUT/fidelity.json, a plot OUT/<clip>_<source>.png (performer and avatar curves, each z-scored) and the raw
-signals OUT/<clip>_<source>_signals.npz.
+signals OUT/<clip>_<source>_signals.npz (performer, avatar, and avatar_mesh from the second table).
+
+A second table reads the same five signals off the avatar's own mesh (`avatar_geometry.py`: the saved codes
+through FLAME, seen by DECA's orthographic camera; no renderer and no MediaPipe) against the same performer
+signals: where it is much higher than the first, the capture is right and MediaPipe cannot read it on the
+rendered avatar.
 
     python benchmarks/fidelity.py --clip pexels_emotions --max-seconds 5
     python benchmarks/fidelity.py --codes-from network landmarks --max-seconds 20 --out fidelity-out
@@ -37,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+import avatar_geometry  # noqa: E402
 import face_signals  # noqa: E402
 import real_clips  # noqa: E402
 from face_signals import SIGNALS, pearson  # noqa: E402
@@ -73,9 +79,11 @@ def _quiet(text: str) -> list[str]:
 
 
 def run_video(src: Path, out: Path, source: str | None, assets: str, max_seconds: float | None,
-              extra: list[str], timeout: float) -> dict:
+              extra: list[str], timeout: float, codes: Path | None = None) -> dict:
     cmd = [sys.executable, "-m", "capture.video", str(src), "-o", str(out), "--layout", "avatar",
            "--assets", assets, "--no-progress"]
+    if codes is not None:
+        cmd += ["--codes", str(codes)]
     if source is not None:
         cmd += ["--codes-from", source]
     if max_seconds:
@@ -145,9 +153,11 @@ def _fmt(v, spec=".2f", width=6):
     return f"{'-':>{width}}" if v is None else f"{v:{width}{spec}}"
 
 
+_SHORT = {"mouth_open": "mouth", "mouth_width": "width", "eye_left": "eyeL", "eye_right": "eyeR", "brow": "brow"}
+
+
 def print_table(rows: list[dict]):
-    short = {"mouth_open": "mouth", "mouth_width": "width", "eye_left": "eyeL", "eye_right": "eyeR", "brow": "brow"}
-    head = (f"{'clip':18} {'source':10} " + " ".join(f"{short[s]:>6}" for s in SIGNALS)
+    head = (f"{'clip':18} {'source':10} " + " ".join(f"{_SHORT[s]:>6}" for s in SIGNALS)
             + f" {'mean':>6} {'miss P':>6} {'miss A':>6} {'frames':>6} {'FPS':>6}")
     print(head)
     print("-" * len(head))
@@ -158,6 +168,32 @@ def print_table(rows: list[dict]):
         print(f"{r['clip']:18} {r['source']:10} " + " ".join(_fmt(r["corr"][s]) for s in SIGNALS)
               + f" {_fmt(r['mean_corr'])} {r['missed_performer']:6d} {r['missed_avatar']:6d}"
               f" {r['frames_compared']:6d} {_fmt(r['fps'], '.1f')}")
+
+
+def print_geometry_table(rows: list[dict]):
+    """The avatar's own mesh (`avatar_geometry`) against the performer, for the runs that have it."""
+    rows = [r for r in rows if r.get("geometry") or r.get("geometry_error")]
+    if not rows:
+        return
+    print("\nthe avatar's own mesh (codes -> FLAME, neutral shape, orthographic; no renderer, no MediaPipe)")
+    head = f"{'clip':18} {'source':10} " + " ".join(f"{_SHORT[s]:>6}" for s in SIGNALS) + f" {'mean':>6} {'frames':>6}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        g = r.get("geometry")
+        if g is None:
+            print(f"{r['clip']:18} {r['source']:10} ERROR: {r['geometry_error']}")
+            continue
+        print(f"{r['clip']:18} {r['source']:10} " + " ".join(_fmt(g["corr"][s]) for s in SIGNALS)
+              + f" {_fmt(g['mean_corr'])} {g['frames_compared']:6d}")
+
+
+def geometry_row(codes: Path, performer: np.ndarray, frames: int, assets: str) -> dict:
+    """compare() of the performer's signals with those of the avatar's own mesh, from the run's codes file."""
+    mesh = avatar_geometry.codes_signals(codes, assets)[:frames]
+    res = compare(performer, mesh)
+    return {"corr": res["corr"], "mean_corr": res["mean_corr"], "frames_compared": res["frames_compared"],
+            "missed": res["missed_avatar"], "values": mesh}
 
 
 def main(argv=None) -> int:
@@ -213,7 +249,8 @@ def main(argv=None) -> int:
             tag = s or "default"
             dst = out / f"{label}_{tag}.mp4"
             print(f"{label} / {tag}: capture.video ...", flush=True)
-            run = run_video(src, dst, s, args.assets, args.max_seconds, extra, args.timeout)
+            codes = out / f"{label}_{tag}_codes.npz"
+            run = run_video(src, dst, s, args.assets, args.max_seconds, extra, args.timeout, codes)
             row = {"clip": label, "source": tag, "input": str(src), "output": str(dst), **run}
             if run["returncode"] != 0 or not dst.is_file():
                 row["error"] = f"capture.video exited {run['returncode']}: {run['log_tail'].splitlines()[-1:]}"
@@ -228,8 +265,16 @@ def main(argv=None) -> int:
                 row["warning"] = f"avatar has {avatar.frames} frames, performer only {len(performer.values)} measured"
             elif run["frames_written"] is not None and run["frames_written"] != avatar.frames:
                 row["warning"] = f"summary says {run['frames_written']} frames, the file decodes to {avatar.frames}"
+            mesh = {}
+            if codes.is_file():
+                try:
+                    geometry = geometry_row(codes, perf, avatar.frames, args.assets)
+                    mesh = {"avatar_mesh": geometry.pop("values")}
+                    row["geometry"] = geometry
+                except Exception as exc:  # noqa: BLE001 - the video's own comparison stands without it
+                    row["geometry_error"] = f"{type(exc).__name__}: {exc}"
             np.savez_compressed(out / f"{label}_{tag}_signals.npz", performer=perf, avatar=avatar.values,
-                                signals=np.array(SIGNALS))
+                                signals=np.array(SIGNALS), **mesh)
             png = out / f"{label}_{tag}.png"
             plot(png, f"{label} / {tag}: performer vs avatar", perf, avatar.values, fps, row["corr"])
             row["plot"] = str(png)
@@ -237,6 +282,7 @@ def main(argv=None) -> int:
 
     print()
     print_table(rows)
+    print_geometry_table(rows)
     for r in rows:
         if r.get("warning"):
             print(f"warning: {r['clip']} / {r['source']}: {r['warning']}")

@@ -26,6 +26,7 @@ def _load(name: str):
 fs = _load("face_signals")
 rc = _load("real_clips")
 fid = _load("fidelity")
+ag = _load("avatar_geometry")
 
 
 def _face_points(mouth_open=6.0, mouth_width=40.0, eye_l=4.0, eye_r=5.0, brow=20.0, eye_span=100.0):
@@ -61,6 +62,32 @@ def test_landmark_signals_known_geometry():
     blink = fs.landmark_signals(_face_points(eye_l=0.0, eye_r=0.0))
     assert blink[2] == 0 and blink[3] == 0 and blink[4] == pytest.approx(got[4])
     assert np.isnan(fs.landmark_signals(np.zeros((478, 2)))).all()
+
+
+def test_mesh_signals_use_the_face_mesh_points_they_stand_for():
+    """avatar_geometry's iBUG-68 signals equal face_signals' on the face-mesh points the 68 are taken from
+    (`capture.landmarks.MESH_TO_IBUG68`), the lid gaps being equal across each eye's pairs here."""
+    from capture.landmarks import MESH_TO_IBUG68
+
+    for kw in ({}, dict(mouth_open=12.0, eye_l=0.0, brow=30.0, eye_span=80.0)):
+        mesh = _face_points(**kw)
+        np.testing.assert_allclose(ag.ibug_signals(mesh[list(MESH_TO_IBUG68)]), fs.landmark_signals(mesh),
+                                   atol=1e-12)
+    assert np.isnan(ag.ibug_signals(np.zeros((68, 2)))).all()
+
+
+def test_mesh_signals_of_saved_codes(tmp_path, small_pack_dir):
+    """Codes as `capture.video --codes` saves them -> FLAME seen by an orthographic camera: the jaw opens the
+    mouth, a head roll (about the view axis) changes no ratio, a frame without codes stays NaN."""
+    exp, pose = np.zeros((4, 50), np.float32), np.zeros((4, 6), np.float32)
+    pose[1, 3] = 0.3  # jaw open
+    pose[2, :3] = (0.0, 0.0, 0.4)  # head rolled
+    exp[3] = np.nan  # no face on that frame
+    np.savez(tmp_path / "codes.npz", exp=exp, pose=pose)
+    got = ag.codes_signals(tmp_path / "codes.npz", str(small_pack_dir))
+    assert got.shape == (4, 5) and np.isfinite(got[:3]).all() and np.isnan(got[3]).all()
+    assert got[1, 0] > got[0, 0] + 0.01
+    np.testing.assert_allclose(got[2], got[0], atol=1e-6)
 
 
 def test_pearson_on_known_arrays():
