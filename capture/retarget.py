@@ -147,6 +147,14 @@ class AvatarRenderer:
                 self._flame.lbs_impl = CpuLBS.from_flame(self._flame)  # LBS in one compiled pass (capture.lbs_cpu)
             self._background = _to_uint8(torch.full((1, 3, 1, 1), BACKGROUND))[0, 0]  # as a float picture rounds
 
+    @property
+    def lbs_backend(self) -> str:
+        """Which LBS poses the avatar each frame: the compiled CPU pass (`capture.lbs_cpu`), or the model's own
+        (`ModelAssets.lbs_backend`: torch, or the fused CUDA kernel)."""
+        if self._flame is not None and isinstance(self._flame.lbs_impl, CpuLBS):
+            return "compiled CPU pass"
+        return self.assets.lbs_backend
+
     def _make_albedo(self) -> torch.Tensor:
         if self.avatar.albedo_uv is not None:
             return self.avatar.albedo_uv

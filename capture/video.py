@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     say(f"{args.input}: {reader.width}x{reader.height}, ~{plural(reader.frame_count, 'frame')} at {reader.fps:.2f} fps"
         f"{', audio' if reader.has_audio else ''}; target {args.target}"
         f"{' (cached avatar)' if model.avatar_cached else ''}; backend {model.backend_name}; "
-        f"LBS {model.deca.lbs_backend}; layout {args.layout}")
+        f"LBS {session.renderer.lbs_backend}; layout {args.layout}")
 
     context = None
     if args.export:

@@ -75,6 +75,8 @@ def test_the_cpu_renderer_poses_with_it(demo_pack):
     deca = DECA(demo_pack)
     renderer = AvatarRenderer(deca, demo_identity(deca), "avatar", (360, 640))
     assert isinstance(renderer._flame.lbs_impl, CpuLBS)
+    assert renderer.lbs_backend == "compiled CPU pass"  # what capture.video's first lines say
+    assert AvatarRenderer(deca, demo_identity(deca), "avatar", (360, 640), reference=True).lbs_backend == "torch"
     codes = renderer.avatar.codes.replace(exp=torch.full((1, 50), 0.5), pose=torch.tensor([[0.1, 0.2, 0, 0.2, 0, 0]]))
     with torch.inference_mode():
         got = renderer._posed(codes)
