@@ -18,38 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from face_signals import SIGNALS
+from face_signals import SIGNALS, Points, landmark_signals
 
-MOUTH_INNER = (62, 66)
-MOUTH_CORNERS = (48, 54)
-EYE_LEFT_LIDS = ((43, 47), (44, 46))  # the subject's left eye
-EYE_RIGHT_LIDS = ((37, 41), (38, 40))
-BROW_RIGHT, EYE_RIGHT_CORNERS = (19, 20, 21), (36, 39)
-BROW_LEFT, EYE_LEFT_CORNERS = (24, 23, 22), (42, 45)
-EYE_OUTER = (36, 45)
-
-
-def ibug_signals(points: np.ndarray) -> np.ndarray:
-    """The five signals (`face_signals.SIGNALS`, same order and scale) of 68 iBUG points [68, 2+]; NaNs if
-    degenerate."""
-    p = np.asarray(points, np.float64)[:, :2]
-
-    def dist(a: int, b: int) -> float:
-        return float(np.linalg.norm(p[a] - p[b]))
-
-    scale = dist(*EYE_OUTER)
-    if not np.isfinite(scale) or scale < 1e-9:
-        return np.full(len(SIGNALS), np.nan)
-    brow_r = np.linalg.norm(p[list(BROW_RIGHT)].mean(0) - p[list(EYE_RIGHT_CORNERS)].mean(0))
-    brow_l = np.linalg.norm(p[list(BROW_LEFT)].mean(0) - p[list(EYE_LEFT_CORNERS)].mean(0))
-    raw = [
-        dist(*MOUTH_INNER),
-        dist(*MOUTH_CORNERS),
-        np.mean([dist(a, b) for a, b in EYE_LEFT_LIDS]),
-        np.mean([dist(a, b) for a, b in EYE_RIGHT_LIDS]),
-        (brow_r + brow_l) / 2,
-    ]
-    return np.asarray(raw) / scale
+IBUG68 = Points(mouth_inner=(62, 66), mouth_corners=(48, 54),
+                eye_left_lids=((43, 47), (44, 46)), eye_right_lids=((37, 41), (38, 40)),
+                brow_right=(19, 20, 21), eye_right_corners=(36, 39),
+                brow_left=(24, 23, 22), eye_left_corners=(42, 45), eye_outer=(36, 45))
 
 
 def codes_signals(codes_npz: Path, assets: str = "demo", batch: int = 256) -> np.ndarray:
@@ -72,5 +46,5 @@ def codes_signals(codes_npz: Path, assets: str = "demo", batch: int = 256) -> np
             lmk = flame(torch.zeros(len(rows), flame.n_shape), torch.from_numpy(exp[rows]),
                         torch.from_numpy(pose[rows])).landmarks3d
         for i, points in zip(rows, lmk.numpy()):
-            out[i] = ibug_signals(points)
+            out[i] = landmark_signals(points, IBUG68)
     return out

@@ -26,6 +26,21 @@ import numpy as np
 
 SIGNALS = ("mouth_open", "mouth_width", "eye_left", "eye_right", "brow")
 
+@dataclass(frozen=True)
+class Points:
+    """Which landmarks of a face's point set each signal measures (indices into that set)."""
+
+    mouth_inner: tuple  # (upper, lower) inner lip
+    mouth_corners: tuple
+    eye_left_lids: tuple  # (upper, lower) pairs of the subject's left eye
+    eye_right_lids: tuple
+    brow_right: tuple
+    eye_right_corners: tuple
+    brow_left: tuple
+    eye_left_corners: tuple
+    eye_outer: tuple  # the outer eye corners: the scale every signal is divided by
+
+
 MOUTH_INNER = (13, 14)
 MOUTH_CORNERS = (61, 291)
 EYE_LEFT_LIDS = ((386, 374), (385, 380), (387, 373))
@@ -33,25 +48,28 @@ EYE_RIGHT_LIDS = ((159, 145), (158, 153), (160, 144))
 BROW_RIGHT, EYE_RIGHT_CORNERS = (105, 66, 107), (33, 133)
 BROW_LEFT, EYE_LEFT_CORNERS = (334, 296, 336), (362, 263)
 EYE_OUTER = (33, 263)
+FACE_MESH = Points(MOUTH_INNER, MOUTH_CORNERS, EYE_LEFT_LIDS, EYE_RIGHT_LIDS, BROW_RIGHT, EYE_RIGHT_CORNERS,
+                   BROW_LEFT, EYE_LEFT_CORNERS, EYE_OUTER)  # MediaPipe's face mesh, the table above
 
 
 def _dist(p: np.ndarray, a, b) -> float:
     return float(np.linalg.norm(p[a] - p[b]))
 
 
-def landmark_signals(points: np.ndarray) -> np.ndarray:
-    """The five signals of one face from its mesh landmarks in pixels, [>=468, 2]; NaNs if degenerate."""
+def landmark_signals(points: np.ndarray, layout: Points = FACE_MESH) -> np.ndarray:
+    """The five signals of one face from its landmarks [N, 2+] (pixels, or any unit), by default MediaPipe's face
+    mesh (N >= 468); another point set with its own `Points`. NaNs if degenerate."""
     p = np.asarray(points, np.float64)[:, :2]
-    scale = _dist(p, *EYE_OUTER)
+    scale = _dist(p, *layout.eye_outer)
     if not np.isfinite(scale) or scale < 1e-6:
         return np.full(len(SIGNALS), np.nan)
-    brow_r = np.linalg.norm(p[list(BROW_RIGHT)].mean(0) - p[list(EYE_RIGHT_CORNERS)].mean(0))
-    brow_l = np.linalg.norm(p[list(BROW_LEFT)].mean(0) - p[list(EYE_LEFT_CORNERS)].mean(0))
+    brow_r = np.linalg.norm(p[list(layout.brow_right)].mean(0) - p[list(layout.eye_right_corners)].mean(0))
+    brow_l = np.linalg.norm(p[list(layout.brow_left)].mean(0) - p[list(layout.eye_left_corners)].mean(0))
     raw = [
-        _dist(p, *MOUTH_INNER),
-        _dist(p, *MOUTH_CORNERS),
-        np.mean([_dist(p, a, b) for a, b in EYE_LEFT_LIDS]),
-        np.mean([_dist(p, a, b) for a, b in EYE_RIGHT_LIDS]),
+        _dist(p, *layout.mouth_inner),
+        _dist(p, *layout.mouth_corners),
+        np.mean([_dist(p, a, b) for a, b in layout.eye_left_lids]),
+        np.mean([_dist(p, a, b) for a, b in layout.eye_right_lids]),
         (brow_r + brow_l) / 2,
     ]
     return np.asarray(raw) / scale

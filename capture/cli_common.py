@@ -125,13 +125,14 @@ def build_model_side(args, say: Callable[[str], None],
     except (ValueError, RuntimeError) as exc:  # a bad name, an unavailable backend, a failed export or INT8 build
         raise CliError(f"--backend {args.backend}: {' '.join(str(exc).split())}") from None
     encode_flame = None if codes_from == "landmarks" else engines.encode_flame
-    workers = 1 if codes_from == "landmarks" else encode_workers(engines.backend("E_flame"), codes_from, live)
+    flame = None if codes_from == "landmarks" else engines.backend("E_flame")  # per frame only with those codes
+    workers = encode_workers(flame, codes_from, live)
     decode_detail = engines.decode_detail
     backend_name = ", ".join(f"{n} {engines.backend(n).reason.split(';')[0]}" for n in networks)
     if workers > 1:
         backend_name += f" (E_flame on {workers} frames at once)"
-    in_flight = live_in_flight(engines.backend("E_flame"), codes_from) if codes_from != "landmarks" else None
-    return ModelSide(deca, avatar, cached, encode_flame, decode_detail, backend_name, codes_from, workers, in_flight)
+    return ModelSide(deca, avatar, cached, encode_flame, decode_detail, backend_name, codes_from, workers,
+                     live_in_flight(flame, codes_from))
 
 
 def onnx_exports_pending(pack, networks) -> list[str]:

@@ -65,15 +65,15 @@ def test_landmark_signals_known_geometry():
 
 
 def test_mesh_signals_use_the_face_mesh_points_they_stand_for():
-    """avatar_geometry's iBUG-68 signals equal face_signals' on the face-mesh points the 68 are taken from
-    (`capture.landmarks.MESH_TO_IBUG68`), the lid gaps being equal across each eye's pairs here."""
+    """avatar_geometry's iBUG-68 points give the face mesh's signals on the face-mesh points the 68 are taken
+    from (`capture.landmarks.MESH_TO_IBUG68`), the lid gaps being equal across each eye's pairs here."""
     from capture.landmarks import MESH_TO_IBUG68
 
     for kw in ({}, dict(mouth_open=12.0, eye_l=0.0, brow=30.0, eye_span=80.0)):
         mesh = _face_points(**kw)
-        np.testing.assert_allclose(ag.ibug_signals(mesh[list(MESH_TO_IBUG68)]), fs.landmark_signals(mesh),
-                                   atol=1e-12)
-    assert np.isnan(ag.ibug_signals(np.zeros((68, 2)))).all()
+        np.testing.assert_allclose(fs.landmark_signals(mesh[list(MESH_TO_IBUG68)], ag.IBUG68),
+                                   fs.landmark_signals(mesh), atol=1e-12)
+    assert np.isnan(fs.landmark_signals(np.zeros((68, 2)), ag.IBUG68)).all()
 
 
 def test_mesh_signals_of_saved_codes(tmp_path, small_pack_dir):

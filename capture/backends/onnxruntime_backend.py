@@ -67,8 +67,8 @@ def live_in_flight(flame, codes_from: str) -> Optional[int]:
     One where a float32 ONNX Runtime E_flame runs every frame on every core of the CPU (`pipeline_threads`, live):
     it is then most of a frame's time, and a second frame in flight waits for it anyway while its crop and
     drawing take cores from the first frame's pass. benchmarks/fps.py --live --codes-from network, 2 cores (AMD
-    EPYC, 640x360): latency median / p95 166 / 192 ms with two frames in flight against 97 / 120 with one, at
-    13.5 against 12.5 FPS. INT8's E_flame is a small share of the frame, and two in flight overlap the rest:
+    EPYC, 640x360): latency median / p95 166 / 192 ms with two frames in flight against 95 / 112 with one, at
+    13.5 against 13.4 FPS. INT8's E_flame is a small share of the frame, and two in flight overlap the rest:
     39 / 66 ms against 58 / 82."""
     float_cpu = (isinstance(flame, OnnxRuntimeBackend) and not isinstance(flame, OnnxRuntimeInt8Backend)
                  and flame.device.type == "cpu")
