@@ -27,7 +27,7 @@ from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 
-from .cli_common import CliError, build_model_side
+from .cli_common import CliError, Inference, build_model_side
 from .console import command
 from .crop import as_rgb_uint8
 from .session import FrameOutput, RetargetSession
@@ -79,7 +79,10 @@ class Retargeter:
     The model side (pack, networks, avatar, backends) is built once here; the per-frame state (face tracker,
     filters, the performer's calibration) lives in a session: `process` keeps one for its frame size (a new size
     starts a new one) and each `stream` call has its own. On a CPU, torch is set to one thread per stage, as the
-    commands do. Not thread-safe: use one Retargeter per thread.
+    commands do, and each way of calling the networks gets ONNX Runtime sessions with its own thread setting
+    (`capture.backends.onnxruntime_backend.SCHEDULES`): `process` every core for each network, as nothing runs
+    beside it; a file stream what capture.video uses, a camera stream what capture.live uses (built on first use
+    and kept). Not thread-safe: use one Retargeter per thread.
     """
 
     def __init__(self, target: str = "astronaut", *, assets: Optional[str] = None, codes_from: str = "auto",
@@ -101,7 +104,7 @@ class Retargeter:
         args = argparse.Namespace(target=target, assets=assets, codes_from=codes_from, backend=backend,
                                   device=device, texture=texture)
         try:
-            self.model = command(build_model_side)(args, say)  # its notices: once per Retargeter
+            self.model = command(build_model_side)(args, say, schedule="alone")  # notices: once per Retargeter
         except CliError as exc:
             raise ValueError(str(exc)) from None
         pack = self.model.deca.pack
@@ -127,16 +130,19 @@ class Retargeter:
 
     @property
     def backend(self) -> str:
-        """Which inference backend runs each network, and why."""
-        return self.model.backend_name
+        """Which inference backend runs each network, and why (as `process` calls them)."""
+        return self.model.inference.backend_name
 
     # ------------------------------------------------------------------------------------ frames
-    def _new_session(self, frame_size: tuple[int, int]) -> RetargetSession:
-        m = self.model
-        return RetargetSession(m.deca, m.avatar, frame_size, layout=self.layout, pose_mode=self.pose,
-                               smooth=self.smooth, hold_seconds=self.hold, encode_flame=m.encode_flame,
-                               decode_detail=m.decode_detail, codes_from=m.codes_from, keep_vertices=True,
-                               encode_workers=m.encode_workers)
+    def _inference(self, schedule: str) -> Inference:
+        try:
+            return self.model.inference_for(schedule)
+        except CliError as exc:
+            raise ValueError(str(exc)) from None
+
+    def _new_session(self, frame_size: tuple[int, int], inference: Optional[Inference] = None) -> RetargetSession:
+        return self.model.session(frame_size, inference, layout=self.layout, pose_mode=self.pose,
+                                  smooth=self.smooth, hold_seconds=self.hold, keep_vertices=True)
 
     def _session_for(self, size: tuple[int, int]) -> RetargetSession:
         """`process`'s session: kept while the frame size stays, a fresh one when it changes."""
@@ -200,7 +206,8 @@ class Retargeter:
             reader = VideoReader(str(source), start=start, duration=duration)
             policy, depth = "offline", 2
         try:
-            session = self._new_session((reader.height, reader.width))
+            inference = self._inference(policy)  # the networks as capture.live / capture.video call them
+            session = self._new_session((reader.height, reader.width), inference)
             if not camera and session.source.needs_landmarks:
                 from .video import calibration_frames
 
@@ -211,15 +218,16 @@ class Retargeter:
         if callback is not None:
             try:
                 pipeline = Pipeline(reader, stages=session.stages, sink=lambda out: callback(self._result(out)),
-                                    policy=policy, depth=depth)
+                                    policy=policy, depth=depth, in_flight=inference.live_in_flight)
                 self.stats = pipeline.run()
                 return self.stats
             finally:
                 session.close()
                 reader.close()
-        return self._iterate(reader, session, policy, depth)
+        return self._iterate(reader, session, policy, depth, inference.live_in_flight)
 
-    def _iterate(self, reader, session: RetargetSession, policy: str, depth: int) -> Iterator[Result]:
+    def _iterate(self, reader, session: RetargetSession, policy: str, depth: int,
+                 in_flight: Optional[int]) -> Iterator[Result]:
         """The pipeline in a background thread, its results handed over through a small queue (back-pressure:
         a slow consumer slows a file down; a camera drops frames instead)."""
         results: queue.Queue = queue.Queue(maxsize=2)
@@ -236,7 +244,7 @@ class Retargeter:
                     continue
 
         pipeline = Pipeline(reader, stages=session.stages, sink=lambda out: put(self._result(out)), policy=policy,
-                            depth=depth, quit_event=closed)
+                            depth=depth, in_flight=in_flight, quit_event=closed)
 
         def run() -> None:
             try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -57,25 +57,60 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
 
 
 @dataclass
+class Inference:
+    """The per-frame networks as one schedule calls them (`capture.backends.onnxruntime_backend.SCHEDULES`)."""
+
+    encode_flame: Optional[Callable]  # None with landmark codes: E_flame does not run per frame
+    decode_detail: Callable
+    backend_name: str  # which backend runs each network, and why
+    schedule: str = "offline"
+    encode_workers: int = 1  # frames E_flame runs on at once (`RetargetSession(encode_workers=...)`)
+    live_in_flight: Optional[int] = None  # live policy: frames in flight (`Pipeline(in_flight=...)`; None: default)
+    engines: object = field(default=None, repr=False)  # the `InferenceEngines` behind the two callables
+    options: dict = field(default_factory=dict, repr=False)  # the registry options they were built with
+
+
+@dataclass
 class ModelSide:
+    """The pack, DECA, the target avatar and the per-frame networks, built once per run (or per Retargeter)."""
+
     deca: DECA
     avatar: Avatar
     avatar_cached: bool
-    encode_flame: Optional[Callable]
-    decode_detail: Optional[Callable]
-    backend_name: str
-    codes_from: str = "network"  # resolved code source: network, landmarks or hybrid
-    encode_workers: int = 1  # frames E_flame runs on at once (`RetargetSession(encode_workers=...)`)
-    live_in_flight: Optional[int] = None  # live policy: frames in flight (`Pipeline(in_flight=...)`; None: default)
+    codes_from: str  # resolved code source: network, landmarks or hybrid
+    inference: Inference  # for the schedule the model side was built for
+    backend: str = "auto"  # --backend
+    calibration: object = None  # the INT8 calibration (`capture.int8.Calibration`) every schedule's INT8 uses
+    _others: dict = field(default_factory=dict, repr=False)
+
+    def inference_for(self, schedule: str) -> Inference:
+        """The networks for another schedule, built on first use and kept (ONNX Runtime's thread setting is
+        fixed when a session is made; the exported graphs and INT8 calibration are reused from their caches)."""
+        if schedule == self.inference.schedule:
+            return self.inference
+        if schedule not in self._others:
+            self._others[schedule] = build_inference(self.deca, self.backend, self.codes_from, schedule,
+                                                     self.calibration, reuse=self.inference)
+        return self._others[schedule]
+
+    def session(self, frame_size: tuple[int, int], inference: Optional[Inference] = None, **options):
+        """A `RetargetSession` of this model side for frames [H, W] through `inference` (default: this side's)."""
+        from .session import RetargetSession
+
+        inference = inference or self.inference
+        return RetargetSession(self.deca, self.avatar, frame_size, encode_flame=inference.encode_flame,
+                               decode_detail=inference.decode_detail, codes_from=self.codes_from,
+                               encode_workers=inference.encode_workers, **options)
 
 
 def build_model_side(args, say: Callable[[str], None],
-                     calibration_frames: Optional[Callable[[], Iterable]] = None, live: bool = False) -> ModelSide:
+                     calibration_frames: Optional[Callable[[], Iterable]] = None,
+                     schedule: str = "offline") -> ModelSide:
     """Pack -> DECA -> avatar -> inference backends, each failure as a CliError.
 
     calibration_frames: the performer's first frames ([H, W, 3] uint8 each), read when `--backend
     onnxruntime-int8` needs calibration crops; without them INT8 is calibrated on renders of the pack.
-    live: the backends serve a camera (latency first: `pipeline_threads`).
+    schedule: how the per-frame networks will be called (offline, live or alone: `build_inference`).
     DECA's own networks (the target photo's E_flame and E_detail, run once and cached) stay the eager
     reference whatever --backend says, so that the avatar cache does not depend on it.
     """
@@ -100,21 +135,40 @@ def build_model_side(args, say: Callable[[str], None],
                                          codes_from)
     except ImageError as exc:
         raise CliError(f"--target {exc}") from None
-    from .backends import InferenceEngines
-    from .backends.onnxruntime_backend import encode_workers, live_in_flight, pipeline_threads
     from .int8 import Calibration
 
     renders = Calibration.pack_renders(deca=deca)
     calibration = (renders if calibration_frames is None
                    else Calibration.of_frames(calibration_frames, "the input's first frames", fallback=renders))
+    inference = build_inference(deca, args.backend, codes_from, schedule, calibration)
+    return ModelSide(deca, avatar, cached, codes_from, inference, args.backend, calibration)
+
+
+def build_inference(deca: DECA, backend: str, codes_from: str, schedule: str, calibration,
+                    reuse: Optional[Inference] = None) -> Inference:
+    """The per-frame networks of `backend` (a registry name) for a schedule: `offline` (a file through the stage
+    pipeline), `live` (a camera through it, latency first) or `alone` (one frame at a time in the caller's
+    thread); on the CPU the schedule sets ONNX Runtime's threads (`intra_op_threads`), the frames E_flame runs
+    on at once and the frames in flight live. reuse: another schedule's networks, whose engines are taken
+    where the thread setting would build the same ones (the same threads, or a backend they do not reach).
+    Each failure as a CliError."""
+    from .backends import InferenceEngines
+    from .backends.onnxruntime_backend import check_schedule, encode_workers, intra_op_threads, live_in_flight
+
+    check_schedule(schedule)
+    pack, device = deca.pack, deca.device.type
     options = {"onnxruntime-int8": {"calibration": calibration}}
     if device == "cpu":
         for name in ("onnxruntime", "onnxruntime-int8"):
-            options.setdefault(name, {})["threads"] = pipeline_threads(codes_from, name == "onnxruntime-int8", live)
-    engines = InferenceEngines(pack, args.backend, device=device, options=options)
+            options.setdefault(name, {})["threads"] = intra_op_threads(codes_from, name == "onnxruntime-int8",
+                                                                       schedule)
     # E_flame runs per frame only when the codes come from it
     networks = ("D_detail",) if codes_from == "landmarks" else ("E_flame", "D_detail")
-    onnx_backend = args.backend.startswith(("auto", "onnxruntime", "tensorrt"))
+    if reuse is not None and (reuse.options == options or not _threads_reach(reuse.engines, networks)):
+        engines = reuse.engines
+    else:
+        engines = InferenceEngines(pack, backend, device=device, options=options)
+    onnx_backend = backend.startswith(("auto", "onnxruntime", "tensorrt"))
     pending = onnx_exports_pending(pack, networks) if onnx_backend else []
     if pending:
         notice(f"exporting {' and '.join(pending)} to ONNX for this pack "
@@ -123,16 +177,24 @@ def build_model_side(args, say: Callable[[str], None],
         for network in networks:  # made now, so a bad choice fails before any frame
             engines.backend(network)
     except (ValueError, RuntimeError) as exc:  # a bad name, an unavailable backend, a failed export or INT8 build
-        raise CliError(f"--backend {args.backend}: {' '.join(str(exc).split())}") from None
+        raise CliError(f"--backend {backend}: {' '.join(str(exc).split())}") from None
     encode_flame = None if codes_from == "landmarks" else engines.encode_flame
     flame = None if codes_from == "landmarks" else engines.backend("E_flame")  # per frame only with those codes
-    workers = encode_workers(flame, codes_from, live)
-    decode_detail = engines.decode_detail
+    workers = encode_workers(flame, codes_from, schedule)
     backend_name = ", ".join(f"{n} {engines.backend(n).reason.split(';')[0]}" for n in networks)
     if workers > 1:
         backend_name += f" (E_flame on {workers} frames at once)"
-    return ModelSide(deca, avatar, cached, encode_flame, decode_detail, backend_name, codes_from, workers,
-                     live_in_flight(flame, codes_from))
+    in_flight = live_in_flight(flame, codes_from) if schedule == "live" else None
+    return Inference(encode_flame, engines.decode_detail, backend_name, schedule, workers, in_flight, engines,
+                     options)
+
+
+def _threads_reach(engines, networks) -> bool:
+    """Whether a thread setting makes a difference to these built networks: ONNX Runtime sessions on the CPU."""
+    from .backends import OnnxRuntimeBackend
+
+    return any(isinstance(b, OnnxRuntimeBackend) and b.device.type == "cpu"
+               for b in (engines.backend(n) for n in networks))
 
 
 def onnx_exports_pending(pack, networks) -> list[str]:

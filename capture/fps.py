@@ -458,14 +458,15 @@ def make_engines(name: str, pack, device: torch.device, args, calibration: Calla
     them in capture.video / capture.live, with this benchmark's options (--fp32, --ort-threads, --spinning;
     INT8 calibrated on `calibration()`)."""
     from capture.backends import InferenceEngines, OnnxRuntimeBackend, OnnxRuntimeInt8Backend, TorchBackend
-    from capture.backends.onnxruntime_backend import encode_workers, live_in_flight, pipeline_threads
+    from capture.backends.onnxruntime_backend import encode_workers, intra_op_threads, live_in_flight
     from capture.int8 import Calibration
 
     cuda = device.type == "cuda"
     half = cuda and not args.fp32
+    schedule = "live" if args.live else "offline"
     # the product's thread setting unless --ort-threads says otherwise (capture.cli_common)
     def ort(int8: bool) -> dict:
-        threads = args.ort_threads or (None if cuda else pipeline_threads(codes_from, int8, args.live))
+        threads = args.ort_threads or (None if cuda else intra_op_threads(codes_from, int8, schedule))
         return dict(threads=threads, spinning=args.spinning)
 
     options = {"torch": {"cuda_graphs": cuda, "half": half}, "onnxruntime": ort(False),
@@ -488,7 +489,7 @@ def make_engines(name: str, pack, device: torch.device, args, calibration: Calla
     else:
         what, settings = "TensorRT", {}
     # landmark codes run no E_flame per frame: nothing for a second frame to do, whatever --encode-workers says
-    workers = 1 if codes_from == "landmarks" else args.encode_workers or encode_workers(flame, codes_from, args.live)
+    workers = 1 if codes_from == "landmarks" else args.encode_workers or encode_workers(flame, codes_from, schedule)
     if workers > 1:
         what += f", E_flame on {workers} frames at once"
     settings["encode_workers"] = workers

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .cli_common import ChannelOutputs, CliError, add_channel_arguments, add_model_arguments, build_model_side, run_cli
 from .console import add_version_argument, command, plural, prog
-from .session import FrameOutput, RetargetSession
+from .session import FrameOutput
 from .stream.camera import open_camera
 from .stream.pipeline import Pipeline
 from .stream.reader import VideoError
@@ -156,22 +156,21 @@ def main(argv=None) -> int:
             raise CliError(str(exc)) from None
     source = open_camera(cam, size=size, fps=args.fps)  # a missing camera fails before the model loads
     try:
-        model = build_model_side(args, say, live=True)
+        model = build_model_side(args, say, schedule="live")
     except BaseException:
         source.close()
         raise
     frame_size = (source.height, source.width)
-    session = RetargetSession(model.deca, model.avatar, frame_size, layout=args.layout, pose_mode=args.pose,
-                              smooth=not args.no_smooth and model.codes_from != "landmarks", hold_seconds=args.hold,
-                              encode_flame=model.encode_flame, decode_detail=model.decode_detail,
-                              codes_from=model.codes_from, encode_workers=model.encode_workers)
+    session = model.session(frame_size, layout=args.layout, pose_mode=args.pose,
+                            smooth=not args.no_smooth and model.codes_from != "landmarks", hold_seconds=args.hold)
     out_h, out_w = session.output_size
     writer = None
     if args.record:
         writer = VideoWriter(Path(args.record), out_w, out_h, fps=source.fps or 30, time_base=source.time_base,
                              origin=None, preset=RECORD_PRESET)
     say(f"live from {source.name} ({source.format_name}, {source.width}x{source.height}); "
-        f"backend {model.backend_name}; layout {args.layout}" + (f"; recording to {args.record}" if writer else ""))
+        f"backend {model.inference.backend_name}; layout {args.layout}"
+        + (f"; recording to {args.record}" if writer else ""))
 
     channels = ChannelOutputs(model.deca, osc=args.osc) if args.osc else None
     quit_event = threading.Event()
@@ -205,7 +204,7 @@ def main(argv=None) -> int:
         timer.daemon = True
         timer.start()
     pipeline = Pipeline(latency.stamp(source), stages=session.stages, sink=sink,
-                        policy="live", depth=1, in_flight=model.live_in_flight, finalize=finalize,
+                        policy="live", depth=1, in_flight=model.inference.live_in_flight, finalize=finalize,
                         quit_event=quit_event)
     try:
         try:

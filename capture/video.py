@@ -23,7 +23,7 @@ import numpy as np
 from .cli_common import ChannelOutputs, CliError, add_channel_arguments, add_model_arguments, build_model_side, run_cli
 from .console import add_version_argument, command, plural, prog, progress_bar
 from .meshio import write_obj
-from .session import FrameOutput, RetargetSession
+from .session import FrameOutput
 from .stream.pipeline import Pipeline
 from .stream.reader import VideoError, VideoReader
 from .stream.writer import PRESETS, REALTIME, VideoWriter, check_encoder, check_not_input, check_writable
@@ -143,10 +143,8 @@ def main(argv=None) -> int:
         raise CliError(str(exc)) from None
     model = build_model_side(args, say, lambda: calibration_frames(args.input, args.start, args.duration))
     frame_size = (reader.height, reader.width)
-    session = RetargetSession(model.deca, model.avatar, frame_size, layout=args.layout, pose_mode=args.pose,
-                              smooth=args.smooth, hold_seconds=args.hold, encode_flame=model.encode_flame,
-                              decode_detail=model.decode_detail, codes_from=model.codes_from,
-                              keep_vertices=needs_vertices, encode_workers=model.encode_workers)
+    session = model.session(frame_size, layout=args.layout, pose_mode=args.pose, smooth=args.smooth,
+                            hold_seconds=args.hold, keep_vertices=needs_vertices)
     if session.source.needs_landmarks:
         calibrated = session.calibrate(calibration_frames(args.input, args.start, args.duration))
         span = min(CALIBRATION_SECONDS, args.duration or CALIBRATION_SECONDS, reader.duration or CALIBRATION_SECONDS)
@@ -158,7 +156,7 @@ def main(argv=None) -> int:
                          origin=0.0 if args.start is None else None)
     say(f"{args.input}: {reader.width}x{reader.height}, ~{plural(reader.frame_count, 'frame')} at {reader.fps:.2f} fps"
         f"{', audio' if reader.has_audio else ''}; target {args.target}"
-        f"{' (cached avatar)' if model.avatar_cached else ''}; backend {model.backend_name}; "
+        f"{' (cached avatar)' if model.avatar_cached else ''}; backend {model.inference.backend_name}; "
         f"LBS {session.renderer.lbs_backend}; layout {args.layout}")
 
     context = None
@@ -227,7 +225,7 @@ def main(argv=None) -> int:
     say(f"{stopped}wrote {plural(writer.frames_written, 'frame')} to {out_path} "
         f"in {elapsed:.1f} s ({writer.frames_written / max(elapsed, 1e-9):.1f} FPS); "
         f"frames without a face: {c.without_face} (held {c.held}, passed through {c.passed_through}); "
-        f"audio: {writer.audio_summary}{damage}{resized}; backend: {model.backend_name}; "
+        f"audio: {writer.audio_summary}{damage}{resized}; backend: {model.inference.backend_name}; "
         f"codes from {model.codes_from}; D_detail reused on {plural(session.renderer.detail_reused, 'frame')}")
     if channels is not None:
         say(channels.summary())

@@ -69,6 +69,10 @@ def test_stream_with_a_callback(retargeter, tmp_path):
     seen = []
     stats = retargeter.stream(str(clip), seen.append)
     assert [r.index for r in seen] == list(range(12)) and stats.frames_out == 12 and all(r.face for r in seen)
+    # process() calls the networks alone, a file stream as capture.video does; torch's modules serve both
+    model = retargeter.model
+    assert model.inference.schedule == "alone" and model.inference_for("offline").schedule == "offline"
+    assert model.inference_for("offline").engines is model.inference.engines
 
 
 def test_breaking_out_of_a_stream_stops_reading(retargeter, performer):

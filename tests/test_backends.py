@@ -21,7 +21,7 @@ from capture.backends import (
     TorchBackend,
     make_backend,
 )
-from capture.backends.onnxruntime_backend import pipeline_threads, session_options
+from capture.backends.onnxruntime_backend import intra_op_threads, session_options
 from capture.cpus import physical_cores
 from capture.nets import graph_spec
 from test_export import EXPECTED_IO, export_once, memory_pack, reference_input, reference_output, rel_err
@@ -162,20 +162,28 @@ def test_onnxruntime_session_is_tuned():
 
 
 @pytest.mark.parametrize("cores", [1, 2, 8])
-def test_pipeline_threads_follow_the_code_source_the_precision_and_live_use(cores, monkeypatch):
+def test_intra_op_threads_follow_the_code_source_the_precision_and_the_schedule(cores, monkeypatch):
     """One ONNX Runtime thread per session where E_flame does not run per frame or, offline, runs as INT8. A
     float32 E_flame offline runs on two frames at once (one core: one), the physical cores shared out between
-    them; live, and INT8 live, one frame at a time on every core (latency first)."""
+    them; live, and INT8 live, one frame at a time on every core (latency first). Alone (Retargeter.process:
+    no other stage beside a call) every network gets every core."""
     from capture.backends import onnxruntime_backend
 
     monkeypatch.setattr(onnxruntime_backend, "physical_cores", lambda: cores)
     workers = onnxruntime_backend.pipeline_workers
-    assert pipeline_threads("landmarks") == 1 and pipeline_threads("landmarks", int8=True, live=True) == 1
-    assert pipeline_threads("network", int8=True) == 1 and pipeline_threads("hybrid", int8=True) == 1
-    assert pipeline_threads("hybrid", live=True) is None and pipeline_threads("network", int8=True, live=True) is None
-    assert workers("landmarks") == workers("network", int8=True) == workers("hybrid", live=True) == 1
+    assert intra_op_threads("landmarks") == 1 and intra_op_threads("landmarks", int8=True, schedule="live") == 1
+    assert intra_op_threads("network", int8=True) == 1 and intra_op_threads("hybrid", int8=True) == 1
+    assert intra_op_threads("hybrid", schedule="live") is None
+    assert intra_op_threads("network", int8=True, schedule="live") is None
+    assert workers("landmarks") == workers("network", int8=True) == workers("hybrid", schedule="live") == 1
     assert workers("network") == workers("hybrid") == min(2, cores)
-    assert pipeline_threads("network") == (None if cores == 1 else cores // 2)
+    assert intra_op_threads("network") == (None if cores == 1 else cores // 2)
+    for codes_from in ("landmarks", "network", "hybrid"):
+        for int8 in (False, True):
+            assert intra_op_threads(codes_from, int8, "alone") is None
+            assert workers(codes_from, int8, "alone") == 1
+    with pytest.raises(ValueError, match="schedule 'camera'"):
+        intra_op_threads("network", schedule="camera")
 
 
 def test_encode_workers_only_for_onnx_runtime_on_the_cpu(engines_dir, monkeypatch):
@@ -186,7 +194,8 @@ def test_encode_workers_only_for_onnx_runtime_on_the_cpu(engines_dir, monkeypatc
     monkeypatch.setattr(onnxruntime_backend, "physical_cores", lambda: 2)
     fp32 = _backend("onnxruntime", "cpu", "E_flame", engines_dir)
     assert onnxruntime_backend.encode_workers(fp32, "network") == 2
-    assert onnxruntime_backend.encode_workers(fp32, "network", live=True) == 1
+    assert onnxruntime_backend.encode_workers(fp32, "network", "live") == 1
+    assert onnxruntime_backend.encode_workers(fp32, "network", "alone") == 1
     assert onnxruntime_backend.encode_workers(_backend("torch", "cpu", "E_flame", engines_dir), "network") == 1
     int8 = object.__new__(onnxruntime_backend.OnnxRuntimeInt8Backend)  # the type decides: no calibration here
     int8.device = torch.device("cpu")
@@ -211,6 +220,39 @@ def test_live_keeps_one_frame_in_flight_only_behind_a_float32_e_flame_on_every_c
     assert onnxruntime_backend.live_in_flight(int8, "network") is None
     monkeypatch.setattr(onnxruntime_backend, "physical_cores", lambda: threads + 1)
     assert onnxruntime_backend.live_in_flight(fp32, "network") is None
+
+
+def test_each_schedule_gets_onnx_runtime_sessions_of_its_own_and_shares_what_threads_do_not_change(engines_dir,
+                                                                                                     monkeypatch):
+    """capture.cli_common.build_inference: the thread setting of each schedule reaches the sessions it builds
+    (offline: E_flame on two frames at once, one thread each; alone: every core, one frame; live: every core, one
+    frame in flight); another schedule reuses the engines where its setting would build the same ones."""
+    from types import SimpleNamespace
+
+    from capture.backends import onnxruntime_backend
+    from capture.cli_common import build_inference
+
+    monkeypatch.setenv("CAPTURE_ENGINES", str(engines_dir))
+    monkeypatch.setattr(onnxruntime_backend, "physical_cores", lambda: 2)
+    deca = SimpleNamespace(pack=memory_pack(), device=torch.device("cpu"))
+
+    def threads(inference, network):
+        return inference.engines.backend(network).session.get_session_options().intra_op_num_threads
+
+    offline = build_inference(deca, "onnxruntime", "network", "offline", None)
+    assert (offline.encode_workers, offline.live_in_flight, threads(offline, "E_flame")) == (2, None, 1)
+    alone = build_inference(deca, "onnxruntime", "network", "alone", None, reuse=offline)
+    assert alone.engines is not offline.engines and alone.encode_workers == 1 and alone.live_in_flight is None
+    assert threads(alone, "E_flame") == threads(alone, "D_detail") == 2
+    live = build_inference(deca, "onnxruntime", "network", "live", None, reuse=alone)
+    assert live.engines is alone.engines  # the same threads: the same sessions
+    assert (live.encode_workers, live.live_in_flight) == (1, 1)
+    x = reference_input("E_flame", 1)
+    assert torch.allclose(alone.encode_flame(x), offline.encode_flame(x), atol=1e-4)
+    eager = build_inference(deca, "torch", "network", "offline", None)
+    assert build_inference(deca, "torch", "network", "alone", None, reuse=eager).engines is eager.engines
+    with pytest.raises(ValueError, match="schedule"):
+        build_inference(deca, "torch", "network", "batch", None)
 
 
 @pytest.mark.gpu

@@ -21,50 +21,67 @@ def _ort():
     return onnxruntime
 
 
-def pipeline_threads(codes_from: str, int8: bool = False, live: bool = False) -> Optional[int]:
-    """Intra-op threads per ONNX Runtime session inside the CPU stage pipeline (None: physical cores).
+SCHEDULES = ("offline", "live", "alone")
+"""How the per-frame networks are called. offline: a file through the stage pipeline, throughput first
+(`capture.video`); live: a camera through it, latency first (`capture.live`); alone: one frame at a time in the
+caller's thread with no other stage beside it (`capture.Retargeter.process`)."""
 
-    With landmark codes only D_detail runs per frame, beside the other busy stages: one thread each keeps the
-    cores to the stages (benchmarks/fps.py, 2 cores, 640x360: 32.0 FPS with 1 thread, 28.5 with 2). With E_flame
-    per frame (network, hybrid): an INT8 E_flame (~13 CPU ms) fits one core, and offline the second thread's
-    hand-offs only cost the other stages CPU (32.6 / 32.7 FPS with 1 thread against 31.4 / 31.9 with 2, 52 against
-    58 CPU ms a frame); live, the frame's latency is what counts, and two threads halve E_flame's share of it (36 /
-    46 ms median / p95 against 55-59 / 63-78). A float32 E_flame needs the cores: offline they are shared out
-    between the frames it runs on at once (`pipeline_workers`), live one frame gets them all.
+
+def check_schedule(schedule: str) -> str:
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    return schedule
+
+
+def intra_op_threads(codes_from: str, int8: bool = False, schedule: str = "offline") -> Optional[int]:
+    """Intra-op threads per ONNX Runtime session for a schedule (None: physical cores).
+
+    In the stage pipeline, with landmark codes only D_detail runs per frame, beside the other busy stages: one
+    thread each keeps the cores to the stages (benchmarks/fps.py, 2 cores, 640x360: 32.0 FPS with 1 thread, 28.5
+    with 2). With E_flame per frame (network, hybrid): an INT8 E_flame (~13 CPU ms) fits one core, and offline the
+    second thread's hand-offs only cost the other stages CPU (32.6 / 32.7 FPS with 1 thread against 31.4 / 31.9
+    with 2, 52 against 58 CPU ms a frame); live, the frame's latency is what counts, and two threads halve
+    E_flame's share of it (36 / 46 ms median / p95 against 55-59 / 63-78). A float32 E_flame needs the cores:
+    offline they are shared out between the frames it runs on at once (`pipeline_workers`), live one frame gets
+    them all. Alone, nothing else runs while a network does, so every network gets every core (Retargeter.process
+    on a real clip, 2 cores, AMD EPYC: network fp32 112 -> 76 ms a frame, INT8 46 -> 38, against the offline
+    setting).
     """
-    if codes_from == "landmarks" or (int8 and not live):
+    if check_schedule(schedule) == "alone":
+        return None
+    if codes_from == "landmarks" or (int8 and schedule == "offline"):
         return 1
-    workers = pipeline_workers(codes_from, int8, live)
+    workers = pipeline_workers(codes_from, int8, schedule)
     return None if workers == 1 else max(1, physical_cores() // workers)
 
 
-def pipeline_workers(codes_from: str, int8: bool = False, live: bool = False) -> int:
-    """Frames a CPU E_flame runs on at once in the stage pipeline (`RetargetSession(encode_workers=...)`), each
-    call with `pipeline_threads` threads.
+def pipeline_workers(codes_from: str, int8: bool = False, schedule: str = "offline") -> int:
+    """Frames a CPU E_flame runs on at once (`RetargetSession(encode_workers=...)`), each call with
+    `intra_op_threads` threads.
 
     Offline, a float32 E_flame is longer than all the other stages together (~36 CPU ms on one thread on an
     Intel Xeon, ~75 on an AMD EPYC), and one pass on two threads leaves the cores idle between its layers: two
     frames at once, one thread each, keep both busy (benchmarks/fps.py --codes-from network, 2 cores: 20.1 ->
     21.9 FPS over five alternating pairs, 93 -> 88 CPU ms a frame). An INT8 E_flame fits beside the other stages
-    on one thread, and live, one frame on every core is what shortens the latency."""
-    if codes_from == "landmarks" or int8 or live:
+    on one thread; live, one frame on every core is what shortens the latency; alone there is one frame."""
+    if codes_from == "landmarks" or int8 or check_schedule(schedule) != "offline":
         return 1
     return 2 if physical_cores() >= 2 else 1
 
 
-def encode_workers(flame, codes_from: str, live: bool = False) -> int:
+def encode_workers(flame, codes_from: str, schedule: str = "offline") -> int:
     """`pipeline_workers` for a built E_flame backend: ONNX Runtime on the CPU; 1 for every other backend (a
     GPU runs one frame's layers in parallel already; a TensorRT execution context serves one call at a time)."""
     if not isinstance(flame, OnnxRuntimeBackend) or flame.device.type != "cpu":
         return 1
-    return pipeline_workers(codes_from, isinstance(flame, OnnxRuntimeInt8Backend), live)
+    return pipeline_workers(codes_from, isinstance(flame, OnnxRuntimeInt8Backend), schedule)
 
 
 def live_in_flight(flame, codes_from: str) -> Optional[int]:
     """Frames between the first stage and the sink in live mode (`Pipeline(in_flight=...)`) for a built E_flame
     backend; None: the pipeline's default (`capture.stream.pipeline.LIVE_IN_FLIGHT`, two).
 
-    One where a float32 ONNX Runtime E_flame runs every frame on every core of the CPU (`pipeline_threads`, live):
+    One where a float32 ONNX Runtime E_flame runs every frame on every core of the CPU (`intra_op_threads`, live):
     it is then most of a frame's time, and a second frame in flight waits for it anyway while its crop and
     drawing take cores from the first frame's pass. benchmarks/fps.py --live --codes-from network, 2 cores (AMD
     EPYC, 640x360): latency median / p95 166 / 192 ms with two frames in flight against 95 / 112 with one, at
