@@ -69,10 +69,12 @@ class Retargeter:
     target: the avatar's identity photo: a path, 'astronaut' (skimage's public-domain photo) or 'demo' (the demo
         pack's second identity). assets: the model pack folder, or 'demo' (the synthetic demo pack); None:
         $CAPTURE_ASSETS, then ~/.cache/capture/assets. codes_from: 'auto', 'network', 'landmarks' or 'hybrid'
-        (README, "Capturing real faces"). backend: 'auto', 'torch', 'onnxruntime' or 'tensorrt'. device: 'cpu'
-        or 'cuda' (None: cuda when available). layout: 'avatar', 'side-by-side' or 'overlay'. pose: 'source'
-        (the performer's head pose) or 'target'. texture: 'auto', 'photo' or 'model'. smooth: One-Euro filter
-        the codes (None: on unless the codes come from the landmark fit, which smooths its own points).
+        (README, "Capturing real faces"). backend: a name of the backend registry, as `--backend` takes
+        (`capture.backends.NAMES`: 'auto', 'tensorrt', 'onnxruntime', 'onnxruntime-int8' calibrated on renders of
+        the pack, 'torch', 'torch-eager'). device: 'cpu' or 'cuda' (None: cuda when available). layout:
+        'avatar', 'side-by-side' or 'overlay'. pose: 'source' (the performer's head pose) or 'target'. texture:
+        'auto', 'photo' or 'model'. smooth: One-Euro filter the codes (None: on unless the codes come from the
+        landmark fit, which smooths its own points).
         hold: seconds the last expression is kept when the face is lost. verbose: print what the commands print
         (the pack, the code source, the backends); the lines are kept in `.messages` either way.
 

@@ -18,7 +18,7 @@ from .torch_backend import TorchBackend, TorchEagerBackend
 BACKENDS: dict[str, type[Backend]] = {cls.name: cls for cls in (
     TensorRTBackend,
     OnnxRuntimeBackend,
-    OnnxRuntimeInt8Backend,  # E_flame in INT8, calibrated on face crops (never chosen by "auto": it trades accuracy)
+    OnnxRuntimeInt8Backend,  # E_flame and D_detail in INT8, calibrated on face crops (never "auto": it trades accuracy)
     TorchBackend,  # CUDA graphs on a GPU, eager on the CPU
     TorchEagerBackend,  # the eager reference (benchmarks; DECA's one-off networks)
 )}
@@ -27,8 +27,8 @@ DESCRIPTIONS: dict[str, str] = {
     "auto": "the fastest that works here",
     "tensorrt": "TensorRT engines (CUDA)",
     "onnxruntime": "ONNX Runtime, float32 (CPU, or CUDA with onnxruntime-gpu)",
-    "onnxruntime-int8": "ONNX Runtime CPU with E_flame in INT8, calibrated on the input's first frames "
-                        "(or renders of the pack)",
+    "onnxruntime-int8": "ONNX Runtime CPU with E_flame and D_detail in INT8, calibrated on the input's first "
+                        "frames (or renders of the pack)",
     "torch": "PyTorch (CUDA graphs on a GPU, eager on the CPU)",
     "torch-eager": "PyTorch eager, the reference",
 }
