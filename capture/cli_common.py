@@ -184,7 +184,7 @@ def build_inference(deca: DECA, backend: str, codes_from: str, schedule: str, ca
     backend_name = ", ".join(f"{n} {engines.backend(n).reason.split(';')[0]}" for n in networks)
     if workers > 1:
         backend_name += f" (E_flame on {workers} frames at once)"
-    in_flight = live_in_flight(flame, codes_from) if schedule == "live" else None
+    in_flight = live_in_flight(flame, codes_from, schedule)
     return Inference(encode_flame, engines.decode_detail, backend_name, schedule, workers, in_flight, engines,
                      options)
 

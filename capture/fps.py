@@ -493,7 +493,7 @@ def make_engines(name: str, pack, device: torch.device, args, calibration: Calla
     if workers > 1:
         what += f", E_flame on {workers} frames at once"
     settings["encode_workers"] = workers
-    in_flight = live_in_flight(flame, codes_from) if args.live else None
+    in_flight = live_in_flight(flame, codes_from, schedule)
     if in_flight is not None:
         what += f", {in_flight} frame(s) in flight"
         settings["live_in_flight"] = in_flight

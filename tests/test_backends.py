@@ -213,6 +213,8 @@ def test_live_keeps_one_frame_in_flight_only_behind_a_float32_e_flame_on_every_c
     monkeypatch.setattr(onnxruntime_backend, "physical_cores", lambda: threads)
     assert onnxruntime_backend.live_in_flight(fp32, "network") == 1
     assert onnxruntime_backend.live_in_flight(fp32, "hybrid") == 1
+    assert onnxruntime_backend.live_in_flight(fp32, "network", "offline") is None
+    assert onnxruntime_backend.live_in_flight(fp32, "network", "alone") is None
     assert onnxruntime_backend.live_in_flight(fp32, "landmarks") is None
     assert onnxruntime_backend.live_in_flight(_backend("torch", "cpu", "E_flame", engines_dir), "network") is None
     int8 = object.__new__(onnxruntime_backend.OnnxRuntimeInt8Backend)

@@ -77,9 +77,10 @@ def encode_workers(flame, codes_from: str, schedule: str = "offline") -> int:
     return pipeline_workers(codes_from, isinstance(flame, OnnxRuntimeInt8Backend), schedule)
 
 
-def live_in_flight(flame, codes_from: str) -> Optional[int]:
+def live_in_flight(flame, codes_from: str, schedule: str = "live") -> Optional[int]:
     """Frames between the first stage and the sink in live mode (`Pipeline(in_flight=...)`) for a built E_flame
-    backend; None: the pipeline's default (`capture.stream.pipeline.LIVE_IN_FLIGHT`, two).
+    backend; None: the pipeline's default (`capture.stream.pipeline.LIVE_IN_FLIGHT`, two), and for every schedule
+    but live (offline nothing limits them; alone there is one frame).
 
     One where a float32 ONNX Runtime E_flame runs every frame on every core of the CPU (`intra_op_threads`, live):
     it is then most of a frame's time, and a second frame in flight waits for it anyway while its crop and
@@ -89,7 +90,7 @@ def live_in_flight(flame, codes_from: str) -> Optional[int]:
     39 / 66 ms against 58 / 82."""
     float_cpu = (isinstance(flame, OnnxRuntimeBackend) and not isinstance(flame, OnnxRuntimeInt8Backend)
                  and flame.device.type == "cpu")
-    if codes_from == "landmarks" or not float_cpu:
+    if check_schedule(schedule) != "live" or codes_from == "landmarks" or not float_cpu:
         return None
     return 1 if flame.session.get_session_options().intra_op_num_threads >= physical_cores() else None
 
