@@ -8,6 +8,7 @@ test_reconstruct.py.
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
 import struct
@@ -25,7 +26,7 @@ from PIL import Image
 
 from capture.stream.clips import make_test_clip, pattern_image, read_frame_number
 from capture.stream.reader import VideoError, VideoReader
-from capture.stream.writer import VideoWriter, check_not_input, default_codec, same_file
+from capture.stream.writer import VideoWriter, check_encoder, check_not_input, default_codec, muxer_keeps, same_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,6 +133,51 @@ def test_pcm_audio_into_mp4_is_reencoded_and_every_frame_kept(tmp_path, ext):
     assert audio[-1] == pytest.approx(1.0, abs=0.05)
     w = _copy(src, tmp_path / "out.mkv")  # Matroska takes PCM: copied
     assert w.audio_mode == "copy" and w.audio_summary == "copied (pcm_s16le)"
+
+
+# Containers whose FFmpeg codec lists are wrong: MPEG program streams take no AAC (the list says nothing of MP3),
+# MPEG-TS takes AAC (the list says no) but keeps PCM and FLAC only as a data stream, Ogg takes no H.264.
+@pytest.mark.parametrize("ext, codec, audio, kept", [
+    ("mpg", None, "aac", "libmp3lame"),
+    ("mpg", None, "libmp3lame", "copy"),
+    ("ts", None, "aac", "copy"),
+    ("ts", None, "pcm_s16le", "aac"),
+    ("ts", None, "flac", "aac"),
+    ("ogv", "libvpx", "aac", "libopus"),
+])
+def test_audio_survives_containers_whose_codec_lists_are_wrong(tmp_path, ext, codec, audio, kept):
+    src = tmp_path / "in.mkv"
+    make_test_clip(src, frames=25, size=(64, 64), audio=True, audio_codec=audio)
+    w = _copy(src, tmp_path / f"out.{ext}", codec=codec)
+    assert w.audio_mode == kept, w.audio_summary
+    with av.open(str(tmp_path / f"out.{ext}")) as c:
+        assert [s.type for s in c.streams] == ["video", "audio"]  # sound, not a data stream
+        seconds = sum(f.samples for f in c.decode(audio=0)) / c.streams.audio[0].sample_rate
+    with av.open(str(tmp_path / f"out.{ext}")) as c:
+        frames = [read_frame_number(f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+    assert seconds == pytest.approx(1.0, abs=0.08)
+    assert frames == list(range(25))
+
+
+def test_an_encoder_the_container_refuses_after_its_header_is_one_line_before_any_file(tmp_path):
+    with pytest.raises(VideoError, match=r"ogv container does not take the libx264 encoder.*fit: .*libvpx") as err:
+        check_encoder(tmp_path / "out.ogv")
+    assert "\n" not in str(err.value) and not (tmp_path / "out.ogv").exists()
+    assert check_encoder(tmp_path / "out.ogv", "libvpx") == "libvpx"
+    assert muxer_keeps("mpegts", "libx264", "aac") and not muxer_keeps("webm", "libx264")
+
+
+def test_a_write_failure_gives_advice_for_its_cause(tmp_path):
+    w = VideoWriter(tmp_path / "out.mp4", 64, 64, fps=25)
+    try:
+        full = w._write_failure(OSError(errno.ENOSPC, "No space left on device"))
+        broken = w._write_failure(OSError(errno.EIO, "Input/output error"))
+        refused = w._write_failure(av.error.ArgumentError(errno.EINVAL, "Invalid argument"))
+    finally:
+        w.close()
+    assert "disk full" in full and "free some space" in full
+    assert "check the drive" in broken and "free some space" not in broken
+    assert "mp4 container refused it" in refused and "free some space" not in refused
 
 
 # ------------------------------------------------------------------------------------------------ encoders

@@ -9,7 +9,11 @@ MP4 re-encoded (MP4's PCM mapping needs a channel layout many files lack, and fe
 get no audio before time 0 (the encoder's priming packet), so their muxers do not shift the video.
 
 Encoder vs container: `codec=None` picks one the container takes (VP9 for .webm, H.264 otherwise); an
-encoder the container refuses is one VideoError naming the encoders that fit.
+encoder the container refuses is one VideoError naming the encoders that fit. What a container keeps is asked of
+its muxer by writing a frame in memory and reading it back (`muxer_keeps`), not read from FFmpeg's list of
+known-good codecs, which is wrong for some muxers (MPEG-TS lists no AAC, which it stores; Ogg lists H.264, which
+it refuses; MPEG-TS takes PCM but stores it as data): audio that the output cannot keep as it is goes to the first
+of `_AUDIO_ENCODERS` that it keeps beside the video, and where none fits that is one VideoError before any frame.
 
 Odd sizes: chroma-subsampled pixel formats (yuv420p needs even width and height) get the frame padded by
 one pixel on the right / bottom, repeating the edge pixels, so nothing is scaled; `coded_size` tells.
@@ -22,7 +26,9 @@ play, is removed by `close()` (FFmpeg's muxer must not be touched again after a 
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import os
 from fractions import Fraction
 
@@ -37,9 +43,87 @@ __all__ = ["VideoWriter", "PRESETS", "REALTIME", "check_writable", "check_encode
            "check_not_input", "same_file", "default_codec"]
 
 _NEGATIVE_TS_OK = 0x40000  # AVFMT_TS_NEGATIVE: the container stores timestamps below 0
+# Write failures that come from the storage, not from the muxer (disk full is told apart from these).
+_STORAGE_ERRORS = (errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.ENXIO, errno.ENODEV)
 _MP4_FAMILY = ("mp4", "ipod", "3gp", "3g2", "ismv", "f4v")
 # Candidate encoders named in the error for an encoder the container refuses (those present and accepted).
 _ENCODERS = ("libx264", "libx265", "libvpx-vp9", "libvpx", "libaom-av1", "libsvtav1", "mpeg4", "ffv1", "mjpeg")
+# Audio that cannot be copied is re-encoded to the first of these that the container takes beside the video
+# (MPEG program streams take MP2 and MP3 but no AAC; WebM Opus; Ogg Opus, FLAC or Vorbis).
+_AUDIO_ENCODERS = ("aac", "libopus", "libmp3lame", "mp2", "flac", "libvorbis")
+
+
+def _have_encoder(name: str) -> bool:
+    try:
+        av.codec.Codec(name, "w")
+        return True
+    except Exception:  # noqa: BLE001 - PyAV raises ValueError/RuntimeError/TypeError by version and name
+        return False
+
+
+# Options that keep an encoder opened only to ask a muxer from printing its banner to stderr (SVT-AV1 reads its
+# level from the environment once per process, so the probe sets it only where the user has not).
+_PROBE_QUIET = {"libx265": {"x265-params": "log-level=none"}}
+_PROBE_ERRORS = (ValueError, TypeError, OSError, av.error.FFmpegError)
+
+
+def muxer_keeps(format_name: str, video_codec: str, audio=None) -> bool:
+    """Whether FFmpeg's `format_name` container keeps a `video_codec` stream, and `audio` beside it (an audio
+    encoder's name, or an input's audio stream to copy; None: no audio), as video and audio.
+
+    Asked of the muxer itself on a container in memory: a frame of each is encoded (or the input's first audio
+    packets copied), written and read back. FFmpeg's list of known-good codecs is incomplete for some muxers
+    (MPEG-TS lists no AAC, which it stores), and a header is not enough either: MPEG-TS writes FLAC or PCM
+    without complaint as a data stream that no player reads as sound. Creates no file."""
+    if video_codec == "libsvtav1":
+        os.environ.setdefault("SVT_LOG", "1")  # errors only
+    buf = io.BytesIO()
+    try:
+        probe = av.open(buf, mode="w", format=format_name)
+    except _PROBE_ERRORS:
+        return False
+    try:
+        video = probe.add_stream(video_codec, rate=25)
+        formats = [f.name for f in video.codec_context.codec.video_formats or ()]
+        video.width = video.height = 64
+        video.pix_fmt = "yuv420p" if not formats or "yuv420p" in formats else formats[0]
+        video.options = dict(_PROBE_QUIET.get(video_codec, {}))
+        sound, copied = None, []
+        if isinstance(audio, str):
+            codec = av.codec.Codec(audio, "w")
+            rates = codec.audio_rates or ()
+            sound = probe.add_stream(audio, rate=48000 if not rates or 48000 in rates else rates[0])
+            sound.layout = "stereo"
+        elif audio is not None:
+            sound = probe.add_stream_from_template(audio)
+            with av.open(audio.container.name) as src:
+                copied = [pkt for pkt, _ in zip((p for p in src.demux(src.streams.audio[0]) if p.size), range(3))]
+        probe.start_encoding()  # opens the encoders and writes the header: where most muxers refuse a stream
+        frame = av.VideoFrame(64, 64, video.pix_fmt)
+        for plane in frame.planes:
+            plane.update(bytes(plane.buffer_size))
+        frame.pts = 0
+        probe.mux(video.encode(frame))
+        probe.mux(video.encode(None))
+        if isinstance(audio, str):
+            ctx = sound.codec_context
+            tone = av.AudioFrame(format=ctx.format.name, layout="stereo", samples=ctx.frame_size or 1024)
+            for plane in tone.planes:
+                plane.update(bytes(plane.buffer_size))
+            tone.sample_rate, tone.pts = ctx.sample_rate, 0
+            probe.mux(sound.encode(tone))
+            probe.mux(sound.encode(None))
+        for pkt in copied:
+            pkt.stream = sound
+            probe.mux(pkt)
+        probe.close()
+        with av.open(io.BytesIO(buf.getvalue()), format=format_name) as back:
+            kinds = {stream.type for stream in back.streams}
+    except _PROBE_ERRORS:
+        with contextlib.suppress(*_PROBE_ERRORS):  # a refused header leaves it half open
+            probe.close()
+        return False
+    return "video" in kinds and (audio is None or "audio" in kinds)
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -77,42 +161,28 @@ def check_encoder(path: str | os.PathLike, codec: str | None = None) -> str:
     it or this build lacks it. Creates no file."""
     path = os.fspath(path)
     codec = codec or default_codec(path)
-    try:
-        av.codec.Codec(codec, "w")
-    except Exception:  # noqa: BLE001 - unknown name
-        raise VideoError(f"{path}: video encoder {codec!r} is not available in this PyAV build") from None
+    if not _have_encoder(codec):
+        raise VideoError(f"{path}: video encoder {codec!r} is not available in this PyAV build")
     try:
         probe = av.open(path, mode="w")
     except (ValueError, av.error.FFmpegError, OSError) as e:
         msg = getattr(e, "strerror", None) or str(e)
         raise VideoError(f"{path}: cannot create output ({msg}); use a .mp4, .mkv or .mov name") from None
-    try:
-        probe.add_stream(codec, rate=25)
-    except ValueError:
-        fits = ", ".join(_fitting_encoders(path)) or "none in this build"
-        raise VideoError(f"{path}: the {probe.format.name} container does not take the {codec} encoder;"
-                         f" encoders that fit: {fits} (--codec NAME), or use a .mp4/.mkv name") from None
-    finally:
-        probe.close()
+    format_name = probe.format.name
+    probe.close()  # it only named the extension's container: creates no file until the first write
+    if not muxer_keeps(format_name, codec):
+        raise _refused(path, format_name, codec)
     return codec
 
 
-def _fitting_encoders(path: str) -> list[str]:
-    fits = []
-    for name in _ENCODERS:
-        try:
-            av.codec.Codec(name, "w")
-            probe = av.open(path, mode="w")  # creates no file until the first write
-        except Exception:  # noqa: BLE001 - encoder missing or container unknown
-            continue
-        try:
-            probe.add_stream(name, rate=25)
-            fits.append(name)
-        except Exception:  # noqa: BLE001 - refused by the container
-            pass
-        finally:
-            probe.close()
-    return fits
+def _refused(path: str, format_name: str, codec: str) -> VideoError:
+    fits = ", ".join(_fitting_encoders(format_name)) or "none in this build"
+    return VideoError(f"{path}: the {format_name} container does not take the {codec} encoder;"
+                      f" encoders that fit: {fits} (--codec NAME), or use a .mp4/.mkv name")
+
+
+def _fitting_encoders(format_name: str) -> list[str]:
+    return [name for name in _ENCODERS if _have_encoder(name) and muxer_keeps(format_name, name)]
 
 
 # The default x264 settings, `preset="realtime"`: x264's superfast, keeping veryfast's macroblock tree and the 10-frame
@@ -207,10 +277,8 @@ class VideoWriter:
         self.codec = codec
         if preset is not None and codec in _X26X and preset not in PRESETS:
             raise VideoError(f"{self.path}: unknown {codec} preset {preset!r}; one of {', '.join(PRESETS)}")
-        try:
-            av.codec.Codec(codec, "w")
-        except Exception:  # noqa: BLE001 - PyAV raises ValueError/RuntimeError/TypeError by version and name
-            raise VideoError(f"{self.path}: video encoder {codec!r} is not available in this PyAV build") from None
+        if not _have_encoder(codec):
+            raise VideoError(f"{self.path}: video encoder {codec!r} is not available in this PyAV build")
         self.width, self.height = int(width), int(height)
         fmt = av.VideoFormat(pix_fmt)
         # chroma_width(2) == 1 means chroma is subsampled horizontally, so the luma width must be even.
@@ -244,13 +312,9 @@ class VideoWriter:
             msg = getattr(e, "strerror", None) or str(e)
             raise VideoError(f"{self.path}: cannot create output ({msg}); use a .mp4, .mkv or .mov name") from None
         try:
-            try:
-                self._video = self._out.add_stream(codec, rate=self.fps)
-            except ValueError:
-                fits = ", ".join(_fitting_encoders(self.path)) or "none in this build"
-                raise VideoError(f"{self.path}: the {self._out.format.name} container does not take the {codec}"
-                                 f" encoder; encoders that fit: {fits} (--codec NAME), or use a .mp4/.mkv name"
-                                 ) from None
+            if not muxer_keeps(self._out.format.name, codec):
+                raise _refused(self.path, self._out.format.name, codec)
+            self._video = self._out.add_stream(codec, rate=self.fps)
             self._video.width, self._video.height = self.coded_size
             self._video.pix_fmt = pix_fmt
             self._yuv_range = None if fmt.is_rgb else ("JPEG" if pix_fmt.startswith("yuvj") else "MPEG")
@@ -286,17 +350,21 @@ class VideoWriter:
         self._a_in = a_in
         self._a_tb = a_in.time_base
         self._a_start0 = Fraction((a_in.start_time or 0)) * a_in.time_base
-        name = a_in.codec_context.name
-        supported = self._out.supported_codecs
+        name = a_in.codec_context.codec.canonical_name  # "mp3", where the decoder is "mp3float"
         fmt = self._out.format.name
         self._drop_negative = not (self._out.format.flags & _NEGATIVE_TS_OK)
-        refused = name not in supported or (fmt in _MP4_FAMILY and name.startswith("pcm_"))
-        if not refused:
+        copies = not (fmt in _MP4_FAMILY and name.startswith("pcm_")) and muxer_keeps(fmt, self.codec, a_in)
+        if copies:
             self._a_out = self._out.add_stream_from_template(a_in)
             self.audio_mode = "copy"
             self.audio_summary = f"copied ({name})"
         else:
-            target = "aac" if "aac" in supported else "libopus"
+            target = next((enc for enc in _AUDIO_ENCODERS if _have_encoder(enc) and muxer_keeps(fmt, self.codec, enc)),
+                          None)
+            if target is None:
+                raise VideoError(f"{self.path}: the {fmt} container takes neither the input's {name} audio nor any"
+                                 f" audio encoder here ({', '.join(_AUDIO_ENCODERS)}) beside {self.codec} video;"
+                                 " use a .mp4 or .mkv name")
             rates = av.codec.Codec(target, "w").audio_rates or []
             rate = a_in.rate if (not rates or a_in.rate in rates) else 48000
             self._a_out = self._out.add_stream(target, rate=rate)
@@ -392,9 +460,13 @@ class VideoWriter:
         code = getattr(e, "errno", None)
         why = getattr(e, "strerror", None) or str(e)
         if code in (errno.ENOSPC, errno.EDQUOT):
-            why = f"disk full ({why})"
+            why, advice = f"disk full ({why})", "free some space (or choose another folder) and run again"
+        elif code in _STORAGE_ERRORS or isinstance(e, OSError):
+            advice = "check the drive (or choose another folder) and run again"
+        else:  # the muxer refused a packet: what it takes was asked beforehand, so this is FFmpeg's own limit
+            advice = f"the {self._out.format.name} container refused it: a .mp4 or .mkv name takes it"
         return (f"{self.path}: cannot write the output: {why} after {self.frames_written} frames; the partial"
-                " file does not play and is removed: free some space (or choose another folder) and run again")
+                f" file does not play and is removed: {advice}")
 
     # ----------------------------------------------------------------------------------------------- video
     def _origin_time(self) -> Fraction:
