@@ -189,15 +189,17 @@ class Retargeter:
 
     # ------------------------------------------------------------------------------------ streams
     def stream(self, source: Union[str, int], callback: Optional[Callable[[Result], None]] = None, *,
-               start: Optional[float] = None, duration: Optional[float] = None):
-        """Retarget a video file (every frame, in order, at its own timestamps) or a camera (an index or a device
-        name such as '/dev/video0'; frames are dropped when the pipeline falls behind, as in capture.live).
+               start: Optional[float] = None, duration: Optional[float] = None, fps: Optional[float] = None):
+        """Retarget a video file (every frame, in order, at its own timestamps), an image sequence (a folder of
+        numbered images or a pattern such as 'shot/frame_%04d.png', at `fps`, default 25) or a camera (an index or
+        a device name such as '/dev/video0'; frames are dropped when the pipeline falls behind, as in
+        capture.live).
 
         Without a callback: an iterator of Results (breaking out of the loop stops the stream). With one:
         callback(result) for every frame, in this thread's call, which returns the PipelineStats when the
         source ends (Ctrl-C stops it cleanly). `.stats` holds the last stream's statistics either way."""
         from .stream.camera import open_camera
-        from .stream.reader import VideoReader
+        from .stream.sequence import open_video
 
         camera = isinstance(source, int) or (isinstance(source, str)
                                              and (source.isdigit() or source.startswith("/dev/")))
@@ -205,7 +207,7 @@ class Retargeter:
             reader = open_camera(int(source) if str(source).isdigit() else source)
             policy, depth = "live", 1
         else:
-            reader = VideoReader(str(source), start=start, duration=duration)
+            reader = open_video(str(source), start=start, duration=duration, fps=fps)
             policy, depth = "offline", 2
         try:
             inference = self._inference(policy)  # the networks as capture.live / capture.video call them
@@ -213,7 +215,7 @@ class Retargeter:
             if not camera and session.source.needs_landmarks:
                 from .video import calibration_frames
 
-                session.calibrate(calibration_frames(str(source), start, duration))
+                session.calibrate(calibration_frames(str(source), start, duration, fps))
         except BaseException:
             reader.close()
             raise

@@ -7,8 +7,8 @@ finalise a playable file holding every frame processed so far.
 
 Exit status: 0 done; 1 the input ended early (truncated: the output holds every frame that decoded) or the
 output could not be written (disk full: the unplayable partial file is removed); 2 bad arguments or files;
-3 done, but damaged packets of the input were skipped (counted in the summary); 128 + signal when stopped by
-one (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
+3 done, but damaged packets of the input (or images of a sequence that do not decode) were skipped (counted in
+the summary); 128 + signal when stopped by one (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ from .console import add_version_argument, command, plural, prog, progress_bar
 from .meshio import write_obj
 from .session import FrameOutput
 from .stream.pipeline import Pipeline
-from .stream.reader import VideoError, VideoReader
+from .stream.reader import VideoError
+from .stream.sequence import find_sequence, open_video, sequence_of
 from .stream.writer import PRESETS, REALTIME, VideoWriter, check_encoder, check_not_input, check_writable
 
 
@@ -59,12 +60,12 @@ CALIBRATION_SECONDS = 10.0  # the landmark fit learns the performer's face from 
 CALIBRATION_FRAMES = 40  # ... at most this many frames of it, evenly spaced
 
 
-def calibration_frames(path: str, start: Optional[float], duration: Optional[float]):
+def calibration_frames(path: str, start: Optional[float], duration: Optional[float], fps: Optional[float] = None):
     """Up to CALIBRATION_FRAMES evenly spaced frames of the first CALIBRATION_SECONDS of the input (a second,
     separate pass: the run itself still reads every frame). A damaged file just gives fewer."""
     seconds = CALIBRATION_SECONDS if duration is None else min(duration, CALIBRATION_SECONDS)
     try:
-        reader = VideoReader(path, start=start, duration=seconds)
+        reader = open_video(path, start=start, duration=seconds, fps=fps)
     except (ValueError, VideoError):
         return
     try:
@@ -84,7 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=prog("capture-video", "capture.video"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_version_argument(parser)
-    parser.add_argument("input", help="input video (anything FFmpeg reads)")
+    parser.add_argument("input", help="input video (anything FFmpeg reads), or an image sequence: a folder of numbered "
+                                      "images, or a pattern such as shot/frame_%%04d.png or shot/frame.####.exr")
     parser.add_argument("-o", "--output", required=True, help="output video (.mp4, .mkv, .mov, .webm)")
     add_model_arguments(parser)
     parser.add_argument("--smooth", action="store_true", help="One-Euro filter the codes over time")
@@ -94,6 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "normal map)")
     parser.add_argument("--start", type=float, default=None, metavar="S", help="start time in seconds")
     parser.add_argument("--duration", type=float, default=None, metavar="S", help="seconds to process")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="frame rate of an image-sequence input (default 25, as FFmpeg's); a video keeps its own")
     parser.add_argument("--codec", default=None, help="video encoder (default: libx264, libvpx-vp9 for .webm)")
     parser.add_argument("--crf", type=int, default=18, help="encoder quality (lower = better, default 18)")
     parser.add_argument("--preset", default=REALTIME, choices=PRESETS, metavar="PRESET",
@@ -110,7 +114,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     say = lambda text: print(text, flush=True)  # noqa: E731
     out_path = Path(args.output)
-    inputs = [args.input, args.target]
+    try:
+        sequence = find_sequence(args.input)
+    except VideoError as exc:
+        raise CliError(str(exc)) from None
+    inputs = [args.input, args.target] + ([f for _, f in sequence.frames] if sequence is not None else [])
     if out_path.resolve() == Path(args.input).resolve():
         raise CliError(f"{args.output}: the output would overwrite the input")
     check_not_input(out_path, inputs)  # hard links and symlinks: the same file under another name
@@ -138,15 +146,18 @@ def main(argv=None) -> int:
         except ValueError as exc:
             raise CliError(str(exc)) from None
     try:
-        reader = VideoReader(args.input, start=args.start, duration=args.duration)
+        reader = open_video(args.input, start=args.start, duration=args.duration, fps=args.fps)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    model = build_model_side(args, say, lambda: calibration_frames(args.input, args.start, args.duration))
+    if sequence is None and (whole := sequence_of(args.input)) is not None:
+        say(f"note: {args.input} is one image of a sequence ({whole.describe()}): give the pattern or its folder"
+            " to read them all")
+    model = build_model_side(args, say, lambda: calibration_frames(args.input, args.start, args.duration, args.fps))
     frame_size = (reader.height, reader.width)
     session = model.session(frame_size, layout=args.layout, pose_mode=args.pose, smooth=args.smooth,
                             hold_seconds=args.hold, keep_vertices=needs_vertices)
     if session.source.needs_landmarks:
-        calibrated = session.calibrate(calibration_frames(args.input, args.start, args.duration))
+        calibrated = session.calibrate(calibration_frames(args.input, args.start, args.duration, args.fps))
         span = min(CALIBRATION_SECONDS, args.duration or CALIBRATION_SECONDS, reader.duration or CALIBRATION_SECONDS)
         say(f"performer calibrated on {plural(calibrated, 'frame')} of the first {span:.3g} s")
     out_h, out_w = session.output_size
@@ -154,7 +165,11 @@ def main(argv=None) -> int:
                          codec=codec, crf=args.crf, preset=args.preset,
                          audio_from=args.input if reader.has_audio else None,
                          origin=0.0 if args.start is None else None)
-    say(f"{args.input}: {reader.width}x{reader.height}, ~{plural(reader.frame_count, 'frame')} at {reader.fps:.2f} fps"
+    what = args.input if sequence is None else f"image sequence {sequence.describe()}"
+    rate = f"{reader.fps:.2f} fps"
+    if sequence is not None:
+        rate += " (--fps)" if args.fps else " (a sequence's default: --fps sets it)"
+    say(f"{what}: {reader.width}x{reader.height}, ~{plural(reader.frame_count, 'frame')} at {rate}"
         f"{', audio' if reader.has_audio else ''}; target {args.target}"
         f"{' (cached avatar)' if model.avatar_cached else ''}; backend {model.inference.backend_name}; "
         f"LBS {session.renderer.lbs_backend}; layout {args.layout}")
@@ -219,7 +234,7 @@ def main(argv=None) -> int:
 
     c = session.counters
     stopped = f"stopped ({stats.reason}): " if stats.interrupted else ""
-    damage = f"; damaged input packets skipped: {reader.skipped_packets}" if reader.skipped_packets else ""
+    damage = f"; {reader.skipped_noun}s skipped: {reader.skipped_packets}" if reader.skipped_packets else ""
     resized = (f"; frames rescaled to the first frame's {reader.width}x{reader.height} (the input changes size):"
                f" {reader.rescaled}" if reader.rescaled else "")
     say(f"{stopped}wrote {plural(writer.frames_written, 'frame')} to {out_path} "
@@ -238,7 +253,7 @@ def main(argv=None) -> int:
     if stats.interrupted:
         return stats.exit_status
     if reader.skipped_packets:
-        print(f"warning: {args.input}: {plural(reader.skipped_packets, 'damaged packet')} could not be decoded and"
+        print(f"warning: {args.input}: {plural(reader.skipped_packets, reader.skipped_noun)} could not be decoded and"
               f" {'was' if reader.skipped_packets == 1 else 'were'} skipped; the output holds the"
               f" {plural(writer.frames_written, 'frame')} that decoded (exit status 3)",
               file=sys.stderr)

@@ -87,3 +87,14 @@ def test_breaking_out_of_a_stream_stops_reading(retargeter, performer):
     assert first == [0, 1, 2]
     assert retargeter.stats.frames_in < 40  # back-pressure: the 40-frame clip was not read to the end
     assert not [t for t in threading.enumerate() if t.name == "capture-stream"]
+
+
+def test_stream_reads_an_image_sequence_at_its_frame_rate(retargeter, tmp_path):
+    from PIL import Image
+
+    from face_clips import SIZE, _astronaut_frame
+
+    for k, n in enumerate([1, 2, 4]):  # frame 3 was never rendered
+        Image.fromarray(_astronaut_frame(k, SIZE)).save(tmp_path / f"shot_{n:03d}.png")
+    results = list(retargeter.stream(str(tmp_path / "shot_%03d.png"), fps=24))
+    assert np.allclose([r.time for r in results], [0, 1 / 24, 3 / 24]) and all(r.face for r in results)

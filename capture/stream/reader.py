@@ -165,6 +165,8 @@ class VideoReader:
     truncated or corrupt data.
     """
 
+    skipped_noun = "damaged input packet"  # what `skipped_packets` counts, for messages
+
     def __init__(self, path: str | os.PathLike, start: float | None = None, duration: float | None = None):
         self.path = os.fspath(path)
         if start is not None and start < 0:

@@ -1,0 +1,124 @@
+"""Image sequences as input: the names VFX tools write, gaps and bad files, linear light, the video command."""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from capture.stream.clips import pattern_image, read_frame_number
+from capture.stream.reader import VideoError
+from capture.stream.sequence import find_sequence, open_video, sequence_of
+
+
+def _plate(folder, numbers, name="plate.{:04d}.png", size=(64, 48), odd=()):
+    """Pattern frames numbered as given (frame k of the list carries the number k), PNG; `odd` numbers are
+    written at half the size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, n in enumerate(numbers):
+        img = Image.fromarray(pattern_image(k, size))
+        if n in odd:
+            img = img.resize((size[0] // 2, size[1] // 2), Image.NEAREST)
+        img.save(folder / name.format(n))
+    return folder
+
+
+def test_printf_hash_and_folder_name_the_same_sequence(tmp_path):
+    _plate(tmp_path / "shot", range(1001, 1011))
+    (tmp_path / "shot" / "notes.txt").write_text("not a frame")
+    _plate(tmp_path / "shot", range(1, 3), name="thumb_{}.jpg")  # a smaller set beside it is not chosen
+    names = [tmp_path / "shot" / "plate.%04d.png", tmp_path / "shot" / "plate.####.png", tmp_path / "shot"]
+    found = [find_sequence(str(n)) for n in names]
+    assert all(s.frames == found[0].frames for s in found)
+    assert found[0].first == 1001 and found[0].last == 1010 and not found[0].missing
+    assert found[2].pattern.endswith("plate.%04d.png")
+    assert find_sequence(str(tmp_path / "shot" / "plate.1001.png")) is None  # one file is one image
+    assert sequence_of(str(tmp_path / "shot" / "plate.1001.png")).frames == found[0].frames
+    assert find_sequence("in.mp4") is None and find_sequence("rtsp://cam/stream") is None
+
+
+def test_gaps_keep_their_time_and_bad_or_odd_files_are_counted(tmp_path):
+    numbers = [n for n in range(1001, 1021) if n not in (1005, 1011)]
+    folder = _plate(tmp_path / "shot", numbers, odd={1015})
+    (folder / "plate.1008.png").write_bytes(b"\x89PNG\r\n\x1a\n then nothing")  # a render that died mid-write
+    with open_video(str(folder), fps=24) as reader:
+        frames = list(reader)
+    assert reader.sequence.missing == [1005, 1011]
+    kept = [n for n in numbers if n != 1008]
+    assert [f.pts for f in frames] == [n - 1001 for n in kept]
+    assert reader.time_base == Fraction(1, 24) and frames[-1].time == pytest.approx(19 / 24)
+    assert [read_frame_number(f.image) for f in frames if f.pts != 1015 - 1001] == [
+        numbers.index(n) for n in kept if n != 1015]
+    assert all(f.image.shape == (48, 64, 3) for f in frames)
+    assert reader.skipped_packets == 1 and reader.skipped_files[0].endswith("plate.1008.png")
+    assert reader.rescaled == 1 and not reader.truncated and not reader.has_audio
+
+
+def test_start_duration_and_frame_rate(tmp_path):
+    folder = _plate(tmp_path / "shot", range(0, 50))
+    with open_video(str(folder / "plate.%04d.png"), start=1.0, duration=0.5, fps=30000 / 1001) as reader:
+        frames = list(reader)
+    assert reader.fps == pytest.approx(29.97, abs=1e-3)
+    assert [f.index for f in frames] == list(range(len(frames)))
+    times = [f.time for f in frames]
+    assert times[0] >= 1.0 - 1e-9 and times[-1] < 1.5 and len(frames) == 15
+    with pytest.raises(ValueError, match="--fps is for image sequences"):
+        open_video(str(tmp_path / "x.mp4"), fps=24)
+
+
+def test_linear_exr_is_shown_through_the_srgb_curve(tmp_path):
+    srgb = pattern_image(3, (64, 48)).astype(np.float32) / 255
+    linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4).astype(np.float32)
+    folder = tmp_path / "render"
+    folder.mkdir()
+    for n in (1, 2):
+        out = av.open(str(folder / f"beauty.{n:04d}.exr"), "w", format="image2")
+        stream = out.add_stream("exr", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "gbrpf32le"
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(linear), format="gbrpf32le")
+        frame.pts = 0
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+        out.close()
+    with open_video(str(folder / "beauty.####.exr")) as reader:
+        image = next(iter(reader)).image
+    assert np.abs(image.astype(int) - np.round(srgb * 255).astype(int)).max() <= 2
+
+
+def test_names_that_match_nothing_are_one_line(tmp_path):
+    with pytest.raises(VideoError, match="no file matches this image sequence pattern"):
+        find_sequence(str(tmp_path / "plate.%04d.png"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VideoError, match="folder without numbered images"):
+        find_sequence(str(tmp_path / "empty"))
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for n in (1, 2):
+        (folder / f"f_{n:03d}.png").write_bytes(b"not an image")
+    with pytest.raises(VideoError, match=r"no image of the sequence decodes \(2 unreadable"):
+        open_video(str(folder))
+
+
+def test_video_command_reads_a_sequence_with_a_gap(tmp_path, demo_pack_dir):
+    from cli_runs import run_main
+    from face_clips import SIZE, _astronaut_frame
+
+    folder = tmp_path / "plate"
+    folder.mkdir()
+    numbers = [1001, 1002, 1003, 1005, 1006, 1007]
+    for k, n in enumerate(numbers):
+        Image.fromarray(_astronaut_frame(k, SIZE)).save(folder / f"face.{n:04d}.png")
+    out = tmp_path / "out.mp4"
+    result = run_main("capture.video", folder, "-o", out, "--assets", demo_pack_dir, "--fps", 24, "--no-progress",
+                      "--backend", "torch", "--codes", tmp_path / "codes.npz")
+    assert result.returncode == 0, result.stderr
+    assert "image sequence" in result.stdout and "1 missing: 1004" in result.stdout
+    with av.open(str(out)) as c:
+        stream = c.streams.video[0]
+        times = [float(f.pts * stream.time_base) for f in c.decode(stream)]
+    assert times == pytest.approx([(n - 1001) / 24 for n in numbers], abs=1e-3)
+    assert np.load(tmp_path / "codes.npz")["face_found"].all()
+    overwrite = run_main("capture.video", folder, "-o", folder / "face.1003.png", "--assets", demo_pack_dir)
+    assert overwrite.returncode == 2 and "would destroy the input" in overwrite.stderr
