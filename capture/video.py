@@ -26,8 +26,8 @@ from .meshio import write_obj
 from .session import FrameOutput
 from .stream.pipeline import Pipeline
 from .stream.reader import VideoError
-from .stream.sequence import find_sequence, open_video, sequence_of
-from .stream.writer import PRESETS, REALTIME, VideoWriter, check_encoder, check_not_input, check_writable
+from .stream.sequence import check_output, find_sequence, open_video, open_writer, sequence_of
+from .stream.writer import PRESETS, REALTIME, check_not_input, check_writable
 
 
 class CodeRecorder:
@@ -87,7 +87,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_version_argument(parser)
     parser.add_argument("input", help="input video (anything FFmpeg reads), or an image sequence: a folder of numbered "
                                       "images, or a pattern such as shot/frame_%%04d.png or shot/frame.####.exr")
-    parser.add_argument("-o", "--output", required=True, help="output video (.mp4, .mkv, .mov, .webm)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output video (.mp4, .mkv, .mov, .webm...), or an image sequence: a pattern such as "
+                             "out/frame_%%04d.png (.png, .jpg, .tif: numbered by the source frame, audio beside as"
+                             " WAV)")
     add_model_arguments(parser)
     parser.add_argument("--smooth", action="store_true", help="One-Euro filter the codes over time")
     parser.add_argument("--codes", default=None, metavar="NPZ", help="save per-frame codes with timestamps")
@@ -130,7 +133,10 @@ def main(argv=None) -> int:
         except OSError as exc:
             raise CliError(f"--meshes {args.meshes}: cannot create the folder ({exc.strerror})") from None
     check_writable(str(out_path))  # before any expensive work
-    codec = check_encoder(out_path, args.codec)
+    try:
+        codec = check_output(out_path, args.codec)
+    except VideoError as exc:
+        raise CliError(str(exc)) from None
     if args.codes:
         check_writable(args.codes)
     needs_vertices = bool(args.meshes)
@@ -161,10 +167,11 @@ def main(argv=None) -> int:
         span = min(CALIBRATION_SECONDS, args.duration or CALIBRATION_SECONDS, reader.duration or CALIBRATION_SECONDS)
         say(f"performer calibrated on {plural(calibrated, 'frame')} of the first {span:.3g} s")
     out_h, out_w = session.output_size
-    writer = VideoWriter(out_path, out_w, out_h, fps=reader.fps or 30, time_base=reader.time_base,
+    writer = open_writer(out_path, out_w, out_h, fps=reader.fps or 30, time_base=reader.time_base,
                          codec=codec, crf=args.crf, preset=args.preset,
                          audio_from=args.input if reader.has_audio else None,
-                         origin=0.0 if args.start is None else None)
+                         origin=0.0 if args.start is None else None,
+                         first_number=sequence.first if sequence is not None else 1)
     what = args.input if sequence is None else f"image sequence {sequence.describe()}"
     rate = f"{reader.fps:.2f} fps"
     if sequence is not None:

@@ -120,5 +120,87 @@ def test_video_command_reads_a_sequence_with_a_gap(tmp_path, demo_pack_dir):
         times = [float(f.pts * stream.time_base) for f in c.decode(stream)]
     assert times == pytest.approx([(n - 1001) / 24 for n in numbers], abs=1e-3)
     assert np.load(tmp_path / "codes.npz")["face_found"].all()
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    again = run_main("capture.video", folder / "face.####.png", "-o", frames / "comp.%04d.jpg", "--assets",
+                     demo_pack_dir, "--fps", 24, "--no-progress", "--backend", "torch")
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in frames.iterdir()) == [f"comp.{n}.jpg" for n in numbers]  # the plate's numbers
     overwrite = run_main("capture.video", folder, "-o", folder / "face.1003.png", "--assets", demo_pack_dir)
     assert overwrite.returncode == 2 and "would destroy the input" in overwrite.stderr
+
+
+# ------------------------------------------------------------------------------------------------ written
+def test_frames_are_named_by_the_source_frame_they_show(tmp_path):
+    from capture.stream.sequence import ImageSequenceWriter
+
+    out = tmp_path / "out"
+    out.mkdir()
+    w = ImageSequenceWriter(out / "comp.####.png", 64, 48, fps=24, first_number=1001)
+    for k, pts in enumerate([0, 1, 2, 4, 5]):  # the source had no frame 1003 + 1 = 1004
+        w.write(pattern_image(k, (64, 48)), pts, Fraction(1, 24))
+    w.close()
+    assert sorted(p.name for p in out.iterdir()) == [f"comp.{n}.png" for n in (1001, 1002, 1003, 1005, 1006)]
+    assert read_frame_number(np.asarray(Image.open(out / "comp.1005.png"))) == 3  # lossless
+    vfr = ImageSequenceWriter(out / "v_%03d.jpg", 64, 48, fps=25)
+    for k, seconds in enumerate([0.0, 0.04, 0.05, 0.12]):  # 0.05 s rounds to the number 0.04 s took: the next one
+        vfr.write(pattern_image(k, (64, 48)), round(seconds * 1000), Fraction(1, 1000))
+    assert vfr.numbers == [1, 2, 3, 4] and (out / "v_004.jpg").exists()
+    assert not list(out.glob(".capture-*"))  # no temporary file left
+
+
+def test_audio_goes_beside_the_frames_over_the_written_span(tmp_path):
+    from capture.stream.clips import make_test_clip
+    from capture.stream.sequence import ImageSequenceWriter
+
+    clip = tmp_path / "in.mp4"
+    make_test_clip(clip, frames=50, size=(64, 48), fps=25, audio=True)
+    w = ImageSequenceWriter(tmp_path / "frame_%04d.png", 64, 48, fps=25, audio_from=clip)
+    for k in range(10, 35):  # one second from 0.4 s
+        w.write(pattern_image(k, (64, 48)), k, Fraction(1, 25))
+    w.close()
+    assert w.audio_summary.startswith("written beside as") and w.audio_path.endswith("frame.wav")
+    with av.open(w.audio_path) as c:
+        stream = c.streams.audio[0]
+        samples = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(stream)])
+        rate = stream.sample_rate
+    assert len(samples) == pytest.approx(rate * 1.0, abs=2)
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64)))
+    assert np.fft.rfftfreq(len(samples), 1 / rate)[spectrum.argmax()] == pytest.approx(440, abs=3)  # the clip's tone
+
+
+def test_what_cannot_be_written_is_said_before_any_work(tmp_path):
+    from capture.stream.sequence import check_output
+
+    assert check_output(tmp_path / "f_%04d.png") == "png" and check_output(tmp_path / "f.####.jpg") == "jpeg"
+    with pytest.raises(VideoError, match="written as one of .png"):
+        check_output(tmp_path / "f_%04d.exr")
+    with pytest.raises(VideoError, match="--codec is for a video"):
+        check_output(tmp_path / "f_%04d.png", "libx264")
+    assert check_output(tmp_path / "out.mp4") == "libx264"
+
+
+def test_a_full_disk_keeps_the_frames_before_it_whole(tmp_path):
+    import subprocess
+
+    from capture.stream.sequence import ImageSequenceWriter
+
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("needs a small tmpfs (root)")
+    try:
+        w = ImageSequenceWriter(small / "f_%04d.png", 64, 64, fps=25)
+        noise = np.random.default_rng(0)
+        with pytest.raises(VideoError, match="disk full") as err:
+            for k in range(100):  # noise does not compress: ~12 kB a frame
+                w.write(noise.integers(0, 256, (64, 64, 3), dtype=np.uint8), k)
+        w.close()
+        assert "\n" not in str(err.value) and w.failed is not None and 0 < w.frames_written < 100
+        written = sorted(small.glob("f_*.png"))
+        assert len(written) == w.frames_written and not list(small.glob(".capture-*"))
+        for path in written:  # every file there decodes
+            assert np.asarray(Image.open(path)).shape == (64, 64, 3)
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
