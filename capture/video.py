@@ -170,8 +170,9 @@ def main(argv=None) -> int:
     writer = open_writer(out_path, out_w, out_h, fps=reader.fps or 30, time_base=reader.time_base,
                          codec=codec, crf=args.crf, preset=args.preset,
                          audio_from=args.input if reader.has_audio else None,
-                         origin=0.0 if args.start is None else None,
-                         first_number=sequence.first if sequence is not None else 1)
+                         # a sequence's frame N is at N / fps: its video starts at 0, its frames keep their numbers
+                         origin=0.0 if args.start is None and sequence is None else None,
+                         first_number=0 if sequence is not None else 1)
     what = args.input if sequence is None else f"image sequence {sequence.describe()}"
     rate = f"{reader.fps:.2f} fps"
     if sequence is not None:

@@ -47,9 +47,9 @@ def test_gaps_keep_their_time_and_bad_or_odd_files_are_counted(tmp_path):
         frames = list(reader)
     assert reader.sequence.missing == [1005, 1011]
     kept = [n for n in numbers if n != 1008]
-    assert [f.pts for f in frames] == [n - 1001 for n in kept]
-    assert reader.time_base == Fraction(1, 24) and frames[-1].time == pytest.approx(19 / 24)
-    assert [read_frame_number(f.image) for f in frames if f.pts != 1015 - 1001] == [
+    assert [f.pts for f in frames] == kept  # frame N of the plate's timeline
+    assert reader.time_base == Fraction(1, 24) and frames[-1].time == pytest.approx(1020 / 24)
+    assert [read_frame_number(f.image) for f in frames if f.pts != 1015] == [
         numbers.index(n) for n in kept if n != 1015]
     assert all(f.image.shape == (48, 64, 3) for f in frames)
     assert reader.skipped_packets == 1 and reader.skipped_files[0].endswith("plate.1008.png")
@@ -62,7 +62,7 @@ def test_start_duration_and_frame_rate(tmp_path):
         frames = list(reader)
     assert reader.fps == pytest.approx(29.97, abs=1e-3)
     assert [f.index for f in frames] == list(range(len(frames)))
-    times = [f.time for f in frames]
+    times = [f.time for f in frames]  # the plate starts at frame 0: times are from its first frame
     assert times[0] >= 1.0 - 1e-9 and times[-1] < 1.5 and len(frames) == 15
     with pytest.raises(ValueError, match="--fps is for image sequences"):
         open_video(str(tmp_path / "x.mp4"), fps=24)
@@ -136,8 +136,8 @@ def test_frames_are_named_by_the_source_frame_they_show(tmp_path):
 
     out = tmp_path / "out"
     out.mkdir()
-    w = ImageSequenceWriter(out / "comp.####.png", 64, 48, fps=24, first_number=1001)
-    for k, pts in enumerate([0, 1, 2, 4, 5]):  # the source had no frame 1003 + 1 = 1004
+    w = ImageSequenceWriter(out / "comp.####.png", 64, 48, fps=24, first_number=0)
+    for k, pts in enumerate([1001, 1002, 1003, 1005, 1006]):  # a plate without frame 1004
         w.write(pattern_image(k, (64, 48)), pts, Fraction(1, 24))
     w.close()
     assert sorted(p.name for p in out.iterdir()) == [f"comp.{n}.png" for n in (1001, 1002, 1003, 1005, 1006)]

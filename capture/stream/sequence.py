@@ -4,19 +4,22 @@ A sequence is named the way the tools that write them do: a printf pattern (`sho
 (`shot/frame.####.exr`, one `#` a digit, as Nuke and Houdini write them), or the folder that holds the files
 (`shot/`: the largest set of numbered images in it with one prefix and one suffix).
 
-Timing: frame number N is at (N - first) / fps seconds (`fps`: the user's, else `DEFAULT_FPS`, FFmpeg's own
-default for images), so a gap in the numbering (a frame that failed to render) is a gap in time, not a shift of
-every later frame. A file that does not decode is skipped and counted, as a damaged packet in a video is; a file
-of another size is rescaled to the first file's, as a video's size change is. Float images (OpenEXR, Radiance
-HDR) hold linear light: they are shown through the sRGB curve, as a viewer shows them; integer images (PNG, JPEG,
-TIFF, DPX...) are taken as they are coded. The interface is VideoReader's, so every command reads both.
+Timing: the file numbered N is frame N of the timeline, at N / fps seconds (pts N in a time_base of 1 / fps;
+`fps`: the user's, else `DEFAULT_FPS`, FFmpeg's own default for images), as in the compositing and 3D tools the
+plate came from: a gap in the numbering (a frame that failed to render) is a gap in time, not a shift of every
+later frame, and takes (USD time codes, glTF keys) keep the plate's frame numbers. A file that does not decode
+is skipped and counted, as a damaged packet in a video is; a file of another size is rescaled to the first
+file's, as a video's size change is. Float images (OpenEXR, Radiance HDR) hold linear light: they are shown
+through the sRGB curve, as a viewer shows them; integer images (PNG, JPEG, TIFF, DPX...) are taken as they are
+coded. The interface is VideoReader's, so every command reads both.
 
 Written the other way (`-o out/frame_%04d.png`, `.jpg`, `.tif`, `.bmp`; hashes too): each frame is one file,
 named by the source frame it shows: number = `first_number` + round(time x fps), where time is the frame's time
-on the source's timeline. A sequence read and written keeps its numbers (1001-1100 stays 1001-1100, a gap stays
-a gap); a video's frames are numbered from 1 (frame 1 at 0 s), as FFmpeg numbers them. Every file is written
-under a temporary name and renamed, so a file that is there is whole, after a crash too. An image holds no
-sound: the input's audio goes beside the frames as a WAV (`audio_beside`) covering the frames written.
+on the source's timeline. A sequence read and written keeps its numbers (first_number 0: 1001-1100 stays
+1001-1100, a gap stays a gap); a video's frames are numbered from 1 (first_number 1: frame 1 at 0 s), as FFmpeg
+numbers them. Every file is written under a temporary name and renamed, so a file that is there is whole, after
+a crash too. An image holds no sound: the input's audio goes beside the frames as a WAV (`audio_beside`)
+covering the frames written.
 """
 from __future__ import annotations
 
@@ -195,10 +198,10 @@ class ImageSequenceReader:
         self.path = sequence.pattern
         self.fps = float(fps or DEFAULT_FPS)
         self.time_base = Fraction(1, 1) / Fraction(self.fps).limit_denominator(1_000_000)
-        first = sequence.first
+        first = sequence.first  # start and duration count from the first frame, as a VideoReader's do
         lo = 0.0 if start is None else start
         hi = None if duration is None else lo + duration
-        self._frames = [(n - first, f) for n, f in sequence.frames
+        self._frames = [(n, f) for n, f in sequence.frames
                         if (n - first) / self.fps >= lo - 1e-9 and (hi is None or (n - first) / self.fps < hi - 1e-9)]
         self.truncated = False
         self.skipped_packets = 0
@@ -212,10 +215,11 @@ class ImageSequenceReader:
             if self._first is None:
                 self._frames.pop(0)
         if self._first is None:
-            why = f" ({self.skipped_packets} unreadable: {os.path.basename(self.skipped_files[0])})" \
-                if self.skipped_files else ""
             where = f" at or after start={start} s" if start else ""
-            raise VideoError(f"{self.path}: no image of the sequence decodes{where}{why}")
+            if not self.skipped_files:
+                raise VideoError(f"{self.path}: no frames{where} (the sequence is {sequence.describe()})")
+            raise VideoError(f"{self.path}: no image of the sequence decodes{where} ({self.skipped_packets}"
+                             f" unreadable: {os.path.basename(self.skipped_files[0])})")
         self.height, self.width = self._first.shape[:2]
 
     @property
