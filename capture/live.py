@@ -34,7 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=prog("capture-live", "capture.live"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_version_argument(parser)
-    parser.add_argument("--cam", default="0", help="camera index or device, or a video file / URL")
+    parser.add_argument("--cam", default="0",
+                        help="camera index or device, or a video file / URL, or an image sequence (a folder of "
+                             "numbered images or a pattern such as f_%%04d.png)")
     add_model_arguments(parser)
     parser.add_argument("--no-display", action="store_true", help="no preview window")
     parser.add_argument("--record", default=None, metavar="OUT", help="record the output video")
@@ -43,7 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="turn off the One-Euro code filter (on by default for network and hybrid codes; the "
                              "landmark source smooths its points and head rotation itself)")
     parser.add_argument("--size", default=None, metavar="WxH", help="requested camera mode, e.g. 1280x720")
-    parser.add_argument("--fps", type=float, default=None, help="requested camera frame rate")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="requested camera frame rate (an image sequence's frame rate: default 25)")
     add_channel_arguments(parser, export=False)
     args = parser.parse_args(argv)
     if args.layout == "side-by-side" and "--layout" not in (argv if argv is not None else sys.argv):

@@ -207,3 +207,13 @@ def test_a_full_disk_keeps_the_frames_before_it_whole(tmp_path):
             assert np.asarray(Image.open(path)).shape == (64, 64, 3)
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_a_sequence_is_a_live_source_too(tmp_path):
+    from capture.stream.camera import open_camera
+
+    _plate(tmp_path / "shot", [10, 11, 13])
+    with open_camera(str(tmp_path / "shot"), fps=30, realtime=False) as source:
+        times = [f.time for f in source]
+    assert source.format_name == "image sequence" and source.ended_reason == "end of the sequence"
+    assert times == pytest.approx([10 / 30, 11 / 30, 13 / 30])

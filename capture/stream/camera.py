@@ -22,6 +22,7 @@ from typing import Iterator
 import av
 
 from .reader import Frame, FrameConverter, VideoError, VideoReader, display_rotation, upright
+from .sequence import ImageSequenceReader, find_sequence
 
 __all__ = ["LiveSource", "open_camera", "camera_input"]
 
@@ -108,7 +109,7 @@ class LiveSource:
                     if delay > 0:
                         time.sleep(delay)
                 yield frame
-            self.ended_reason = "end of file"
+            self.ended_reason = "end of the sequence" if self.format_name == "image sequence" else "end of file"
         except VideoError as e:
             self.ended_reason, self.disconnected = f"input failed: {e}", True
 
@@ -161,14 +162,20 @@ class LiveSource:
 
 def open_camera(spec: int | str, *, size: tuple[int, int] | None = None, fps: float | None = None,
                 realtime: bool = True) -> LiveSource:
-    """Open a camera (int index or device string) or a file/URL as a live source.
+    """Open a camera (int index or device string), a file/URL or an image sequence (a folder of numbered images
+    or a pattern, `capture.stream.sequence`) as a live source.
 
-    size=(w, h), fps: requested capture mode (devices only; the driver may refuse).
+    size=(w, h), fps: requested capture mode (devices only; the driver may refuse); fps is also an image
+    sequence's frame rate (default 25).
     realtime: pace file sources at their timestamps (False: as fast as they decode, for tests).
     """
     if _is_file_or_url(spec):
         reader = VideoReader(spec)
         return LiveSource(str(spec), "file", reader=reader, realtime=realtime)
+    sequence = find_sequence(spec) if isinstance(spec, str) else None  # a folder or pattern of numbered images
+    if sequence is not None:
+        return LiveSource(str(spec), "image sequence", reader=ImageSequenceReader(sequence, fps=fps),
+                          realtime=realtime)
     if isinstance(spec, str) and os.sep in spec and not spec.startswith("/dev/"):
         raise VideoError(f"{spec}: no such file (expected a camera index, a device, a video file or a URL)")
     name, fmt = camera_input(spec)
