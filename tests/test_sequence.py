@@ -181,6 +181,8 @@ def test_what_cannot_be_written_is_said_before_any_work(tmp_path):
     with pytest.raises(VideoError, match="--codec is for a video"):
         check_output(tmp_path / "f_%04d.png", "libx264")
     assert check_output(tmp_path / "out.mp4") == "libx264"
+    assert check_output(tmp_path / "take #3.mp4") == "libx264"  # a video's name may hold '#' or '%d'
+    assert find_sequence(str(tmp_path / "take #3.mp4")) is None
 
 
 def test_a_full_disk_keeps_the_frames_before_it_whole(tmp_path):

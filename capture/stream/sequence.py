@@ -108,8 +108,10 @@ def _matching(folder: Path, prefix: str, suffix: str, width: Optional[int]) -> l
 
 
 def _split_pattern(name: str) -> Optional[tuple[str, Optional[int], str]]:
-    """A file name's (prefix, digit count or None for any, suffix) when it holds a printf (%04d, %d) or hash
-    (####) frame number; else None."""
+    """An image file name's (prefix, digit count or None for any, suffix) when it holds a printf (%04d, %d) or
+    hash (####) frame number; else None (a video named 'take #3.mp4' or '100%d.mov' is no pattern)."""
+    if not _is_image(name):
+        return None
     printf = _PRINTF.search(name)
     hashes = _HASHES.search(name)
     if printf is not None:
