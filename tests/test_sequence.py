@@ -182,6 +182,8 @@ def test_what_cannot_be_written_is_said_before_any_work(tmp_path):
         check_output(tmp_path / "f_%04d.png", "libx264")
     assert check_output(tmp_path / "out.mp4") == "libx264"
     assert check_output(tmp_path / "take #3.mp4") == "libx264"  # a video's name may hold '#' or '%d'
+    with pytest.raises(VideoError, match=r"one image cannot hold every frame; give a pattern such as .*still_%04d.png"):
+        check_output(tmp_path / "still.png")
     assert find_sequence(str(tmp_path / "take #3.mp4")) is None
 
 

@@ -438,6 +438,10 @@ def check_output(path: str | os.PathLike, codec: str | None = None) -> str:
 
     path = os.fspath(path)
     if _split_pattern(os.path.basename(path)) is None:
+        if _is_image(path):
+            stem, suffix = os.path.splitext(path)
+            raise VideoError(f"{path}: one image cannot hold every frame; give a pattern such as {stem}_%04d{suffix}"
+                             " to write each frame as an image, or a video name (.mp4, .mkv, .mov)")
         return check_encoder(path, codec)
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in WRITTEN_FORMATS:
