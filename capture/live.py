@@ -22,7 +22,8 @@ from .session import FrameOutput
 from .stream.camera import open_camera
 from .stream.pipeline import Pipeline
 from .stream.reader import VideoError
-from .stream.writer import VideoWriter, check_encoder, check_not_input, check_writable
+from .stream.sequence import check_output, open_writer
+from .stream.writer import check_not_input, check_writable
 
 WINDOW = "capture live (q to quit)"
 # Recording live: x264 ultrafast has no lookahead and no B-frames, so each frame is encoded as it arrives (the
@@ -39,7 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "numbered images or a pattern such as f_%%04d.png)")
     add_model_arguments(parser)
     parser.add_argument("--no-display", action="store_true", help="no preview window")
-    parser.add_argument("--record", default=None, metavar="OUT", help="record the output video")
+    parser.add_argument("--record", default=None, metavar="OUT",
+                        help="record the output video (or frames: a pattern such as rec/f_%%04d.png)")
     parser.add_argument("--max-seconds", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--no-smooth", action="store_true",
                         help="turn off the One-Euro code filter (on by default for network and hybrid codes; the "
@@ -149,7 +151,7 @@ def main(argv=None) -> int:
     if args.record:
         check_writable(args.record)
         check_not_input(args.record, [args.cam, args.target], what="--record file")
-        check_encoder(args.record)
+        check_output(args.record)
     if args.osc:
         from .vmc import parse_address
 
@@ -169,8 +171,8 @@ def main(argv=None) -> int:
     out_h, out_w = session.output_size
     writer = None
     if args.record:
-        writer = VideoWriter(Path(args.record), out_w, out_h, fps=source.fps or 30, time_base=source.time_base,
-                             origin=None, preset=RECORD_PRESET)
+        writer = open_writer(Path(args.record), out_w, out_h, fps=source.fps or 30, time_base=source.time_base,
+                             origin=None, preset=RECORD_PRESET)  # a pattern: frames numbered from 1
     say(f"live from {source.name} ({source.format_name}, {source.width}x{source.height}); "
         f"backend {model.inference.backend_name}; layout {args.layout}"
         + (f"; recording to {args.record}" if writer else ""))

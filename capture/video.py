@@ -26,7 +26,7 @@ from .meshio import write_obj
 from .session import FrameOutput
 from .stream.pipeline import Pipeline
 from .stream.reader import VideoError
-from .stream.sequence import check_output, find_sequence, open_video, open_writer, sequence_of
+from .stream.sequence import check_output, find_sequence, is_written_as_images, open_video, open_writer, sequence_of
 from .stream.writer import PRESETS, REALTIME, check_not_input, check_writable
 
 
@@ -170,8 +170,10 @@ def main(argv=None) -> int:
     writer = open_writer(out_path, out_w, out_h, fps=reader.fps or 30, time_base=reader.time_base,
                          codec=codec, crf=args.crf, preset=args.preset,
                          audio_from=args.input if reader.has_audio else None,
-                         # a sequence's frame N is at N / fps: its video starts at 0, its frames keep their numbers
-                         origin=0.0 if args.start is None and sequence is None else None,
+                         # written frames are named by the source frame they show; a video starts at 0 when it is
+                         # trimmed or of a sequence (whose frame N is at N / fps)
+                         origin=0.0 if is_written_as_images(out_path) or (args.start is None and sequence is None)
+                         else None,
                          first_number=0 if sequence is not None else 1)
     what = args.input if sequence is None else f"image sequence {sequence.describe()}"
     rate = f"{reader.fps:.2f} fps"

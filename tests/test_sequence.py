@@ -149,6 +149,10 @@ def test_frames_are_named_by_the_source_frame_they_show(tmp_path):
     for k, seconds in enumerate([0.0, 0.04, 0.05, 0.12]):  # 0.05 s rounds to the number 0.04 s took: the next one
         vfr.write(pattern_image(k, (64, 48)), round(seconds * 1000), Fraction(1, 1000))
     assert vfr.numbers == [1, 2, 3, 4] and (out / "v_004.jpg").exists()
+    camera = ImageSequenceWriter(out / "rec_%04d.png", 64, 48, fps=25, origin=None)  # a camera's clock
+    for k, pts in enumerate([900_000, 900_040, 900_120]):  # ms; the frame at 900.08 s was dropped
+        camera.write(pattern_image(k, (64, 48)), pts, Fraction(1, 1000))
+    assert camera.numbers == [1, 2, 4]
     assert not list(out.glob(".capture-*"))  # no temporary file left
 
 

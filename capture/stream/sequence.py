@@ -38,8 +38,8 @@ import numpy as np
 from .reader import Frame, FrameConverter, VideoError, VideoReader, av
 
 __all__ = ["ImageSequence", "ImageSequenceReader", "ImageSequenceWriter", "DEFAULT_FPS", "IMAGE_SUFFIXES",
-           "WRITTEN_FORMATS", "audio_beside", "check_output", "find_sequence", "open_video", "open_writer",
-           "sequence_of"]
+           "WRITTEN_FORMATS", "audio_beside", "check_output", "find_sequence", "is_written_as_images", "open_video",
+           "open_writer", "sequence_of"]
 
 DEFAULT_FPS = 25.0  # FFmpeg's image2 demuxer's default frame rate
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".dpx", ".bmp", ".tga", ".webp", ".hdr", ".jp2",
@@ -293,12 +293,15 @@ class ImageSequenceWriter:
 
     path: a pattern (`out/frame_%04d.png`, `out/frame.####.png`); the suffix picks the format (WRITTEN_FORMATS).
     fps: the numbering's frame rate (the source's). time_base: of the pts given to write (default 1/fps).
-    first_number: the number of the frame at time 0 (1, or the input sequence's first number).
+    first_number: the number of the frame at time 0 (1 for a video's frames, 0 for a sequence's: frame N at N / fps).
+    origin: source-timeline seconds that are time 0 (0.0: the source's own; None: the first frame written, as a
+        recording from a camera wants), as VideoWriter's.
     audio_from: a media file whose audio is written beside the frames when the writer closes.
     """
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, *, fps: float | Fraction = 25,
-                 time_base: Fraction | None = None, first_number: int = 1, audio_from: str | os.PathLike | None = None):
+                 time_base: Fraction | None = None, first_number: int = 1, origin: float | None = 0.0,
+                 audio_from: str | os.PathLike | None = None):
         self.path = os.fspath(path)
         folder, name = os.path.split(self.path)
         parts = _split_pattern(name)
@@ -315,6 +318,7 @@ class ImageSequenceWriter:
         self.time_base = Fraction(time_base) if time_base is not None else 1 / Fraction(self.fps).limit_denominator(
             1_000_000)
         self.first_number = int(first_number)
+        self._origin = origin
         self.frames_written = 0
         self.numbers: list[int] = []
         self.failed: VideoError | None = None
@@ -343,7 +347,9 @@ class ImageSequenceWriter:
             seconds = (self.frames_written / self.fps)
         else:
             seconds = float(pts * Fraction(time_base if time_base is not None else self.time_base))
-        number = self.first_number + round(seconds * self.fps)
+        if self._origin is None:
+            self._origin = seconds
+        number = self.first_number + round((seconds - self._origin) * self.fps)
         if self.numbers and number <= self.numbers[-1]:  # frames closer than 1/fps (variable rate): the next number
             number = self.numbers[-1] + 1
         target = self.file_for(number)
@@ -452,13 +458,18 @@ def check_output(path: str | os.PathLike, codec: str | None = None) -> str:
     return WRITTEN_FORMATS[suffix][0].lower()
 
 
+def is_written_as_images(path: str | os.PathLike) -> bool:
+    """Whether an output `path` is a pattern of numbered images (ImageSequenceWriter), not a video."""
+    return _split_pattern(os.path.basename(os.fspath(path))) is not None
+
+
 def open_writer(path: str | os.PathLike, width: int, height: int, *, first_number: int = 1, **options):
-    """An ImageSequenceWriter for a pattern (it takes fps, time_base and audio_from of `options`), else a
+    """An ImageSequenceWriter for a pattern (it takes fps, time_base, origin and audio_from of `options`), else a
     VideoWriter with every option."""
     from .writer import VideoWriter
 
-    if _split_pattern(os.path.basename(os.fspath(path))) is None:
+    if not is_written_as_images(path):
         return VideoWriter(path, width, height, **options)
     return ImageSequenceWriter(path, width, height, fps=options.get("fps", DEFAULT_FPS),
                                time_base=options.get("time_base"), first_number=first_number,
-                               audio_from=options.get("audio_from"))
+                               origin=options.get("origin", 0.0), audio_from=options.get("audio_from"))
