@@ -225,3 +225,25 @@ def test_a_sequence_is_a_live_source_too(tmp_path):
         times = [f.time for f in source]
     assert source.format_name == "image sequence" and source.ended_reason == "end of the sequence"
     assert times == pytest.approx([10 / 30, 11 / 30, 13 / 30])
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif", ".bmp", ".tga", ".webp", ".dpx"])
+def test_every_common_image_format_reads(tmp_path, suffix):
+    for k in range(3):
+        image = pattern_image(k, (96, 64))
+        path = tmp_path / f"f_{k + 1:03d}{suffix}"
+        if suffix == ".dpx":  # PIL writes no DPX: FFmpeg's encoder does
+            out = av.open(str(path), "w", format="image2")
+            stream = out.add_stream("dpx", rate=25)
+            stream.width, stream.height, stream.pix_fmt = 96, 64, "rgb24"
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = 0
+            out.mux(stream.encode(frame))
+            out.mux(stream.encode(None))
+            out.close()
+        else:
+            Image.fromarray(image).save(path, quality=95)
+    Image.fromarray(pattern_image(3, (96, 64))).save(tmp_path / f"f_004{suffix}", format="PNG")  # misnamed
+    with open_video(str(tmp_path)) as reader:
+        numbers = [read_frame_number(f.image) for f in reader]
+    assert numbers == [0, 1, 2, 3] and reader.skipped_packets == 0
