@@ -22,7 +22,7 @@ from .session import FrameOutput
 from .stream.camera import open_camera
 from .stream.pipeline import Pipeline
 from .stream.reader import VideoError
-from .stream.sequence import check_output, open_writer
+from .stream.sequence import check_frames_not_input, check_output, find_sequence, open_writer
 from .stream.writer import check_not_input, check_writable
 
 WINDOW = "capture live (q to quit)"
@@ -151,6 +151,9 @@ def main(argv=None) -> int:
     if args.record:
         check_writable(args.record)
         check_not_input(args.record, [args.cam, args.target], what="--record file")
+        cam_sequence = find_sequence(args.cam) if not str(args.cam).isdigit() else None
+        check_frames_not_input(args.record, [args.cam, args.target]
+                               + ([f for _, f in cam_sequence.frames] if cam_sequence is not None else []))
         check_output(args.record)
     if args.osc:
         from .vmc import parse_address

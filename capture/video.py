@@ -26,7 +26,15 @@ from .meshio import write_obj
 from .session import FrameOutput
 from .stream.pipeline import Pipeline
 from .stream.reader import VideoError
-from .stream.sequence import check_output, find_sequence, is_written_as_images, open_video, open_writer, sequence_of
+from .stream.sequence import (
+    check_frames_not_input,
+    check_output,
+    find_sequence,
+    is_written_as_images,
+    open_video,
+    open_writer,
+    sequence_of,
+)
 from .stream.writer import PRESETS, REALTIME, check_not_input, check_writable
 
 
@@ -125,6 +133,10 @@ def main(argv=None) -> int:
     if out_path.resolve() == Path(args.input).resolve():
         raise CliError(f"{args.output}: the output would overwrite the input")
     check_not_input(out_path, inputs)  # hard links and symlinks: the same file under another name
+    try:
+        check_frames_not_input(out_path, inputs)  # an output pattern over the input's own frames
+    except VideoError as exc:
+        raise CliError(str(exc)) from None
     if args.codes:
         check_not_input(args.codes, inputs, what="--codes file")
     if args.meshes:

@@ -129,8 +129,10 @@ def test_video_command_reads_a_sequence_with_a_gap(tmp_path, demo_pack_dir):
                      demo_pack_dir, "--fps", 24, "--no-progress", "--backend", "torch")
     assert again.returncode == 0, again.stderr
     assert sorted(p.name for p in frames.iterdir()) == [f"comp.{n}.jpg" for n in numbers]  # the plate's numbers
-    overwrite = run_main("capture.video", folder, "-o", folder / "face.1003.png", "--assets", demo_pack_dir)
-    assert overwrite.returncode == 2 and "would destroy the input" in overwrite.stderr
+    for out in (folder / "face.1003.png", folder / "face.%04d.png", folder / "face.####.png"):  # its own files
+        overwrite = run_main("capture.video", folder, "-o", out, "--assets", demo_pack_dir)
+        assert overwrite.returncode == 2 and "would destroy the input" in overwrite.stderr, overwrite.stderr
+    assert sorted(p.name for p in folder.iterdir()) == [f"face.{n}.png" for n in numbers]
 
 
 # ------------------------------------------------------------------------------------------------ written

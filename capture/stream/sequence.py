@@ -38,8 +38,8 @@ import numpy as np
 from .reader import Frame, FrameConverter, VideoError, VideoReader, av
 
 __all__ = ["ImageSequence", "ImageSequenceReader", "ImageSequenceWriter", "DEFAULT_FPS", "IMAGE_SUFFIXES",
-           "WRITTEN_FORMATS", "audio_beside", "check_output", "find_sequence", "is_written_as_images", "open_video",
-           "open_writer", "sequence_of"]
+           "WRITTEN_FORMATS", "audio_beside", "check_frames_not_input", "check_output", "find_sequence",
+           "is_written_as_images", "open_video", "open_writer", "sequence_of"]
 
 DEFAULT_FPS = 25.0  # FFmpeg's image2 demuxer's default frame rate
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".dpx", ".bmp", ".tga", ".webp", ".hdr", ".jp2",
@@ -475,6 +475,33 @@ def check_output(path: str | os.PathLike, codec: str | None = None) -> str:
     if codec is not None:
         raise VideoError(f"{path}: --codec is for a video; an image sequence's format comes from its suffix")
     return WRITTEN_FORMATS[suffix][0].lower()
+
+
+def check_frames_not_input(path: str | os.PathLike, inputs) -> None:
+    """For an output pattern: VideoError when a file it would write over (one that matches it now) or the WAV it
+    writes beside is one of `inputs` (an input sequence's files too), under any name. A video path: nothing."""
+    from .writer import check_not_input
+
+    path = os.fspath(path)
+    if not is_written_as_images(path):
+        return
+    prefix = _split_pattern(os.path.basename(path))[0]
+    check_not_input(os.path.join(os.path.dirname(path), (prefix.rstrip("._- ") or "audio") + ".wav"), inputs,
+                    what="audio file written beside the frames")
+    try:
+        existing = find_sequence(path)
+    except VideoError:  # nothing there yet
+        return
+    ids = {}
+    for source in inputs:
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            st = os.stat(source)
+            ids[(st.st_dev, st.st_ino)] = source
+    for _, name in existing.frames:
+        st = os.stat(name)
+        if (st.st_dev, st.st_ino) in ids:
+            raise VideoError(f"{path}: the output names {name}, which is the input {ids[(st.st_dev, st.st_ino)]};"
+                             " writing it would destroy the input: choose another name or folder")
 
 
 def is_written_as_images(path: str | os.PathLike) -> bool:
