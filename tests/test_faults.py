@@ -159,6 +159,17 @@ def test_audio_survives_containers_whose_codec_lists_are_wrong(tmp_path, ext, co
     assert frames == list(range(25))
 
 
+def test_a_gif_keeps_every_frame_and_its_time_and_says_it_holds_no_sound(tmp_path):
+    src = tmp_path / "in.mp4"
+    make_test_clip(src, frames=10, size=(64, 64), audio=True)
+    w = _copy(src, tmp_path / "out.gif")
+    assert w.codec == "gif" and w.audio_summary.startswith("none: a GIF holds no sound")
+    with av.open(str(tmp_path / "out.gif")) as c:
+        frames = list(c.decode(video=0))
+    assert [read_frame_number(f.to_ndarray(format="rgb24")) for f in frames] == list(range(10))
+    assert [round(float(f.time), 2) for f in frames] == [round(i / 25, 2) for i in range(10)]  # GIF: 1/100 s
+
+
 def test_an_encoder_the_container_refuses_after_its_header_is_one_line_before_any_file(tmp_path):
     with pytest.raises(VideoError, match=r"ogv container does not take the libx264 encoder.*fit: .*libvpx") as err:
         check_encoder(tmp_path / "out.ogv")

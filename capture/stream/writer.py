@@ -144,8 +144,11 @@ def check_not_input(path: str | os.PathLike, inputs, what: str = "output") -> No
 
 
 def default_codec(path: str | os.PathLike) -> str:
-    """The video encoder for `path`'s container: VP9 for WebM (which takes no H.264), H.264 otherwise."""
+    """The video encoder for `path`'s container: VP9 for WebM (which takes no H.264), GIF's own for .gif, H.264
+    otherwise."""
     ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext == ".gif":
+        return "gif"
     if ext == ".webm":
         for name in ("libvpx-vp9", "libvpx", "libaom-av1"):
             try:
@@ -226,6 +229,19 @@ def check_writable(path: str) -> None:
         raise VideoError(f"{path}: output is not writable (permission denied); choose another path")
 
 
+def _palette_frame(image: np.ndarray):
+    """[H, W, 3] uint8 RGB -> a pal8 frame with the image's own 256-colour palette (PIL's fast octree, dithered),
+    what GIF stores. PyAV takes the palette as 256 rows of (A, R, G, B) bytes."""
+    from PIL import Image
+
+    quantized = Image.fromarray(image).quantize(colors=256, method=Image.Quantize.FASTOCTREE)
+    rgb = np.zeros((256, 3), np.uint8)
+    used = np.asarray(quantized.getpalette() or [], np.uint8)[:768].reshape(-1, 3)
+    rgb[: len(used)] = used
+    palette = np.concatenate([np.full((256, 1), 255, np.uint8), rgb], axis=1)
+    return av.VideoFrame.from_ndarray((np.asarray(quantized), palette), format="pal8")
+
+
 def _as_fraction(x) -> Fraction:
     return x if isinstance(x, Fraction) else Fraction(x).limit_denominator(1_000_000)
 
@@ -280,6 +296,9 @@ class VideoWriter:
         if not _have_encoder(codec):
             raise VideoError(f"{self.path}: video encoder {codec!r} is not available in this PyAV build")
         self.width, self.height = int(width), int(height)
+        self._gif = codec == "gif"
+        if self._gif:
+            pix_fmt = "pal8"  # a palette of each frame's own 256 colours (`_palette_frame`)
         fmt = av.VideoFormat(pix_fmt)
         # chroma_width(2) == 1 means chroma is subsampled horizontally, so the luma width must be even.
         self._pad_w = self.width % 2 if fmt.chroma_width(2) == 1 else 0
@@ -317,7 +336,7 @@ class VideoWriter:
             self._video = self._out.add_stream(codec, rate=self.fps)
             self._video.width, self._video.height = self.coded_size
             self._video.pix_fmt = pix_fmt
-            self._yuv_range = None if fmt.is_rgb else ("JPEG" if pix_fmt.startswith("yuvj") else "MPEG")
+            self._yuv_range = None if fmt.is_rgb or self._gif else ("JPEG" if pix_fmt.startswith("yuvj") else "MPEG")
             self._to_yuv = None if fmt.is_rgb else FrameConverter(dst_colorspace="ITU709",
                                                                   dst_color_range=self._yuv_range)
             # 4:2:0, the usual case: the compiled pass (the same BT.709 arithmetic, ~4x faster than swscale)
@@ -342,7 +361,9 @@ class VideoWriter:
 
     # ----------------------------------------------------------------------------------------------- audio
     def _setup_audio(self, src: av.container.InputContainer) -> None:
-        if not src.streams.audio:
+        if not src.streams.audio or self._gif:
+            if src.streams.audio:
+                self.audio_summary = "none: a GIF holds no sound (the input keeps it)"
             src.close()
             return
         self._audio_in = src
@@ -521,6 +542,8 @@ class VideoWriter:
             else:
                 yuv.rgb_to_yuv420(image, frame.planes, full_range=full_range)
             frame.colorspace, frame.color_range = 1, 2 if self._yuv_range == "JPEG" else 1  # as swscale's frames
+        elif self._gif:
+            frame = _palette_frame(image)
         elif self._to_yuv is not None:
             # no copy into an RGB frame first: the conversion reads the array and makes the encoder's frame
             frame = self._to_yuv.frame(av.VideoFrame.from_numpy_buffer(image, format="rgb24"), self._video.pix_fmt)
