@@ -37,6 +37,10 @@ def test_printf_hash_and_folder_name_the_same_sequence(tmp_path):
     assert find_sequence(str(tmp_path / "shot" / "plate.1001.png")) is None  # one file is one image
     assert sequence_of(str(tmp_path / "shot" / "plate.1001.png")).frames == found[0].frames
     assert find_sequence("in.mp4") is None and find_sequence("rtsp://cam/stream") is None
+    _plate(tmp_path / "loose", [1, 2, 10], name="f_{}.png")
+    _plate(tmp_path / "loose", [2], name="f_{:03d}.png")  # f_002.png: the number 2 twice
+    assert [n for n, _ in find_sequence(str(tmp_path / "loose")).frames] == [1, 2, 10]
+    assert find_sequence(str(tmp_path / "loose" / "f_%d.png")).frames[1][1].endswith("f_2.png")
 
 
 def test_gaps_keep_their_time_and_bad_or_odd_files_are_counted(tmp_path):

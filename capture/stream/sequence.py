@@ -96,6 +96,15 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 
 
+def _by_number(frames) -> tuple[tuple[int, str], ...]:
+    """[(number, path)] ascending, one file a number (of `f_1.png` and `f_001.png` the shorter name): a frame
+    number is a time, and two frames at one time cannot both be shown."""
+    unique: dict[int, str] = {}
+    for number, path in sorted(frames, key=lambda item: (item[0], len(item[1]), item[1])):
+        unique.setdefault(number, path)
+    return tuple(unique.items())
+
+
 def _matching(folder: Path, prefix: str, suffix: str, width: Optional[int]) -> list[tuple[int, str]]:
     """Files `prefix<digits>suffix` in `folder` ([(number, path)] ascending); `width`: the digit count a
     zero-padded pattern asks for (a longer number still matches, as FFmpeg's does), None for any."""
@@ -153,7 +162,7 @@ def find_sequence(path: str) -> Optional[ImageSequence]:
         (prefix, suffix), frames = max(groups.items(), key=lambda kv: (len(kv[1]), kv[0]))
         digits = {len(os.path.basename(f)) - len(prefix) - len(suffix) for _, f in frames}
         pad = f"%0{digits.pop()}d" if len(digits) == 1 else "%d"
-        return ImageSequence(str(p / f"{prefix}{pad}{suffix}"), tuple(sorted(frames)))
+        return ImageSequence(str(p / f"{prefix}{pad}{suffix}"), _by_number(frames))
     parts = _split_pattern(p.name)
     if parts is None:
         return None
@@ -164,7 +173,7 @@ def find_sequence(path: str) -> Optional[ImageSequence]:
             return None
         raise VideoError(f"{path}: no file matches this image sequence pattern in {p.parent}")
     pad = f"%0{width}d" if width else "%d"
-    return ImageSequence(str(p.parent / f"{prefix}{pad}{suffix}"), tuple(frames))
+    return ImageSequence(str(p.parent / f"{prefix}{pad}{suffix}"), _by_number(frames))
 
 
 def sequence_of(path: str) -> Optional[ImageSequence]:
@@ -177,7 +186,7 @@ def sequence_of(path: str) -> Optional[ImageSequence]:
     frames = _matching(p.parent, m.group(1), m.group(3), len(m.group(2)))
     if len(frames) < 2:
         return None
-    return ImageSequence(str(p.parent / f"{m.group(1)}%0{len(m.group(2))}d{m.group(3)}"), tuple(frames))
+    return ImageSequence(str(p.parent / f"{m.group(1)}%0{len(m.group(2))}d{m.group(3)}"), _by_number(frames))
 
 
 class ImageSequenceReader:
