@@ -41,7 +41,9 @@ _TIME_BASE = Fraction(1, 1_000_000)  # process(): timestamps in microseconds
 class Result:
     """One retargeted frame.
 
-    image: the output picture, [H, W, 3] uint8 RGB, in the Retargeter's layout.
+    image: the output picture, [H, W, 3] uint8 RGB, in the Retargeter's layout. alpha: with a transparent
+        background, its coverage [H, W] uint8 (255 where the avatar or the input is, 0 elsewhere, where image is
+        black); None otherwise.
     face: a face was found in this frame. held: it was not, and the last expression was kept (`hold` seconds).
     codes: the merged FLAME/DECA codes that were rendered (the target's shape, the performer's expression, jaw
         and head pose): {"shape": [100], "exp": [50], "pose": [6], "cam": [3], ...} float32; None when the
@@ -61,6 +63,7 @@ class Result:
     head: Optional[tuple[float, float, float]]
     vertices: Optional[np.ndarray]
     latency: float = 0.0  # seconds from the start of the crop to the end of rendering
+    alpha: Optional[np.ndarray] = None
 
 
 class Retargeter:
@@ -72,7 +75,9 @@ class Retargeter:
         (README, "Capturing real faces"). backend: a name of the backend registry, as `--backend` takes
         (`capture.backends.NAMES`: 'auto', 'tensorrt', 'onnxruntime', 'onnxruntime-int8' calibrated on renders of
         the pack, 'torch', 'torch-eager'). device: 'cpu' or 'cuda' (None: cuda when available). layout:
-        'avatar', 'side-by-side' or 'overlay'. pose: 'source' (the performer's head pose) or 'target'. texture:
+        'avatar', 'side-by-side' or 'overlay'. background: behind the avatar, a colour ('grey', 'green', '#rrggbb',
+        'r,g,b'...) or 'transparent' (then each Result has its `alpha`). pose: 'source' (the performer's head
+        pose) or 'target'. texture:
         'auto', 'photo' or 'model'. smooth: One-Euro filter the codes (None: on unless the codes come from the
         landmark fit, which smooths its own points).
         hold: seconds the last expression is kept when the face is lost. verbose: print what the commands print
@@ -89,11 +94,15 @@ class Retargeter:
 
     def __init__(self, target: str = "astronaut", *, assets: Optional[str] = None, codes_from: str = "auto",
                  backend: str = "auto", device: Optional[str] = None, layout: str = "avatar", pose: str = "source",
-                 texture: str = "auto", smooth: Optional[bool] = None, hold: float = 0.5, verbose: bool = False):
+                 texture: str = "auto", smooth: Optional[bool] = None, hold: float = 0.5, verbose: bool = False,
+                 background: str = "grey"):
+        from .picture import parse_background
         from .retarget import LAYOUTS, POSE_MODES
 
         if layout not in LAYOUTS:
             raise ValueError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+        if parse_background(background) is None and layout == "overlay":
+            raise ValueError("background 'transparent' needs the avatar or side-by-side layout")
         if pose not in POSE_MODES:
             raise ValueError(f"pose {pose!r}: expected one of {', '.join(POSE_MODES)}")
         self.messages: list[str] = []
@@ -114,6 +123,7 @@ class Retargeter:
         if self.synthetic and not verbose:
             warnings.warn(pack.label, stacklevel=2)
         self.target, self.layout, self.pose, self.hold = target, layout, pose, hold
+        self.background = background
         self.smooth = (self.model.codes_from != "landmarks") if smooth is None else bool(smooth)
         from .channels import ChannelModel
 
@@ -144,7 +154,8 @@ class Retargeter:
 
     def _new_session(self, frame_size: tuple[int, int], inference: Optional[Inference] = None) -> RetargetSession:
         return self.model.session(frame_size, inference, layout=self.layout, pose_mode=self.pose,
-                                  smooth=self.smooth, hold_seconds=self.hold, keep_vertices=True)
+                                  smooth=self.smooth, hold_seconds=self.hold, keep_vertices=True,
+                                  background=self.background)
 
     def _session_for(self, size: tuple[int, int]) -> RetargetSession:
         """`process`'s session: kept while the frame size stays, a fresh one when it changes."""
@@ -162,7 +173,7 @@ class Retargeter:
             head = tuple(float(v) for v in channels.head)
         return Result(index=out.frame.index, time=out.frame.time, image=out.image, face=out.face, held=out.held,
                       codes=out.codes, blendshapes=blendshapes, head=head, vertices=out.vertices,
-                      latency=out.latency)
+                      latency=out.latency, alpha=out.picture.rgba()[..., 3] if out.picture.alpha is not None else None)
 
     def process(self, rgb: np.ndarray, time: Optional[float] = None) -> Result:
         """Retarget one frame: rgb [H, W, 3] uint8 (grey and RGBA are converted); time in seconds, increasing

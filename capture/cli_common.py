@@ -18,6 +18,7 @@ from .backends import describe_names
 from .console import notice, plural, say_once
 from .crop import FaceDetector
 from .deca import DECA
+from .picture import parse_background
 from .retarget import LAYOUTS, POSE_MODES
 from .sources import CODE_SOURCES, choose_source
 from .stills import ImageError
@@ -39,6 +40,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_backend_argument(parser)
     parser.add_argument("--device", default=None, choices=("cpu", "cuda"), help="default: cuda if available")
     parser.add_argument("--layout", default="side-by-side", choices=LAYOUTS)
+    parser.add_argument("--background", default="grey", type=_background, metavar="COLOUR",
+                        help="behind the avatar in the avatar and side-by-side layouts: grey (default), black, white, "
+                             "green, blue, magenta (chroma keys), #rrggbb or r,g,b; or 'transparent' (recorded with "
+                             "its alpha: .webm VP9, .mov ProRes 4444, .mkv FFV1, or a .png/.tif sequence)")
     parser.add_argument("--pose", default="source", choices=POSE_MODES,
                         help="head pose from the performer (source) or kept from the target photo")
     parser.add_argument("--texture", default="auto", choices=("auto", "photo", "model"),
@@ -48,6 +53,23 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "refined by the fit (hybrid); auto = landmarks on a synthetic pack, network otherwise")
     parser.add_argument("--hold", type=float, default=0.5, metavar="S",
                         help="seconds to keep the last expression when the face is lost (default 0.5)")
+
+
+def _background(text: str) -> str:
+    try:
+        parse_background(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def check_background(args) -> bool:
+    """Before any work: whether --background is transparent, and CliError where the layout cannot be."""
+    transparent = parse_background(args.background) is None
+    if transparent and args.layout == "overlay":
+        raise CliError("--background transparent needs --layout avatar or side-by-side (the overlay draws over the"
+                       " input, which covers every pixel)")
+    return transparent
 
 
 def add_backend_argument(parser: argparse.ArgumentParser) -> None:

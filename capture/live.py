@@ -16,7 +16,15 @@ import time
 from collections import deque
 from pathlib import Path
 
-from .cli_common import ChannelOutputs, CliError, add_channel_arguments, add_model_arguments, build_model_side, run_cli
+from .cli_common import (
+    ChannelOutputs,
+    CliError,
+    add_channel_arguments,
+    add_model_arguments,
+    build_model_side,
+    check_background,
+    run_cli,
+)
 from .console import add_version_argument, command, plural, prog
 from .session import FrameOutput
 from .stream.camera import open_camera
@@ -148,13 +156,14 @@ def main(argv=None) -> int:
                                                              or os.environ.get("WAYLAND_DISPLAY")):
         print("warning: no display found; running without a preview window (--no-display)", file=sys.stderr)
         display = False
+    transparent = check_background(args)
     if args.record:
         check_writable(args.record)
         check_not_input(args.record, [args.cam, args.target], what="--record file")
         cam_sequence = find_sequence(args.cam) if not str(args.cam).isdigit() else None
         check_frames_not_input(args.record, [args.cam, args.target]
                                + ([f for _, f in cam_sequence.frames] if cam_sequence is not None else []))
-        check_output(args.record)
+        check_output(args.record, alpha=transparent)
     if args.osc:
         from .vmc import parse_address
 
@@ -169,13 +178,13 @@ def main(argv=None) -> int:
         source.close()
         raise
     frame_size = (source.height, source.width)
-    session = model.session(frame_size, layout=args.layout, pose_mode=args.pose,
+    session = model.session(frame_size, layout=args.layout, pose_mode=args.pose, background=args.background,
                             smooth=not args.no_smooth and model.codes_from != "landmarks", hold_seconds=args.hold)
     out_h, out_w = session.output_size
     writer = None
     if args.record:
         writer = open_writer(Path(args.record), out_w, out_h, fps=source.fps or 30, time_base=source.time_base,
-                             origin=None, preset=RECORD_PRESET)  # a pattern: frames numbered from 1
+                             origin=None, preset=RECORD_PRESET, alpha=transparent)  # a pattern: from 1
     say(f"live from {source.name} ({source.format_name}, {source.width}x{source.height}); "
         f"backend {model.inference.backend_name}; layout {args.layout}"
         + (f"; recording to {args.record}" if writer else ""))

@@ -7,6 +7,10 @@ YUV planes (the input, the head's rectangle) and fills the rest with the backgro
 bytes as converting the whole RGB picture, because every part's corners lie on even pixel coordinates, so that
 no 2 x 2 chroma block takes pixels from two parts. `rgb()` builds the whole RGB picture for whoever needs one
 (a display, the API, an encoder that takes another pixel format).
+
+A picture with a transparent background (`--background transparent`) also carries its coverage as parts:
+`alpha`, rectangles of uint8 masks (255 where the head or the input is, 0 elsewhere); `rgba()` builds the whole
+RGBA picture for the writers that keep transparency.
 """
 from __future__ import annotations
 
@@ -25,8 +29,11 @@ class Picture:
     dtype = np.dtype(np.uint8)
 
     def __init__(self, height: int, width: int, parts: Sequence[tuple[int, int, np.ndarray]],
-                 background: Optional[Sequence[int]] = None):
+                 background: Optional[Sequence[int]] = None,
+                 alpha: Optional[Sequence[tuple[int, int, np.ndarray]]] = None):
         self.height, self.width = int(height), int(width)
+        # None: opaque; else the coverage, (top, left, [h, w] uint8) parts over 0 (each may be a broadcast view)
+        self.alpha = None if alpha is None else tuple((int(top), int(left), mask) for top, left, mask in alpha)
         self.background = None if background is None else np.asarray(background, np.uint8).reshape(3)
         self.parts = tuple((int(top), int(left), image) for top, left, image in parts)
         for top, left, image in self.parts:
@@ -61,6 +68,19 @@ class Picture:
                     out[top:top + h, left:left + w] = image
             self._rgb = out
         return self._rgb
+
+    def rgba(self) -> np.ndarray:
+        """The whole picture with its coverage, [height, width, 4] uint8 (alpha 255 everywhere when opaque)."""
+        out = np.empty((self.height, self.width, 4), np.uint8)
+        out[..., :3] = self.rgb()
+        if self.alpha is None:
+            out[..., 3] = 255
+        else:
+            out[..., 3] = 0
+            for top, left, mask in self.alpha:
+                h, w = mask.shape[:2]
+                out[top:top + h, left:left + w, 3] = mask
+        return out
 
     # ------------------------------------------------------------------------------------------ YUV 4:2:0
     def fits_yuv420(self) -> bool:
@@ -130,3 +150,30 @@ def even_box(top: int, left: int, height: int, width: int, size: tuple[int, int]
     end_row = min(H, top + height + (top + height) % 2)
     end_col = min(W, left + width + (left + width) % 2)
     return first_row, first_col, end_row - first_row, end_col - first_col
+
+
+# --background names: the default grey is what 0.12 in a float picture rounds to (capture.retarget.BACKGROUND)
+BACKGROUNDS = {"grey": (31, 31, 31), "gray": (31, 31, 31), "black": (0, 0, 0), "white": (255, 255, 255),
+               "green": (0, 177, 64), "blue": (0, 71, 187), "magenta": (255, 0, 255)}
+TRANSPARENT = "transparent"
+
+
+def parse_background(text: str) -> Optional[tuple[int, int, int]]:
+    """'--background' -> an RGB colour (a name of BACKGROUNDS, '#rrggbb', or 'r,g,b' in 0..255), or None for
+    'transparent'. ValueError with the forms it takes otherwise. ('green' and 'blue' are the chroma-key
+    greens and blues of film and broadcast.)"""
+    name = text.strip().lower()
+    if name == TRANSPARENT:
+        return None
+    if name in BACKGROUNDS:
+        return BACKGROUNDS[name]
+    try:
+        if name.startswith("#") and len(name) == 7:
+            return tuple(int(name[i:i + 2], 16) for i in (1, 3, 5))
+        parts = [int(v) for v in name.split(",")]
+        if len(parts) == 3 and all(0 <= v <= 255 for v in parts):
+            return tuple(parts)
+    except ValueError:
+        pass
+    raise ValueError(f"--background {text!r}: give a colour ({', '.join(sorted(BACKGROUNDS))}, #rrggbb or r,g,b in"
+                     f" 0..255) or '{TRANSPARENT}'")

@@ -25,7 +25,7 @@ from .flame import lbs as flame_lbs
 from .lbs_cpu import CpuLBS
 from .model_assets import ModelAssets
 from .nets import detail_input
-from .picture import Picture, even_box, fill
+from .picture import Picture, even_box, fill, parse_background
 from .projection import crop_to_image_ndc, orthographic
 from .reference import ReferenceDrawing
 from .render import cpu_shading
@@ -34,7 +34,8 @@ from .views import Drawing, LitPixels
 
 LAYOUTS = ("avatar", "side-by-side", "overlay")
 POSE_MODES = ("source", "target")
-BACKGROUND = 0.12  # grey behind the avatar in the 'avatar' and 'side-by-side' layouts
+BACKGROUND = 0.12  # the default grey behind the avatar in the 'avatar' and 'side-by-side' layouts (31 in uint8:
+# capture.picture.BACKGROUNDS["grey"]; `background=` names another colour, or 'transparent')
 # The displacement map is made again when the jaw (rad) or any expression coefficient has moved more than this
 # since the map in hand was made: a still or slowly changing face reuses it. On franck (12 s, landmark codes)
 # a third of the frames reuse it; the largest difference to a fresh map was 0.18 mm (of 2.4 mm in the map).
@@ -119,9 +120,16 @@ class AvatarRenderer:
     """
 
     def __init__(self, deca: DECA, avatar: Avatar, layout: str, frame_size: tuple[int, int],
-                 pose_mode: str = "source", decode_detail=None, *, reference: bool = False, times=None):
+                 pose_mode: str = "source", decode_detail=None, *, reference: bool = False, times=None,
+                 background: str = "grey"):
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        colour = parse_background(background)
+        # transparent: the pictures carry their coverage (Picture.alpha), black under what is not covered
+        self.transparent = colour is None
+        if self.transparent and layout == "overlay":
+            raise ValueError("--background transparent needs the avatar or side-by-side layout (the overlay draws"
+                             " over the input, which covers every pixel)")
         self.assets: ModelAssets = deca.assets
         self.rasterizer = deca.rasterizer
         self.device = self.assets.device
@@ -145,7 +153,7 @@ class AvatarRenderer:
             if self._flame is not None and self.device.type == "cpu" and self._flame.lbs_impl is flame_lbs \
                     and CpuLBS.available() is None:
                 self._flame.lbs_impl = CpuLBS.from_flame(self._flame)  # LBS in one compiled pass (capture.lbs_cpu)
-            self._background = _to_uint8(torch.full((1, 3, 1, 1), BACKGROUND))[0, 0]  # as a float picture rounds
+            self._background = np.array(colour or (0, 0, 0), np.uint8)
 
     @property
     def lbs_backend(self) -> str:
@@ -280,11 +288,19 @@ class AvatarRenderer:
             at = (torch.div(index, w, rounding_mode="floor") - top) * pw + index % w - left
             colour = (colour.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
             torch.from_numpy(patch).view(-1, 3).index_copy_(0, at, colour)
+        alpha = None
+        if self.transparent:
+            mask = np.zeros((ph, pw), np.uint8)
+            cpu_index = index.numpy() if index.device.type == "cpu" else index.cpu().numpy()
+            mask.reshape(-1)[(cpu_index // w - top) * pw + cpu_index % w - left] = 255
+            alpha = [(top, left + (w if self.layout == "side-by-side" else 0), mask)]
         if self.layout == "side-by-side":  # the input on the left
-            return Picture(h, 2 * w, [(0, 0, frame), (top, w + left, patch)], self._background)
+            if alpha is not None:
+                alpha.insert(0, (0, 0, np.broadcast_to(np.uint8(255), (h, w))))
+            return Picture(h, 2 * w, [(0, 0, frame), (top, w + left, patch)], self._background, alpha)
         if self.layout == "overlay":
             return Picture(h, w, [(0, 0, frame), (top, left, patch)])
-        return Picture(h, w, [(top, left, patch)], self._background)
+        return Picture(h, w, [(top, left, patch)], self._background, alpha)
 
     def _head_box(self, pixels: LitPixels) -> tuple[int, int, int, int]:
         """(top, left, height, width) of a rectangle of the frame holding every covered pixel, corners even."""
@@ -302,10 +318,8 @@ class AvatarRenderer:
 
     def _pass_through(self, frame: np.ndarray) -> Picture:
         h, w = frame.shape[:2]
+        opaque = [(0, 0, np.broadcast_to(np.uint8(255), (h, w)))] if self.transparent else None  # the input
         if self.layout == "side-by-side":
-            return Picture(h, 2 * w, [(0, 0, frame)], self._background)
-        return Picture(h, w, [(0, 0, frame)])
+            return Picture(h, 2 * w, [(0, 0, frame)], self._background, opaque)
+        return Picture(h, w, [(0, 0, frame)], alpha=opaque)
 
-
-def _to_uint8(picture: torch.Tensor) -> np.ndarray:
-    return (picture[0].permute(1, 2, 0).clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()

@@ -20,7 +20,15 @@ from typing import Optional
 
 import numpy as np
 
-from .cli_common import ChannelOutputs, CliError, add_channel_arguments, add_model_arguments, build_model_side, run_cli
+from .cli_common import (
+    ChannelOutputs,
+    CliError,
+    add_channel_arguments,
+    add_model_arguments,
+    build_model_side,
+    check_background,
+    run_cli,
+)
 from .console import add_version_argument, command, plural, prog, progress_bar
 from .meshio import write_obj
 from .session import FrameOutput
@@ -145,8 +153,9 @@ def main(argv=None) -> int:
         except OSError as exc:
             raise CliError(f"--meshes {args.meshes}: cannot create the folder ({exc.strerror})") from None
     check_writable(str(out_path))  # before any expensive work
+    transparent = check_background(args)
     try:
-        codec = check_output(out_path, args.codec)
+        codec = check_output(out_path, args.codec, alpha=transparent)
     except VideoError as exc:
         raise CliError(str(exc)) from None
     if args.codes:
@@ -173,6 +182,7 @@ def main(argv=None) -> int:
     model = build_model_side(args, say, lambda: calibration_frames(args.input, args.start, args.duration, args.fps))
     frame_size = (reader.height, reader.width)
     session = model.session(frame_size, layout=args.layout, pose_mode=args.pose, smooth=args.smooth,
+                            background=args.background,
                             hold_seconds=args.hold, keep_vertices=needs_vertices)
     if session.source.needs_landmarks:
         calibrated = session.calibrate(calibration_frames(args.input, args.start, args.duration, args.fps))
@@ -186,7 +196,7 @@ def main(argv=None) -> int:
                          # trimmed or of a sequence (whose frame N is at N / fps)
                          origin=0.0 if is_written_as_images(out_path) or (args.start is None and sequence is None)
                          else None,
-                         first_number=0 if sequence is not None else 1)
+                         first_number=0 if sequence is not None else 1, alpha=transparent)
     what = args.input if sequence is None else f"image sequence {sequence.describe()}"
     rate = f"{reader.fps:.2f} fps"
     if sequence is not None:

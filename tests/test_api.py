@@ -98,3 +98,19 @@ def test_stream_reads_an_image_sequence_at_its_frame_rate(retargeter, tmp_path):
         Image.fromarray(_astronaut_frame(k, SIZE)).save(tmp_path / f"shot_{n:03d}.png")
     results = list(retargeter.stream(str(tmp_path / "shot_%03d.png"), fps=24))
     assert np.allclose([r.time for r in results], [1 / 24, 2 / 24, 4 / 24]) and all(r.face for r in results)
+
+
+def test_a_transparent_background_comes_with_the_coverage(demo_pack_dir):
+    from skimage.data import astronaut
+
+    from capture import Retargeter
+
+    with pytest.warns(UserWarning, match="SYNTHETIC"):
+        rt = Retargeter(target="demo", assets="demo", backend="torch", background="transparent")
+    try:
+        result = rt.process(astronaut(), time=0.0)
+    finally:
+        rt.close()
+    assert result.face and result.alpha.shape == result.image.shape[:2]
+    assert set(np.unique(result.alpha)) == {0, 255} and result.alpha[0, 0] == 0
+    assert (result.image[result.alpha == 0] == 0).all()  # black under what the head does not cover

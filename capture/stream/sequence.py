@@ -60,6 +60,7 @@ _SRGB_TRC = "iec61966_2_1"  # FFmpeg's name of the sRGB transfer curve (the EXR 
 WRITTEN_FORMATS = {".png": ("PNG", {"compress_level": 1}), ".jpg": ("JPEG", {"quality": 95, "subsampling": 0}),
                    ".jpeg": ("JPEG", {"quality": 95, "subsampling": 0}), ".tif": ("TIFF", {}),
                    ".tiff": ("TIFF", {}), ".bmp": ("BMP", {})}
+ALPHA_SUFFIXES = (".png", ".tif", ".tiff")  # the written formats that keep a transparent background (RGBA)
 
 
 @dataclass(frozen=True)
@@ -325,11 +326,12 @@ class ImageSequenceWriter:
     origin: source-timeline seconds that are time 0 (0.0: the source's own; None: the first frame written, as a
         recording from a camera wants), as VideoWriter's.
     audio_from: a media file whose audio is written beside the frames when the writer closes.
+    alpha: write RGBA (a Picture's coverage; `ALPHA_SUFFIXES` only).
     """
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, *, fps: float | Fraction = 25,
                  time_base: Fraction | None = None, first_number: int = 1, origin: float | None = 0.0,
-                 audio_from: str | os.PathLike | None = None):
+                 audio_from: str | os.PathLike | None = None, alpha: bool = False):
         self.path = os.fspath(path)
         folder, name = os.path.split(self.path)
         parts = _split_pattern(name)
@@ -341,6 +343,9 @@ class ImageSequenceWriter:
         self._digits = width_digits or 1
         self._folder = folder or "."
         self._format, self._options = WRITTEN_FORMATS[suffix]
+        if alpha and suffix not in ALPHA_SUFFIXES:
+            raise VideoError(_no_alpha(self.path, suffix))
+        self.alpha = bool(alpha)
         self.width, self.height = int(width), int(height)
         self.fps = float(fps) if fps and fps > 0 else DEFAULT_FPS
         self.time_base = Fraction(time_base) if time_base is not None else 1 / Fraction(self.fps).limit_denominator(
@@ -367,9 +372,14 @@ class ImageSequenceWriter:
             raise VideoError(f"{self.path}: write() after close()")
         if self.failed is not None:
             raise self.failed
-        rgb = image.rgb() if hasattr(image, "rgb") else np.asarray(image)
-        if rgb.shape != (self.height, self.width, 3) or rgb.dtype != np.uint8:
-            raise ValueError(f"{self.path}: expected a [{self.height}, {self.width}, 3] uint8 RGB image,"
+        if self.alpha:
+            rgb = image.rgba() if hasattr(image, "rgba") else np.concatenate(
+                [image, np.full(np.shape(image)[:2] + (1,), 255, np.uint8)], axis=2)
+        else:
+            rgb = image.rgb() if hasattr(image, "rgb") else np.asarray(image)
+        channels = 4 if self.alpha else 3
+        if rgb.shape != (self.height, self.width, channels) or rgb.dtype != np.uint8:
+            raise ValueError(f"{self.path}: expected a [{self.height}, {self.width}, {channels}] uint8 image,"
                              f" got {list(rgb.shape)} {rgb.dtype}")
         if pts is None:
             seconds = (self.frames_written / self.fps)
@@ -465,9 +475,14 @@ def audio_beside(source: str, target: str, start: float, end: float) -> str:
     return f"written beside as {target} ({a_in.codec_context.codec.canonical_name} -> pcm_s16le)"
 
 
-def check_output(path: str | os.PathLike, codec: str | None = None) -> str:
+def _no_alpha(path: str, suffix: str) -> str:
+    return (f"{path}: {suffix} images keep no transparency; write .png or .tif frames, or a"
+            " .webm / .mov / .mkv video")
+
+
+def check_output(path: str | os.PathLike, codec: str | None = None, alpha: bool = False) -> str:
     """Before any work: what `path` is written with (an image format for a pattern, else the video encoder from
-    writer.check_encoder), or VideoError."""
+    writer.check_encoder), or VideoError (also where `alpha`, a transparent background, cannot be kept)."""
     from .writer import check_encoder
 
     path = os.fspath(path)
@@ -476,13 +491,15 @@ def check_output(path: str | os.PathLike, codec: str | None = None) -> str:
             stem, suffix = os.path.splitext(path)
             raise VideoError(f"{path}: one image cannot hold every frame; give a pattern such as {stem}_%04d{suffix}"
                              " to write each frame as an image, or a video name (.mp4, .mkv, .mov)")
-        return check_encoder(path, codec)
+        return check_encoder(path, codec, alpha)
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in WRITTEN_FORMATS:
         raise VideoError(f"{path}: an image sequence is written as one of {', '.join(WRITTEN_FORMATS)}"
                          f" (e.g. frame_%04d.png), not {suffix or 'a name without a suffix'}")
     if codec is not None:
         raise VideoError(f"{path}: --codec is for a video; an image sequence's format comes from its suffix")
+    if alpha and suffix not in ALPHA_SUFFIXES:
+        raise VideoError(_no_alpha(path, suffix))
     return WRITTEN_FORMATS[suffix][0].lower()
 
 
@@ -527,4 +544,5 @@ def open_writer(path: str | os.PathLike, width: int, height: int, *, first_numbe
         return VideoWriter(path, width, height, **options)
     return ImageSequenceWriter(path, width, height, fps=options.get("fps", DEFAULT_FPS),
                                time_base=options.get("time_base"), first_number=first_number,
-                               origin=options.get("origin", 0.0), audio_from=options.get("audio_from"))
+                               origin=options.get("origin", 0.0), audio_from=options.get("audio_from"),
+                               alpha=options.get("alpha", False))

@@ -143,10 +143,25 @@ def check_not_input(path: str | os.PathLike, inputs, what: str = "output") -> No
                              " writing it would destroy the input: choose another name")
 
 
-def default_codec(path: str | os.PathLike) -> str:
+# Encoders that keep transparency, and the pixel format they keep it in; `default_codec(alpha=True)` picks one
+# by container. VP9 in WebM is what browsers and OBS read with its alpha; ProRes 4444 what editors and
+# compositors read; FFV1 is lossless.
+ALPHA_FORMATS = {"libvpx-vp9": "yuva420p", "prores_ks": "yuva444p10le", "ffv1": "yuva420p", "png": "rgba",
+                 "qtrle": "argb"}
+_ALPHA_DEFAULTS = {".webm": "libvpx-vp9", ".mov": "prores_ks", ".mkv": "ffv1"}
+_ALPHA_OPTIONS = {"prores_ks": {"profile": "4"}}  # 4444: the profile with an alpha channel
+
+
+def default_codec(path: str | os.PathLike, alpha: bool = False) -> str:
     """The video encoder for `path`'s container: VP9 for WebM (which takes no H.264), GIF's own for .gif, H.264
-    otherwise."""
+    otherwise; with `alpha` one that keeps transparency (ALPHA_FORMATS), or VideoError where the container
+    has none."""
     ext = os.path.splitext(os.fspath(path))[1].lower()
+    if alpha:
+        if ext not in _ALPHA_DEFAULTS:
+            raise VideoError(f"{path}: a transparent background needs a container that keeps it: .webm (VP9), .mov"
+                             " (ProRes 4444), .mkv (FFV1), or an image sequence (.png, .tif)")
+        return _ALPHA_DEFAULTS[ext]
     if ext == ".gif":
         return "gif"
     if ext == ".webm":
@@ -159,11 +174,14 @@ def default_codec(path: str | os.PathLike) -> str:
     return "libx264"
 
 
-def check_encoder(path: str | os.PathLike, codec: str | None = None) -> str:
+def check_encoder(path: str | os.PathLike, codec: str | None = None, alpha: bool = False) -> str:
     """Before any work: the encoder for `path` (None: `default_codec`), or VideoError when the container refuses
-    it or this build lacks it. Creates no file."""
+    it, this build lacks it, or (`alpha`) it keeps no transparency. Creates no file."""
     path = os.fspath(path)
-    codec = codec or default_codec(path)
+    codec = codec or default_codec(path, alpha)
+    if alpha and codec not in ALPHA_FORMATS:
+        raise VideoError(f"{path}: the {codec} encoder keeps no transparency; one of {', '.join(ALPHA_FORMATS)}"
+                         " does (--codec NAME)")
     if not _have_encoder(codec):
         raise VideoError(f"{path}: video encoder {codec!r} is not available in this PyAV build")
     try:
@@ -284,13 +302,20 @@ class VideoWriter:
         audio_end: float | None = None,
         origin: float | None = 0.0,
         options: dict[str, str] | None = None,
+        alpha: bool = False,
     ):
         self.path = os.fspath(path)
         if width <= 0 or height <= 0:
             raise ValueError(f"{self.path}: width and height must be positive, got {width}x{height}")
         check_writable(self.path)
-        codec = codec or default_codec(self.path)
+        codec = codec or default_codec(self.path, alpha)
         self.codec = codec
+        self.alpha = bool(alpha)  # frames are written with their coverage (Picture.alpha) in ALPHA_FORMATS
+        if self.alpha:
+            if codec not in ALPHA_FORMATS:
+                raise VideoError(f"{self.path}: the {codec} encoder keeps no transparency; one of"
+                                 f" {', '.join(ALPHA_FORMATS)} does")
+            pix_fmt = ALPHA_FORMATS[codec]
         if preset is not None and codec in _X26X and preset not in PRESETS:
             raise VideoError(f"{self.path}: unknown {codec} preset {preset!r}; one of {', '.join(PRESETS)}")
         if not _have_encoder(codec):
@@ -349,6 +374,8 @@ class VideoWriter:
             self._video.codec_context.time_base = self.time_base
             self._video.time_base = self.time_base
             opts = _encoder_options(codec, crf, preset)
+            if self.alpha:
+                opts.update(_ALPHA_OPTIONS.get(codec, {}))
             opts.update(options or {})
             self._video.options = opts
             if audio_src is not None:
@@ -503,9 +530,13 @@ class VideoWriter:
         """
         if self._closed:
             raise VideoError(f"{self.path}: write() after close()")
-        if image.shape != (self.height, self.width, 3) or image.dtype != np.uint8:
+        if self.alpha:  # RGBA: the picture's coverage, or opaque for a plain array
+            image = image.rgba() if isinstance(image, Picture) else np.concatenate(
+                [image, np.full(image.shape[:2] + (1,), 255, np.uint8)], axis=2)
+        channels = 4 if self.alpha else 3
+        if image.shape != (self.height, self.width, channels) or image.dtype != np.uint8:
             raise ValueError(
-                f"{self.path}: expected a [{self.height}, {self.width}, 3] uint8 RGB image,"
+                f"{self.path}: expected a [{self.height}, {self.width}, {channels}] uint8 image,"
                 f" got {list(image.shape)} {image.dtype}"
             )
         if pts is None:
@@ -528,6 +559,8 @@ class VideoWriter:
             self._first_time = t
         padded = bool(self._pad_w or self._pad_h)
         picture = image if isinstance(image, Picture) else None  # converted part by part where it can be
+        if self.alpha:
+            picture = None
         if picture is not None and (padded or not self._yuv420 or not picture.fits_yuv420()):
             image, picture = picture.rgb(), None
         if picture is None:
@@ -544,6 +577,10 @@ class VideoWriter:
             frame.colorspace, frame.color_range = 1, 2 if self._yuv_range == "JPEG" else 1  # as swscale's frames
         elif self._gif:
             frame = _palette_frame(image)
+        elif self.alpha:
+            frame = av.VideoFrame.from_ndarray(image, format="rgba")
+            if self._video.pix_fmt != "rgba":  # YUVA, or another packing (qtrle's argb)
+                frame = (self._to_yuv or FrameConverter()).frame(frame, self._video.pix_fmt)
         elif self._to_yuv is not None:
             # no copy into an RGB frame first: the conversion reads the array and makes the encoder's frame
             frame = self._to_yuv.frame(av.VideoFrame.from_numpy_buffer(image, format="rgb24"), self._video.pix_fmt)
