@@ -236,7 +236,8 @@ def main(argv=None) -> int:
         if channels is not None:
             channels.add(out)
         if args.meshes and out.vertices is not None:
-            write_obj(Path(args.meshes) / f"frame_{out.frame.index:06d}.obj", out.vertices, model.deca.pack.uv.faces,
+            number = out.frame.pts if sequence is not None else out.frame.index  # a plate's frames keep theirs
+            write_obj(Path(args.meshes) / f"frame_{number:06d}.obj", out.vertices, model.deca.pack.uv.faces,
                       model.deca.pack.uv.uvcoords, model.deca.pack.uv.uvfaces, material=material)
         if progress is not None:
             progress.update(1)

@@ -116,7 +116,8 @@ def test_video_command_reads_a_sequence_with_a_gap(tmp_path, demo_pack_dir):
         Image.fromarray(_astronaut_frame(k, SIZE)).save(folder / f"face.{n:04d}.png")
     out = tmp_path / "out.mp4"
     result = run_main("capture.video", folder, "-o", out, "--assets", demo_pack_dir, "--fps", 24, "--no-progress",
-                      "--backend", "torch", "--codes", tmp_path / "codes.npz", "--export", tmp_path / "take.usda")
+                      "--backend", "torch", "--codes", tmp_path / "codes.npz", "--export", tmp_path / "take.usda",
+                      "--meshes", tmp_path / "meshes")
     assert result.returncode == 0, result.stderr
     assert "image sequence" in result.stdout and "1 missing: 1004" in result.stdout
     with av.open(str(out)) as c:
@@ -125,6 +126,8 @@ def test_video_command_reads_a_sequence_with_a_gap(tmp_path, demo_pack_dir):
     assert times == pytest.approx([(n - 1001) / 24 for n in numbers], abs=1e-3)
     assert np.load(tmp_path / "codes.npz")["face_found"].all()
     np.testing.assert_allclose(np.load(tmp_path / "codes.npz")["time"] * 24, numbers)  # the plate's timeline
+    assert sorted(p.name for p in (tmp_path / "meshes").glob("frame_*.obj")) == [
+        f"frame_{n:06d}.obj" for n in numbers]
     take = (tmp_path / "take.usda").read_text()
     assert "startTimeCode = 1001" in take and "endTimeCode = 1007" in take
     frames = tmp_path / "frames"
