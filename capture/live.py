@@ -30,7 +30,7 @@ from .session import FrameOutput
 from .stream.camera import open_camera
 from .stream.pipeline import Pipeline
 from .stream.reader import VideoError
-from .stream.sequence import check_frames_not_input, check_output, find_sequence, open_writer
+from .stream.sequence import check_frames_not_input, check_output, find_sequence, make_frames_folder, open_writer
 from .stream.writer import check_not_input, check_writable
 
 WINDOW = "capture live (q to quit)"
@@ -158,6 +158,7 @@ def main(argv=None) -> int:
         display = False
     transparent = check_background(args)
     if args.record:
+        make_frames_folder(args.record)  # an image sequence's own folder
         check_writable(args.record)
         check_not_input(args.record, [args.cam, args.target], what="--record file")
         cam_sequence = find_sequence(args.cam) if not str(args.cam).isdigit() else None

@@ -39,6 +39,7 @@ from .stream.sequence import (
     check_output,
     find_sequence,
     is_written_as_images,
+    make_frames_folder,
     open_video,
     open_writer,
     sequence_of,
@@ -152,6 +153,10 @@ def main(argv=None) -> int:
             Path(args.meshes).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise CliError(f"--meshes {args.meshes}: cannot create the folder ({exc.strerror})") from None
+    try:
+        make_frames_folder(out_path)  # an image sequence's own folder
+    except VideoError as exc:
+        raise CliError(str(exc)) from None
     check_writable(str(out_path))  # before any expensive work
     transparent = check_background(args)
     try:

@@ -39,7 +39,7 @@ from .reader import Frame, FrameConverter, VideoError, VideoReader, av
 
 __all__ = ["ImageSequence", "ImageSequenceReader", "ImageSequenceWriter", "DEFAULT_FPS", "IMAGE_SUFFIXES",
            "WRITTEN_FORMATS", "audio_beside", "check_frames_not_input", "check_output", "find_sequence",
-           "is_written_as_images", "open_video", "open_writer", "sequence_of"]
+           "is_written_as_images", "make_frames_folder", "open_video", "open_writer", "sequence_of"]
 
 DEFAULT_FPS = 25.0  # FFmpeg's image2 demuxer's default frame rate
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".dpx", ".bmp", ".tga", ".webp", ".hdr", ".jp2",
@@ -528,6 +528,18 @@ def check_frames_not_input(path: str | os.PathLike, inputs) -> None:
         if (st.st_dev, st.st_ino) in ids:
             raise VideoError(f"{path}: the output names {name}, which is the input {ids[(st.st_dev, st.st_ino)]};"
                              " writing it would destroy the input: choose another name or folder")
+
+
+def make_frames_folder(path: str | os.PathLike) -> None:
+    """For an output pattern: its folder, made when missing (a sequence lives in a folder of its own, and Nuke's
+    and Houdini's writers make it too); VideoError when it cannot be. A video path: nothing (its folder must be
+    there, as for FFmpeg)."""
+    folder = os.path.dirname(os.fspath(path))
+    if folder and is_written_as_images(path) and not os.path.isdir(folder):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise VideoError(f"{path}: cannot make the folder {folder} for the frames ({e.strerror})") from None
 
 
 def is_written_as_images(path: str | os.PathLike) -> bool:
