@@ -1,9 +1,11 @@
 """`python -m capture.video IN -o OUT [--target IMG]`: retarget every frame of a video onto an avatar.
 
-Every input frame gives exactly one output frame with the input's timestamp; the audio is copied (re-encoded
-when the output container cannot hold it; the summary says which). Stages (decode, crop, network + render,
-encode) run in their own threads with lossless back-pressure. Ctrl-C, SIGTERM and SIGHUP stop reading and
-finalise a playable file holding every frame processed so far.
+IN and OUT are videos or image sequences (a folder of numbered images, or a pattern such as frame_%04d.png;
+frame N of a sequence is at N / fps, and written frames are named by the source frame they show). Every input
+frame gives exactly one output frame with the input's timestamp; the audio is copied (re-encoded when the
+output container cannot hold it; written beside an image sequence as a WAV; the summary says which). Stages
+(decode, crop, network + render, encode) run in their own threads with lossless back-pressure. Ctrl-C, SIGTERM
+and SIGHUP stop reading and finalise a playable file holding every frame processed so far.
 
 Exit status: 0 done; 1 the input ended early (truncated: the output holds every frame that decoded) or the
 output could not be written (disk full: the unplayable partial file is removed); 2 bad arguments or files;
