@@ -173,7 +173,7 @@ class Retargeter:
             head = tuple(float(v) for v in channels.head)
         return Result(index=out.frame.index, time=out.frame.time, image=out.image, face=out.face, held=out.held,
                       codes=out.codes, blendshapes=blendshapes, head=head, vertices=out.vertices,
-                      latency=out.latency, alpha=out.picture.rgba()[..., 3] if out.picture.alpha is not None else None)
+                      latency=out.latency, alpha=out.picture.coverage() if out.picture.alpha is not None else None)
 
     def process(self, rgb: np.ndarray, time: Optional[float] = None) -> Result:
         """Retarget one frame: rgb [H, W, 3] uint8 (grey and RGBA are converted); time in seconds, increasing

@@ -69,17 +69,21 @@ class Picture:
             self._rgb = out
         return self._rgb
 
+    def coverage(self) -> np.ndarray:
+        """The picture's alpha, [height, width] uint8 (255 everywhere when opaque)."""
+        if self.alpha is None:
+            return np.full((self.height, self.width), 255, np.uint8)
+        out = np.zeros((self.height, self.width), np.uint8)
+        for top, left, mask in self.alpha:
+            h, w = mask.shape[:2]
+            out[top:top + h, left:left + w] = mask
+        return out
+
     def rgba(self) -> np.ndarray:
-        """The whole picture with its coverage, [height, width, 4] uint8 (alpha 255 everywhere when opaque)."""
+        """The whole picture with its coverage, [height, width, 4] uint8."""
         out = np.empty((self.height, self.width, 4), np.uint8)
         out[..., :3] = self.rgb()
-        if self.alpha is None:
-            out[..., 3] = 255
-        else:
-            out[..., 3] = 0
-            for top, left, mask in self.alpha:
-                h, w = mask.shape[:2]
-                out[top:top + h, left:left + w, 3] = mask
+        out[..., 3] = self.coverage()
         return out
 
     # ------------------------------------------------------------------------------------------ YUV 4:2:0

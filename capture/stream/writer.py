@@ -365,7 +365,8 @@ class VideoWriter:
             self._to_yuv = None if fmt.is_rgb else FrameConverter(dst_colorspace="ITU709",
                                                                   dst_color_range=self._yuv_range)
             # 4:2:0, the usual case: the compiled pass (the same BT.709 arithmetic, ~4x faster than swscale)
-            self._yuv420 = pix_fmt in ("yuv420p", "yuvj420p") and yuv.kernel_error() is None
+            # yuva420p too: its colour planes as yuv420p's, the coverage into the fourth plane
+            self._yuv420 = pix_fmt in ("yuv420p", "yuvj420p", "yuva420p") and yuv.kernel_error() is None
             if self._yuv_range is not None:
                 # Convert with BT.709 and say so: untagged video leaves players guessing the matrix.
                 cc = self._video.codec_context
@@ -530,10 +531,13 @@ class VideoWriter:
         """
         if self._closed:
             raise VideoError(f"{self.path}: write() after close()")
-        if self.alpha:  # RGBA: the picture's coverage, or opaque for a plain array
+        coverage = None  # yuva420p's fourth plane: the picture's coverage, or opaque for a plain array
+        if self.alpha and self._yuv420:
+            coverage = image.coverage() if isinstance(image, Picture) else np.full(image.shape[:2], 255, np.uint8)
+        elif self.alpha:  # RGBA, for the encoders that take another packing
             image = image.rgba() if isinstance(image, Picture) else np.concatenate(
                 [image, np.full(image.shape[:2] + (1,), 255, np.uint8)], axis=2)
-        channels = 4 if self.alpha else 3
+        channels = 4 if self.alpha and coverage is None else 3
         if image.shape != (self.height, self.width, channels) or image.dtype != np.uint8:
             raise ValueError(
                 f"{self.path}: expected a [{self.height}, {self.width}, {channels}] uint8 image,"
@@ -559,7 +563,7 @@ class VideoWriter:
             self._first_time = t
         padded = bool(self._pad_w or self._pad_h)
         picture = image if isinstance(image, Picture) else None  # converted part by part where it can be
-        if self.alpha:
+        if coverage is None and self.alpha:
             picture = None
         if picture is not None and (padded or not self._yuv420 or not picture.fits_yuv420()):
             image, picture = picture.rgb(), None
@@ -570,10 +574,15 @@ class VideoWriter:
         if self._yuv420:
             frame = av.VideoFrame(self.coded_size[0], self.coded_size[1], self._video.pix_fmt)
             full_range = self._yuv_range == "JPEG"
+            colour = frame.planes[:3]
             if picture is not None:
-                picture.to_yuv420(frame.planes, full_range)
+                picture.to_yuv420(colour, full_range)
             else:
-                yuv.rgb_to_yuv420(image, frame.planes, full_range=full_range)
+                yuv.rgb_to_yuv420(image, colour, full_range=full_range)
+            if coverage is not None:
+                if padded:
+                    coverage = np.pad(coverage, ((0, self._pad_h), (0, self._pad_w)), mode="edge")
+                yuv.plane_views(frame.planes[3:])[0][:] = coverage
             frame.colorspace, frame.color_range = 1, 2 if self._yuv_range == "JPEG" else 1  # as swscale's frames
         elif self._gif:
             frame = _palette_frame(image)
