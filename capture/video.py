@@ -35,7 +35,7 @@ from .console import add_version_argument, command, plural, prog, progress_bar
 from .meshio import write_obj
 from .session import FrameOutput
 from .stream.pipeline import Pipeline
-from .stream.reader import VideoError
+from .stream.reader import VideoError, open_input
 from .stream.sequence import (
     check_frames_not_input,
     check_output,
@@ -100,6 +100,16 @@ def calibration_frames(path: str, start: Optional[float], duration: Optional[flo
         reader.close()
 
 
+def check_audio_file(path: str) -> None:
+    """--audio FILE: CliError unless it opens and holds a sound stream (before any work)."""
+    try:
+        with open_input(path, what="--audio file") as container:
+            if not container.streams.audio:
+                raise CliError(f"--audio {path}: no audio stream in it")
+    except VideoError as exc:
+        raise CliError(str(exc)) from None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=prog("capture-video", "capture.video"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,6 +130,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=None, metavar="S", help="seconds to process")
     parser.add_argument("--fps", type=float, default=None,
                         help="frame rate of an image-sequence input (default 25, as FFmpeg's); a video keeps its own")
+    parser.add_argument("--audio", default=None, metavar="FILE",
+                        help="the sound of the output from this file instead of the input (an image sequence's "
+                             "separate WAV: its 0 s is the sequence's first frame)")
     parser.add_argument("--codec", default=None, help="video encoder (default: libx264, libvpx-vp9 for .webm)")
     parser.add_argument("--crf", type=int, default=18, help="encoder quality (lower = better, default 18)")
     parser.add_argument("--preset", default=REALTIME, choices=PRESETS, metavar="PRESET",
@@ -140,7 +153,9 @@ def main(argv=None) -> int:
         sequence = find_sequence(args.input)
     except VideoError as exc:
         raise CliError(str(exc)) from None
-    inputs = [args.input, args.target] + ([f for _, f in sequence.frames] if sequence is not None else [])
+    inputs = [args.input, args.target, args.audio] + ([f for _, f in sequence.frames] if sequence is not None else [])
+    if args.audio:
+        check_audio_file(args.audio)
     if out_path.resolve() == Path(args.input).resolve():
         raise CliError(f"{args.output}: the output would overwrite the input")
     check_not_input(out_path, inputs)  # hard links and symlinks: the same file under another name
@@ -198,7 +213,9 @@ def main(argv=None) -> int:
     out_h, out_w = session.output_size
     writer = open_writer(out_path, out_w, out_h, fps=reader.fps or 30, time_base=reader.time_base,
                          codec=codec, crf=args.crf, preset=args.preset,
-                         audio_from=args.input if reader.has_audio else None,
+                         audio_from=args.audio or (args.input if reader.has_audio else None),
+                         # a separate sound file starts at the plate's first frame (frame N is at N / fps)
+                         audio_offset=float(sequence.first / reader.fps) if args.audio and sequence else 0.0,
                          # written frames are named by the source frame they show; a video starts at 0 when it is
                          # trimmed or of a sequence (whose frame N is at N / fps)
                          origin=0.0 if is_written_as_images(out_path) or (args.start is None and sequence is None)

@@ -115,11 +115,14 @@ def test_video_command_reads_a_sequence_with_a_gap(tmp_path, demo_pack_dir):
     for k, n in enumerate(numbers):
         Image.fromarray(_astronaut_frame(k, SIZE)).save(folder / f"face.{n:04d}.png")
     out = tmp_path / "out.mp4"
+    _click_wav(tmp_path / "plate.wav")
     result = run_main("capture.video", folder, "-o", out, "--assets", demo_pack_dir, "--fps", 24, "--no-progress",
+                      "--audio", tmp_path / "plate.wav",
                       "--backend", "torch", "--codes", tmp_path / "codes.npz", "--export", tmp_path / "take.usda",
                       "--meshes", tmp_path / "meshes")
     assert result.returncode == 0, result.stderr
     assert "image sequence" in result.stdout and "1 missing: 1004" in result.stdout
+    assert "audio: pcm_s16le re-encoded to aac" in result.stdout  # the plate's separate sound
     with av.open(str(out)) as c:
         stream = c.streams.video[0]
         times = [float(f.pts * stream.time_base) for f in c.decode(stream)]
@@ -256,3 +259,41 @@ def test_every_common_image_format_reads(tmp_path, suffix):
     with open_video(str(tmp_path)) as reader:
         numbers = [read_frame_number(f.image) for f in reader]
     assert numbers == [0, 1, 2, 3] and reader.skipped_packets == 0
+
+
+def _click_wav(path, rate=48000, at=0.5):
+    """One second of silence with a 5 ms click at `at` seconds, 16-bit mono WAV."""
+    samples = np.zeros(rate, np.int16)
+    samples[int(at * rate):int(at * rate) + rate // 200] = 20000
+    with av.open(str(path), "w", format="wav") as out:
+        stream = out.add_stream("pcm_s16le", rate=rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(samples[None], format="s16", layout="mono")
+        frame.sample_rate, frame.pts = rate, 0
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+
+
+@pytest.mark.parametrize("name", ["out.mp4", "frames/f_%04d.png"])
+def test_a_plates_separate_sound_starts_at_its_first_frame(tmp_path, name):
+    from capture.stream.sequence import open_writer
+
+    _click_wav(tmp_path / "plate.wav")
+    (tmp_path / "frames").mkdir()
+    w = open_writer(tmp_path / name, 64, 48, fps=24, time_base=Fraction(1, 24), origin=None, first_number=0,
+                    audio_from=tmp_path / "plate.wav", audio_offset=1001 / 24)
+    for n in range(1001, 1025):  # one second of plate, frame 1001 at 1001 / 24 s
+        w.write(pattern_image(n - 1001, (64, 48)), n, Fraction(1, 24))
+    w.close()
+    sound = tmp_path / ("out.mp4" if name == "out.mp4" else "frames/f.wav")
+    with av.open(str(sound)) as c:
+        stream = c.streams.audio[0]
+        first = None
+        chunks = []
+        for frame in c.decode(stream):
+            first = float(frame.pts * frame.time_base) if first is None else first
+            chunks.append(frame.to_ndarray().reshape(-1))
+        rate = stream.sample_rate
+    pcm = np.abs(np.concatenate(chunks).astype(np.float64))
+    click = first + pcm.argmax() / rate  # on the output's timeline, where frame 1001 is at 0 s
+    assert click == pytest.approx(0.5, abs=0.01)

@@ -326,12 +326,12 @@ class ImageSequenceWriter:
     origin: source-timeline seconds that are time 0 (0.0: the source's own; None: the first frame written, as a
         recording from a camera wants), as VideoWriter's.
     audio_from: a media file whose audio is written beside the frames when the writer closes.
-    alpha: write RGBA (a Picture's coverage; `ALPHA_SUFFIXES` only).
+    alpha: write RGBA (a Picture's coverage; `ALPHA_SUFFIXES` only). audio_offset: as VideoWriter's.
     """
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, *, fps: float | Fraction = 25,
                  time_base: Fraction | None = None, first_number: int = 1, origin: float | None = 0.0,
-                 audio_from: str | os.PathLike | None = None, alpha: bool = False):
+                 audio_from: str | os.PathLike | None = None, alpha: bool = False, audio_offset: float = 0.0):
         self.path = os.fspath(path)
         folder, name = os.path.split(self.path)
         parts = _split_pattern(name)
@@ -356,6 +356,7 @@ class ImageSequenceWriter:
         self.numbers: list[int] = []
         self.failed: VideoError | None = None
         self._audio_from = None if audio_from is None else os.fspath(audio_from)
+        self._audio_offset = float(audio_offset or 0)
         self.audio_path = os.path.join(self._folder, (self._prefix.rstrip("._- ") or "audio") + ".wav")
         self.audio_summary = "none"
         self._times: list[float] = []
@@ -418,7 +419,7 @@ class ImageSequenceWriter:
         self._closed = True
         if self._audio_from is None or not self._times or self.failed is not None:
             return
-        start, end = self._times[0], self._times[-1] + 1 / self.fps
+        start, end = self._times[0] - self._audio_offset, self._times[-1] + 1 / self.fps - self._audio_offset
         try:
             self.audio_summary = audio_beside(self._audio_from, self.audio_path, start, end)
         except VideoError as e:
@@ -557,4 +558,4 @@ def open_writer(path: str | os.PathLike, width: int, height: int, *, first_numbe
     return ImageSequenceWriter(path, width, height, fps=options.get("fps", DEFAULT_FPS),
                                time_base=options.get("time_base"), first_number=first_number,
                                origin=options.get("origin", 0.0), audio_from=options.get("audio_from"),
-                               alpha=options.get("alpha", False))
+                               alpha=options.get("alpha", False), audio_offset=options.get("audio_offset", 0.0))

@@ -275,6 +275,8 @@ class VideoWriter:
     fps: nominal frame rate: stream metadata, the length the muxer gives the last frame, and the step
         for frames written without pts. Pass the source's average rate.
     audio_from: a media file whose first audio stream is copied (nothing happens if it has none).
+    audio_offset: seconds added to the audio's own timestamps to put them on the video's timeline (a separate
+        sound file whose 0 s is a plate's first frame, at first / fps); default 0.
     audio_start, audio_end: source-timeline seconds of audio to keep; default: the written video range,
         from the first frame's time to the last frame's time plus one frame.
     origin: source-timeline seconds that become time 0 in the output (subtracted from video and audio
@@ -298,6 +300,7 @@ class VideoWriter:
         preset: str | None = REALTIME,
         pix_fmt: str = "yuv420p",
         audio_from: str | os.PathLike | None = None,
+        audio_offset: float = 0.0,
         audio_start: float | None = None,
         audio_end: float | None = None,
         origin: float | None = 0.0,
@@ -333,6 +336,7 @@ class VideoWriter:
         self.time_base = _as_fraction(time_base) if time_base is not None else 1 / self.fps
         self.frames_written = 0
         self._origin = None if origin is None else _as_fraction(origin)
+        self._audio_offset = _as_fraction(audio_offset or 0)
         self._audio_start = None if audio_start is None else _as_fraction(audio_start)
         self._audio_end = None if audio_end is None else _as_fraction(audio_end)
         self._first_time: Fraction | None = None
@@ -398,7 +402,8 @@ class VideoWriter:
         a_in = src.streams.audio[0]
         self._a_in = a_in
         self._a_tb = a_in.time_base
-        self._a_start0 = Fraction((a_in.start_time or 0)) * a_in.time_base
+        self._a_off = round(self._audio_offset / a_in.time_base)  # audio_offset in the audio's own units
+        self._a_start0 = Fraction((a_in.start_time or 0) + self._a_off) * a_in.time_base
         name = a_in.codec_context.codec.canonical_name  # "mp3", where the decoder is "mp3float"
         fmt = self._out.format.name
         self._drop_negative = not (self._out.format.flags & _NEGATIVE_TS_OK)
@@ -453,13 +458,13 @@ class VideoWriter:
             pkt = self._next_audio_packet()
             if pkt is None:
                 return
-            t0 = pkt.pts * self._a_tb
+            t0 = (pkt.pts + self._a_off) * self._a_tb  # on the video's timeline
             if t0 >= until or (end is not None and t0 >= end):
                 return
             self._a_pending = None
-            if front_trim and (pkt.pts + (pkt.duration or 0)) * self._a_tb <= start:
+            if front_trim and (pkt.pts + self._a_off + (pkt.duration or 0)) * self._a_tb <= start:
                 continue
-            shift = round(origin / self._a_tb)
+            shift = round(origin / self._a_tb) - self._a_off
             if self.audio_mode == "copy":
                 if self._drop_negative and pkt.pts - shift < 0:
                     continue  # the muxer would shift every stream, the video too, to make it non-negative
