@@ -37,6 +37,7 @@ from .session import FrameOutput
 from .stream.pipeline import Pipeline
 from .stream.reader import VideoError, open_input
 from .stream.sequence import (
+    DEFAULT_FPS,
     check_frames_not_input,
     check_output,
     find_sequence,
@@ -100,6 +101,31 @@ def calibration_frames(path: str, start: Optional[float], duration: Optional[flo
         reader.close()
 
 
+def frames_to_seconds(spec: str, sequence, args) -> tuple[Optional[float], Optional[float]]:
+    """--frames FIRST-LAST of an image sequence -> (--start, --duration) in seconds from its first frame (CliError
+    for a video, a malformed range, or one used with --start / --duration)."""
+    if sequence is None:
+        raise CliError(f"--frames is for an image sequence; {args.input} is a video (use --start / --duration)")
+    if args.start is not None or args.duration is not None:
+        raise CliError("--frames takes the place of --start / --duration: give one or the other")
+    first_text, dash, last_text = spec.partition("-")
+    try:
+        lo = int(first_text)
+        hi = int(last_text) if last_text else None
+    except ValueError:
+        raise CliError(f"--frames {spec!r}: give FIRST-LAST frame numbers, e.g. 1050-1080 or 1050-") from None
+    if not dash:
+        hi = lo
+    if hi is not None and hi < lo:
+        raise CliError(f"--frames {spec!r}: the last frame comes before the first")
+    fps = args.fps or DEFAULT_FPS
+    start = max(0, lo - sequence.first) / fps
+    duration = None if hi is None else (hi - max(lo, sequence.first) + 0.5) / fps  # half a frame past the last
+    if duration is not None and duration <= 0:
+        raise CliError(f"--frames {spec!r}: the sequence starts at frame {sequence.first}")
+    return start, duration
+
+
 def check_audio_file(path: str) -> None:
     """--audio FILE: CliError unless it opens and holds a sound stream (before any work)."""
     try:
@@ -128,6 +154,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "normal map)")
     parser.add_argument("--start", type=float, default=None, metavar="S", help="start time in seconds")
     parser.add_argument("--duration", type=float, default=None, metavar="S", help="seconds to process")
+    parser.add_argument("--frames", default=None, metavar="FIRST-LAST",
+                        help="frame numbers of an image sequence to process, both included (1050-1080, or 1050-)")
     parser.add_argument("--fps", type=float, default=None,
                         help="frame rate of an image-sequence input (default 25, as FFmpeg's); a video keeps its own")
     parser.add_argument("--audio", default=None, metavar="FILE",
@@ -153,6 +181,8 @@ def main(argv=None) -> int:
         sequence = find_sequence(args.input)
     except VideoError as exc:
         raise CliError(str(exc)) from None
+    if args.frames:
+        args.start, args.duration = frames_to_seconds(args.frames, sequence, args)
     inputs = [args.input, args.target, args.audio] + ([f for _, f in sequence.frames] if sequence is not None else [])
     if args.audio:
         check_audio_file(args.audio)

@@ -297,3 +297,24 @@ def test_a_plates_separate_sound_starts_at_its_first_frame(tmp_path, name):
     pcm = np.abs(np.concatenate(chunks).astype(np.float64))
     click = first + pcm.argmax() / rate  # on the output's timeline, where frame 1001 is at 0 s
     assert click == pytest.approx(0.5, abs=0.01)
+
+
+def test_frame_ranges_become_the_seconds_the_reader_trims_to(tmp_path):
+    from types import SimpleNamespace
+
+    from capture.cli_common import CliError
+    from capture.video import frames_to_seconds
+
+    _plate(tmp_path / "shot", [n for n in range(1001, 1021) if n != 1011])
+    sequence = find_sequence(str(tmp_path / "shot"))
+    args = SimpleNamespace(input="shot", start=None, duration=None, fps=24)
+    for spec, numbers in (("1006-1013", [1006, 1007, 1008, 1009, 1010, 1012, 1013]), ("1019-", [1019, 1020]),
+                          ("1012", [1012]), ("990-1002", [1001, 1002])):
+        start, duration = frames_to_seconds(spec, sequence, args)
+        with open_video(str(tmp_path / "shot"), start=start, duration=duration, fps=24) as reader:
+            assert [f.pts for f in reader] == numbers, spec
+    for spec, needle in (("1013-1006", "comes before"), ("a-b", "FIRST-LAST"), ("900-950", "starts at frame 1001")):
+        with pytest.raises(CliError, match=needle):
+            frames_to_seconds(spec, sequence, args)
+    with pytest.raises(CliError, match="is a video"):
+        frames_to_seconds("1-2", None, args)
