@@ -291,8 +291,8 @@ class AvatarRenderer:
         alpha = None
         if self.transparent:
             mask = np.zeros((ph, pw), np.uint8)
-            cpu_index = index.numpy() if index.device.type == "cpu" else index.cpu().numpy()
-            mask.reshape(-1)[(cpu_index // w - top) * pw + cpu_index % w - left] = 255
+            covered = index.numpy()  # on the CPU already (above)
+            mask.reshape(-1)[(covered // w - top) * pw + covered % w - left] = 255
             alpha = [(top, left + (w if self.layout == "side-by-side" else 0), mask)]
         if self.layout == "side-by-side":  # the input on the left
             if alpha is not None:

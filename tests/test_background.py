@@ -54,9 +54,10 @@ def _alpha_of_first_frame(path, decoder=None):
     return frame.to_ndarray(format="rgba")[..., 3]
 
 
-@pytest.mark.parametrize("name, decoder", [("out.webm", "libvpx-vp9"), ("out.mov", None), ("out.mkv", None)])
-def test_videos_keep_the_transparency(tmp_path, name, decoder):
-    w = VideoWriter(tmp_path / name, 96, 64, fps=25, alpha=True)
+@pytest.mark.parametrize("name, codec, decoder", [("out.webm", None, "libvpx-vp9"), ("out.mov", None, None),
+                                                  ("out.mkv", None, None), ("rle.mov", "qtrle", None)])
+def test_videos_keep_the_transparency(tmp_path, name, codec, decoder):
+    w = VideoWriter(tmp_path / name, 96, 64, fps=25, alpha=True, codec=codec)
     for i in range(3):
         w.write(_head(), i)
     w.close()
@@ -114,7 +115,7 @@ def test_video_command_draws_over_a_key_colour_or_nothing(tmp_path, demo_pack_di
         assert refused.returncode == 2 and needle in refused.stderr, refused.stderr
 
 
-def test_api_gives_the_coverage_with_a_transparent_background():
+def test_api_refuses_a_transparent_overlay():
     from capture import Retargeter
 
     with pytest.raises(ValueError, match="needs the avatar or side-by-side layout"):

@@ -179,9 +179,8 @@ def check_encoder(path: str | os.PathLike, codec: str | None = None, alpha: bool
     it, this build lacks it, or (`alpha`) it keeps no transparency. Creates no file."""
     path = os.fspath(path)
     codec = codec or default_codec(path, alpha)
-    if alpha and codec not in ALPHA_FORMATS:
-        raise VideoError(f"{path}: the {codec} encoder keeps no transparency; one of {', '.join(ALPHA_FORMATS)}"
-                         " does (--codec NAME)")
+    if alpha:
+        _alpha_format(path, codec)
     if not _have_encoder(codec):
         raise VideoError(f"{path}: video encoder {codec!r} is not available in this PyAV build")
     try:
@@ -194,6 +193,14 @@ def check_encoder(path: str | os.PathLike, codec: str | None = None, alpha: bool
     if not muxer_keeps(format_name, codec):
         raise _refused(path, format_name, codec)
     return codec
+
+
+def _alpha_format(path: str, codec: str) -> str:
+    """The pixel format `codec` keeps transparency in (ALPHA_FORMATS), or VideoError."""
+    if codec not in ALPHA_FORMATS:
+        raise VideoError(f"{path}: the {codec} encoder keeps no transparency; one of {', '.join(ALPHA_FORMATS)}"
+                         " does (--codec NAME)")
+    return ALPHA_FORMATS[codec]
 
 
 def _refused(path: str, format_name: str, codec: str) -> VideoError:
@@ -315,10 +322,7 @@ class VideoWriter:
         self.codec = codec
         self.alpha = bool(alpha)  # frames are written with their coverage (Picture.alpha) in ALPHA_FORMATS
         if self.alpha:
-            if codec not in ALPHA_FORMATS:
-                raise VideoError(f"{self.path}: the {codec} encoder keeps no transparency; one of"
-                                 f" {', '.join(ALPHA_FORMATS)} does")
-            pix_fmt = ALPHA_FORMATS[codec]
+            pix_fmt = _alpha_format(self.path, codec)
         if preset is not None and codec in _X26X and preset not in PRESETS:
             raise VideoError(f"{self.path}: unknown {codec} preset {preset!r}; one of {', '.join(PRESETS)}")
         if not _have_encoder(codec):
@@ -369,8 +373,11 @@ class VideoWriter:
             self._to_yuv = None if fmt.is_rgb else FrameConverter(dst_colorspace="ITU709",
                                                                   dst_color_range=self._yuv_range)
             # 4:2:0, the usual case: the compiled pass (the same BT.709 arithmetic, ~4x faster than swscale)
-            # yuva420p too: its colour planes as yuv420p's, the coverage into the fourth plane
-            self._yuv420 = pix_fmt in ("yuv420p", "yuvj420p", "yuva420p") and yuv.kernel_error() is None
+            # a transparent yuva420p too: its colour planes as yuv420p's, the coverage into the fourth plane
+            self._yuv420 = (pix_fmt in ("yuv420p", "yuvj420p") or (self.alpha and pix_fmt == "yuva420p")) \
+                and yuv.kernel_error() is None
+            # RGBA into another RGB packing (qtrle's argb): one swscale context for the stream
+            self._repack = FrameConverter() if self.alpha and fmt.is_rgb and pix_fmt != "rgba" else None
             if self._yuv_range is not None:
                 # Convert with BT.709 and say so: untagged video leaves players guessing the matrix.
                 cc = self._video.codec_context
@@ -594,7 +601,7 @@ class VideoWriter:
         elif self.alpha:
             frame = av.VideoFrame.from_ndarray(image, format="rgba")
             if self._video.pix_fmt != "rgba":  # YUVA, or another packing (qtrle's argb)
-                frame = (self._to_yuv or FrameConverter()).frame(frame, self._video.pix_fmt)
+                frame = (self._to_yuv or self._repack).frame(frame, self._video.pix_fmt)
         elif self._to_yuv is not None:
             # no copy into an RGB frame first: the conversion reads the array and makes the encoder's frame
             frame = self._to_yuv.frame(av.VideoFrame.from_numpy_buffer(image, format="rgb24"), self._video.pix_fmt)
