@@ -127,13 +127,10 @@ def frames_to_seconds(spec: str, sequence, args) -> tuple[Optional[float], Optio
 
 
 def check_audio_file(path: str) -> None:
-    """--audio FILE: CliError unless it opens and holds a sound stream (before any work)."""
-    try:
-        with open_input(path, what="--audio file") as container:
-            if not container.streams.audio:
-                raise CliError(f"--audio {path}: no audio stream in it")
-    except VideoError as exc:
-        raise CliError(str(exc)) from None
+    """--audio FILE: VideoError unless it opens and holds a sound stream (before any work; one line, run_cli)."""
+    with open_input(path, what="--audio file") as container:
+        if not container.streams.audio:
+            raise VideoError(f"--audio {path}: no audio stream in it")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -177,10 +174,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     say = lambda text: print(text, flush=True)  # noqa: E731
     out_path = Path(args.output)
-    try:
-        sequence = find_sequence(args.input)
-    except VideoError as exc:
-        raise CliError(str(exc)) from None
+    sequence = find_sequence(args.input)
     if args.frames:
         args.start, args.duration = frames_to_seconds(args.frames, sequence, args)
     inputs = [args.input, args.target, args.audio] + ([f for _, f in sequence.frames] if sequence is not None else [])
@@ -189,10 +183,7 @@ def main(argv=None) -> int:
     if out_path.resolve() == Path(args.input).resolve():
         raise CliError(f"{args.output}: the output would overwrite the input")
     check_not_input(out_path, inputs)  # hard links and symlinks: the same file under another name
-    try:
-        check_frames_not_input(out_path, inputs)  # an output pattern over the input's own frames
-    except VideoError as exc:
-        raise CliError(str(exc)) from None
+    check_frames_not_input(out_path, inputs)  # an output pattern over the input's own frames
     if args.codes:
         check_not_input(args.codes, inputs, what="--codes file")
     if args.meshes:
@@ -200,16 +191,10 @@ def main(argv=None) -> int:
             Path(args.meshes).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise CliError(f"--meshes {args.meshes}: cannot create the folder ({exc.strerror})") from None
-    try:
-        make_frames_folder(out_path)  # an image sequence's own folder
-    except VideoError as exc:
-        raise CliError(str(exc)) from None
+    make_frames_folder(out_path)  # an image sequence's own folder
     check_writable(str(out_path))  # before any expensive work
     transparent = check_background(args)
-    try:
-        codec = check_output(out_path, args.codec, alpha=transparent)
-    except VideoError as exc:
-        raise CliError(str(exc)) from None
+    codec = check_output(out_path, args.codec, alpha=transparent)
     if args.codes:
         check_writable(args.codes)
     needs_vertices = bool(args.meshes)
