@@ -43,7 +43,7 @@ class Result:
 
     image: the output picture, [H, W, 3] uint8 RGB, in the Retargeter's layout. alpha: with a transparent
         background, its coverage [H, W] uint8 (255 where the avatar or the input is, 0 elsewhere, where image is
-        black); None otherwise.
+        black; between at the head's edge, where image is the head's colour: straight alpha); None otherwise.
     face: a face was found in this frame. held: it was not, and the last expression was kept (`hold` seconds).
     codes: the merged FLAME/DECA codes that were rendered (the target's shape, the performer's expression, jaw
         and head pose): {"shape": [100], "exp": [50], "pose": [6], "cam": [3], ...} float32; None when the
@@ -76,8 +76,9 @@ class Retargeter:
         (`capture.backends.NAMES`: 'auto', 'tensorrt', 'onnxruntime', 'onnxruntime-int8' calibrated on renders of
         the pack, 'torch', 'torch-eager'). device: 'cpu' or 'cuda' (None: cuda when available). layout:
         'avatar', 'side-by-side' or 'overlay'. background: behind the avatar, a colour ('grey', 'green', '#rrggbb',
-        'r,g,b'...) or 'transparent' (then each Result has its `alpha`). pose: 'source' (the performer's head
-        pose) or 'target'. texture:
+        'r,g,b'...) or 'transparent' (then each Result has its `alpha`). antialias: each pixel of the head's
+        outline gets its covered share (False: one sample a pixel, hard edges, alpha 0 or 255). pose: 'source'
+        (the performer's head pose) or 'target'. texture:
         'auto', 'photo' or 'model'. smooth: One-Euro filter the codes (None: on unless the codes come from the
         landmark fit, which smooths its own points).
         hold: seconds the last expression is kept when the face is lost. verbose: print what the commands print
@@ -95,7 +96,7 @@ class Retargeter:
     def __init__(self, target: str = "astronaut", *, assets: Optional[str] = None, codes_from: str = "auto",
                  backend: str = "auto", device: Optional[str] = None, layout: str = "avatar", pose: str = "source",
                  texture: str = "auto", smooth: Optional[bool] = None, hold: float = 0.5, verbose: bool = False,
-                 background: str = "grey"):
+                 background: str = "grey", antialias: bool = True):
         from .picture import parse_background
         from .retarget import LAYOUTS, POSE_MODES
 
@@ -124,6 +125,7 @@ class Retargeter:
             warnings.warn(pack.label, stacklevel=2)
         self.target, self.layout, self.pose, self.hold = target, layout, pose, hold
         self.background = background
+        self.antialias = bool(antialias)
         self.smooth = (self.model.codes_from != "landmarks") if smooth is None else bool(smooth)
         from .channels import ChannelModel
 
@@ -155,7 +157,7 @@ class Retargeter:
     def _new_session(self, frame_size: tuple[int, int], inference: Optional[Inference] = None) -> RetargetSession:
         return self.model.session(frame_size, inference, layout=self.layout, pose_mode=self.pose,
                                   smooth=self.smooth, hold_seconds=self.hold, keep_vertices=True,
-                                  background=self.background)
+                                  background=self.background, antialias=self.antialias)
 
     def _session_for(self, size: tuple[int, int]) -> RetargetSession:
         """`process`'s session: kept while the frame size stays, a fresh one when it changes."""

@@ -44,6 +44,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="behind the avatar in the avatar and side-by-side layouts: grey (default), black, white, "
                              "green, blue, magenta (chroma keys), #rrggbb or r,g,b; or 'transparent' (recorded with "
                              "its alpha: .webm VP9, .mov ProRes 4444, .mkv FFV1, or a .png/.tif sequence)")
+    parser.add_argument("--no-antialias", dest="antialias", action="store_false",
+                        help="draw the head's outline with one sample a pixel (hard edges, alpha 0 or 255) instead "
+                             "of each edge pixel's covered share")
     parser.add_argument("--pose", default="source", choices=POSE_MODES,
                         help="head pose from the performer (source) or kept from the target photo")
     parser.add_argument("--texture", default="auto", choices=("auto", "photo", "model"),

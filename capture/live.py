@@ -180,6 +180,7 @@ def main(argv=None) -> int:
         raise
     frame_size = (source.height, source.width)
     session = model.session(frame_size, layout=args.layout, pose_mode=args.pose, background=args.background,
+                            antialias=args.antialias,
                             smooth=not args.no_smooth and model.codes_from != "landmarks", hold_seconds=args.hold)
     out_h, out_w = session.output_size
     writer = None

@@ -28,6 +28,7 @@ from .nets import detail_input
 from .picture import Picture, even_box, fill, parse_background
 from .projection import crop_to_image_ndc, orthographic
 from .reference import ReferenceDrawing
+from .render import antialias as edges
 from .render import cpu_shading
 from .stream.pipeline import no_times
 from .views import Drawing, LitPixels
@@ -121,7 +122,7 @@ class AvatarRenderer:
 
     def __init__(self, deca: DECA, avatar: Avatar, layout: str, frame_size: tuple[int, int],
                  pose_mode: str = "source", decode_detail=None, *, reference: bool = False, times=None,
-                 background: str = "grey"):
+                 background: str = "grey", antialias: bool = True):
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         colour = parse_background(background)
@@ -154,6 +155,14 @@ class AvatarRenderer:
                     and CpuLBS.available() is None:
                 self._flame.lbs_impl = CpuLBS.from_flame(self._flame)  # LBS in one compiled pass (capture.lbs_cpu)
             self._background = np.array(colour or (0, 0, 0), np.uint8)
+        # silhouettes drawn with each edge pixel's covered share (`capture.render.antialias`); False: the
+        # rasterizer's one sample a pixel (alpha 0 or 1)
+        self.antialias = bool(antialias)
+        if self.antialias:
+            self._faces_np = self.assets.faces.cpu().numpy().astype(np.int64)
+            self._neighbours = edges.face_neighbours(self._faces_np)
+            self._edge_scratch = edges.Scratch()
+            edges.kernel_error()  # built (once per machine) now, not on a frame
 
     @property
     def lbs_backend(self) -> str:
@@ -239,9 +248,9 @@ class AvatarRenderer:
     @torch.inference_mode()
     def finish(self, frame: np.ndarray, prepared: Prepared) -> FrameResult:
         """The picture of a prepared frame in the layout: frame [H, W, 3] uint8 -> FrameResult."""
-        pixels = self._lit_pixels(prepared)
+        fragments, pixels = self._lit_pixels(prepared)
         with self._times("composite"):
-            picture = self._composite(frame, pixels)
+            picture = self._composite(frame, pixels, fragments, prepared.screen)
         return FrameResult(picture, prepared.codes)
 
     # ------------------------------------------------------------------------------------ whole frames
@@ -254,11 +263,12 @@ class AvatarRenderer:
     @torch.inference_mode()
     def draw(self, codes: Codes, image_to_crop: Optional[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Merged codes -> (colour [1, 3, H, W] in 0..1, alpha [1, 1, H, W]) in frame coordinates."""
-        lit, alpha = self._lit_pixels(self.pose(self._merged(codes, image_to_crop))).images()
+        lit, alpha = self._lit_pixels(self.pose(self._merged(codes, image_to_crop)))[1].images()
         return lit.clamp(0, 1), alpha
 
     # ------------------------------------------------------------------------------------ drawing
-    def _lit_pixels(self, prepared: Prepared) -> LitPixels:
+    def _lit_pixels(self, prepared: Prepared) -> tuple:
+        """(fragments, LitPixels) of a posed frame."""
         self.pose(prepared)
         uv_z = prepared.uv_z if prepared.uv_z is not None else self._displacement(prepared.codes)
         with self._times("rasterize"):
@@ -266,14 +276,15 @@ class AvatarRenderer:
         with self._times("shading"):
             albedo = self._albedo if self.drawing.reuses else self._make_albedo()
             normal_map = self.drawing.detail_map(uv_z, prepared.vertices, prepared.normals)
-            return self.drawing.lit(self.rasterizer, fragments, prepared.screen, prepared.normals, albedo, normal_map,
-                                    prepared.codes.light)
+            return fragments, self.drawing.lit(self.rasterizer, fragments, prepared.screen, prepared.normals, albedo,
+                                               normal_map, prepared.codes.light)
 
-    def _composite(self, frame: np.ndarray, pixels: LitPixels) -> Picture:
+    def _composite(self, frame: np.ndarray, pixels: LitPixels, fragments=None, screen=None) -> Picture:
         """The picture of a frame in the layout (batch 1), kept as its parts (`capture.picture`): the input, and
         the rectangle of the frame that holds the head, its covered pixels rounded to uint8 over the background
-        (in the overlay, over the input's own pixels there). The same bytes as compositing float pictures (alpha
-        is 0 or 1) and rounding them to uint8."""
+        (in the overlay, over the input's own pixels there): the same bytes as compositing float pictures (alpha
+        is 0 or 1) and rounding them to uint8. Then, with `antialias` (and the fragments and frame NDC vertices
+        they were drawn from), each pixel beside a silhouette mixed by its covered share."""
         h, w = self.frame_size
         top, left, ph, pw = self._head_box(pixels)
         if self.layout == "overlay":
@@ -294,6 +305,13 @@ class AvatarRenderer:
             covered = index.numpy()  # on the CPU already (above)
             mask.reshape(-1)[(covered // w - top) * pw + covered % w - left] = 255
             alpha = [(top, left + (w if self.layout == "side-by-side" else 0), mask)]
+        if self.antialias and fragments is not None and index.numel():
+            window = fragments.window
+            x, y = edges.vertex_pixels(screen, self.frame_size, window)
+            at_top, at_left = (window.top, window.left) if window is not None else (0, 0)
+            edges.antialias(patch, mask if self.transparent else None, fragments.face_id, fragments.depth, x, y,
+                            self._faces_np, self._neighbours, at_top - top, at_left - left,
+                            scratch=self._edge_scratch)
         if self.layout == "side-by-side":  # the input on the left
             if alpha is not None:
                 alpha.insert(0, (0, 0, np.broadcast_to(np.uint8(255), (h, w))))
@@ -303,15 +321,16 @@ class AvatarRenderer:
         return Picture(h, w, [(top, left, patch)], self._background, alpha)
 
     def _head_box(self, pixels: LitPixels) -> tuple[int, int, int, int]:
-        """(top, left, height, width) of a rectangle of the frame holding every covered pixel, corners even."""
+        """(top, left, height, width) of a rectangle of the frame holding every covered pixel and the pixels
+        beside them (which antialiasing may mix), corners even."""
         h, w = self.frame_size
-        if pixels.window is not None:
+        if pixels.window is not None:  # a pixel wider than the mesh's reach already (`covering_window`)
             box = (pixels.window.top, pixels.window.left, pixels.window.height, pixels.window.width)
         elif pixels.index.numel():
             rows = torch.div(pixels.index, w, rounding_mode="floor")
             cols = pixels.index % w
-            top, left = int(rows.min()), int(cols.min())
-            box = (top, left, int(rows.max()) - top + 1, int(cols.max()) - left + 1)
+            top, left = max(int(rows.min()) - 1, 0), max(int(cols.min()) - 1, 0)
+            box = (top, left, min(int(rows.max()) + 2, h) - top, min(int(cols.max()) + 2, w) - left)
         else:
             box = (0, 0, 1, 1)
         return even_box(*box, (h, w))

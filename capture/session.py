@@ -84,16 +84,19 @@ class RetargetSession:
                  encode_flame: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
                  decode_detail: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
                  keep_vertices: bool = False, reference: bool = False, times=None,
-                 codes_from: str = "network", encode_workers: int = 1, background: str = "grey"):
+                 codes_from: str = "network", encode_workers: int = 1, background: str = "grey",
+                 antialias: bool = True):
         """reference: the DECA-style renderer (see `capture.retarget`); times: a `StepTimes` that receives
         "E_flame" here and the renderer's steps; codes_from: 'network', 'landmarks' or 'hybrid'
         (capture.sources; resolve 'auto' with `capture.sources.choose_source` first); encode_workers: with more
         than one, E_flame runs in a stage of its own on that many frames at once (see `stages`); background: behind
-        the avatar (`capture.picture.parse_background`: a colour, or 'transparent')."""
+        the avatar (`capture.picture.parse_background`: a colour, or 'transparent'); antialias: smooth silhouettes
+        and fractional alpha at the head's edge (`capture.render.antialias`)."""
         self.deca = deca
         self._times = times if times is not None else no_times
         self.renderer = AvatarRenderer(deca, avatar, layout, frame_size, pose_mode, decode_detail=decode_detail,
-                                       reference=reference, times=times, background=background)
+                                       reference=reference, times=times, background=background,
+                                       antialias=antialias)
         self.source = make_source(codes_from, self.encode, deca, times)
         # MediaPipe's attention refinement (lids and lips) costs a few ms a frame; only the landmark fit uses it
         self._detector = None if tracker is not None else FaceDetector(refine=self.source.needs_landmarks)

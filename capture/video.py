@@ -219,7 +219,7 @@ def main(argv=None) -> int:
     model = build_model_side(args, say, lambda: calibration_frames(args.input, args.start, args.duration, args.fps))
     frame_size = (reader.height, reader.width)
     session = model.session(frame_size, layout=args.layout, pose_mode=args.pose, smooth=args.smooth,
-                            background=args.background,
+                            background=args.background, antialias=args.antialias,
                             hold_seconds=args.hold, keep_vertices=needs_vertices)
     if session.source.needs_landmarks:
         calibrated = session.calibrate(calibration_frames(args.input, args.start, args.duration, args.fps))

@@ -112,5 +112,9 @@ def test_a_transparent_background_comes_with_the_coverage(demo_pack_dir):
     finally:
         rt.close()
     assert result.face and result.alpha.shape == result.image.shape[:2]
-    assert set(np.unique(result.alpha)) == {0, 255} and result.alpha[0, 0] == 0
+    assert {0, 255} <= set(np.unique(result.alpha)) and result.alpha[0, 0] == 0
     assert (result.image[result.alpha == 0] == 0).all()  # black under what the head does not cover
+    # the outline's pixels have their covered share, and the head's own colour (straight alpha, not darkened)
+    edge = (result.alpha > 0) & (result.alpha < 255)
+    assert 0 < edge.sum() < (result.alpha == 255).sum() / 4
+    assert result.image[edge].mean() > 0.6 * result.image[result.alpha == 255].mean()

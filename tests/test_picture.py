@@ -100,7 +100,7 @@ def test_renderer_pictures_are_the_float_composite(demo_pack, layout):
                                   pose=torch.tensor([[0.0, -0.2, 0.0, 0.1, 0.0, 0.0]]))
     frame = np.random.default_rng(1).integers(0, 256, (120, 200, 3), dtype=np.uint8)
     T = crop_transform((60, 10, 150, 100))
-    renderer = AvatarRenderer(deca, avatar, layout, (120, 200))
+    renderer = AvatarRenderer(deca, avatar, layout, (120, 200), antialias=False)
     result = renderer.render(frame, source, T)
     colour, alpha = renderer.draw(source, T)
     under = (torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255 if layout == "overlay"
@@ -115,6 +115,18 @@ def test_renderer_pictures_are_the_float_composite(demo_pack, layout):
     assert fresh.fits_yuv420() and len(fresh.parts) == (1 if layout == "avatar" else 2)
     for got, whole in zip(_yuv_bytes(fresh, False, whole=False), _yuv_bytes(result.picture, False, True)):
         np.testing.assert_array_equal(got, whole)
+    # antialiased: the same picture but for pixels of the outline (an uncovered one has a covered neighbour)
+    smooth = AvatarRenderer(deca, avatar, layout, (120, 200)).render(frame, source, T).image
+    changed = (smooth != result.image).any(-1)
+    head = alpha[0, 0].numpy() > 0
+    covered = np.concatenate([np.zeros_like(head), head], 1) if layout == "side-by-side" else head
+    near = np.zeros_like(covered)
+    near[1:] |= covered[:-1]
+    near[:-1] |= covered[1:]
+    near[:, 1:] |= covered[:, :-1]
+    near[:, :-1] |= covered[:, 1:]
+    assert 20 < changed.sum() < 0.25 * covered.sum()
+    assert not (changed & ~covered & ~near).any()
     passed = renderer.render(frame, None, None)
     np.testing.assert_array_equal(passed.image[:, :200], frame)
     if layout == "side-by-side":  # the grey of the avatar's background, not one level off
