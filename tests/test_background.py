@@ -86,6 +86,56 @@ def test_png_frames_keep_the_transparency(tmp_path):
         check_output(tmp_path / "f_%04d.jpg", alpha=True)
 
 
+_READ_EXR = """
+import os, sys
+os.environ["OPENCV_IO_ENABLE_OPENEXR"] = "1"
+import cv2, numpy as np
+image = cv2.imread(sys.argv[1], cv2.IMREAD_UNCHANGED)
+np.save(sys.argv[2], image[..., [2, 1, 0, 3] if image.shape[2] == 4 else [2, 1, 0]])
+"""
+
+
+def _read_exr(path, tmp_path):
+    """An EXR file read by the OpenEXR library (OpenCV's build of it): [H, W, C] float32, RGB(A) order."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "exr.npy"
+    subprocess.run([sys.executable, "-c", _READ_EXR, str(path), str(out)], check=True, timeout=60)
+    return np.load(out)
+
+
+def test_exr_frames_are_linear_premultiplied_half_floats(tmp_path):
+    """What a compositor reads from `-o f.####.exr`: linear light (the sRGB curve undone), RGB premultiplied by
+    alpha; our own reader shows it through the sRGB curve again."""
+    from capture.stream.sequence import ImageSequenceReader, ImageSequenceWriter, find_sequence
+
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 255
+    mask[8:24, 24] = 128  # an antialiased column
+    colour = np.zeros((32, 32, 3), np.uint8)
+    colour[...] = (240, 128, 10)
+    picture = Picture(64, 96, [(16, 32, colour)], (0, 0, 0), [(16, 32, mask)])
+    w = ImageSequenceWriter(tmp_path / "f.####.exr", 96, 64, fps=25, alpha=True)
+    w.write(picture, 0)
+    w.close()
+    got = _read_exr(tmp_path / "f.0001.exr", tmp_path)
+    srgb = np.array([240, 128, 10]) / 255
+    linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+    assert got.shape == (64, 96, 4)
+    np.testing.assert_allclose(got[30, 45], [*linear, 1.0], rtol=2e-3, atol=1e-4)
+    np.testing.assert_allclose(got[30, 56], [*(linear * 128 / 255), 128 / 255], rtol=2e-3, atol=1e-4)
+    assert (got[0, 0] == 0).all()
+    # an opaque sequence (no alpha channel), read back by our reader within a level
+    rgb = np.random.default_rng(2).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    w = ImageSequenceWriter(tmp_path / "g_%03d.exr", 96, 64, fps=25)
+    w.write(rgb, 0)
+    w.close()
+    assert _read_exr(tmp_path / "g_001.exr", tmp_path).shape == (64, 96, 3)
+    frame = next(iter(ImageSequenceReader(find_sequence(str(tmp_path / "g_%03d.exr")))))
+    assert np.abs(frame.image.astype(int) - rgb).max() <= 1
+
+
 def test_video_command_draws_over_a_key_colour_or_nothing(tmp_path, demo_pack_dir):
     from cli_runs import run_main
     from face_clips import make_face_clip

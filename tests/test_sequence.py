@@ -192,8 +192,9 @@ def test_what_cannot_be_written_is_said_before_any_work(tmp_path):
     from capture.stream.sequence import check_output
 
     assert check_output(tmp_path / "f_%04d.png") == "png" and check_output(tmp_path / "f.####.jpg") == "jpeg"
+    assert check_output(tmp_path / "f.####.exr", alpha=True) == "exr"
     with pytest.raises(VideoError, match="written as one of .png"):
-        check_output(tmp_path / "f_%04d.exr")
+        check_output(tmp_path / "f_%04d.webp")
     with pytest.raises(VideoError, match="--codec is for a video"):
         check_output(tmp_path / "f_%04d.png", "libx264")
     assert check_output(tmp_path / "out.mp4") == "libx264"

@@ -13,13 +13,15 @@ file's, as a video's size change is. Float images (OpenEXR, Radiance HDR) hold l
 through the sRGB curve, as a viewer shows them; integer images (PNG, JPEG, TIFF, DPX...) are taken as they are
 coded. The interface is VideoReader's, so every command reads both.
 
-Written the other way (`-o out/frame_%04d.png`, `.jpg`, `.tif`, `.bmp`; hashes too): each frame is one file,
+Written the other way (`-o out/frame_%04d.png`, `.jpg`, `.tif`, `.bmp`, `.exr`; hashes too): each frame is one file,
 named by the source frame it shows: number = `first_number` + round(time x fps), where time is the frame's time
 on the source's timeline. A sequence read and written keeps its numbers (first_number 0: 1001-1100 stays
 1001-1100, a gap stays a gap); a video's frames are numbered from 1 (first_number 1: frame 1 at 0 s), as FFmpeg
 numbers them. Every file is written under a temporary name and renamed, so a file that is there is whole, after
 a crash too. An image holds no sound: the input's audio goes beside the frames as a WAV (`audio_beside`)
-covering the frames written.
+covering the frames written. OpenEXR frames are written as compositors read them (`exr_bytes`): linear light
+(the sRGB curve undone), half floats, ZIP-compressed, and with a transparent background RGB premultiplied by
+alpha (EXR's associated alpha), ready to go over the plate.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ import numpy as np
 from .reader import Frame, FrameConverter, VideoError, VideoReader, av
 
 __all__ = ["ImageSequence", "ImageSequenceReader", "ImageSequenceWriter", "DEFAULT_FPS", "IMAGE_SUFFIXES",
-           "WRITTEN_FORMATS", "audio_beside", "check_frames_not_input", "check_output", "find_sequence",
+           "WRITTEN_FORMATS", "exr_bytes", "audio_beside", "check_frames_not_input", "check_output", "find_sequence",
            "is_written_as_images", "make_frames_folder", "open_video", "open_writer", "sequence_of"]
 
 DEFAULT_FPS = 25.0  # FFmpeg's image2 demuxer's default frame rate
@@ -55,12 +57,18 @@ _DECODERS = {".png": "png", ".jpg": "mjpeg", ".jpeg": "mjpeg", ".tif": "tiff", "
              ".dpx": "dpx", ".bmp": "bmp", ".tga": "targa", ".webp": "webp", ".hdr": "hdr", ".jp2": "jpeg2000",
              ".qoi": "qoi"}
 _SRGB_TRC = "iec61966_2_1"  # FFmpeg's name of the sRGB transfer curve (the EXR decoder's `apply_trc` option)
-# What an output sequence may be written as: suffix -> (PIL format, save options). PNG at zlib level 1: ~4x faster
-# than the default for ~15 % more bytes; JPEG at quality 95 without chroma subsampling (for compositing).
+# What an output sequence may be written as: suffix -> (PIL format, save options; EXR: FFmpeg's encoder's options).
+# PNG at zlib level 1: ~4x faster than the default for ~15 % more bytes; JPEG at quality 95 without chroma
+# subsampling (for compositing).
 WRITTEN_FORMATS = {".png": ("PNG", {"compress_level": 1}), ".jpg": ("JPEG", {"quality": 95, "subsampling": 0}),
                    ".jpeg": ("JPEG", {"quality": 95, "subsampling": 0}), ".tif": ("TIFF", {}),
-                   ".tiff": ("TIFF", {}), ".bmp": ("BMP", {})}
-ALPHA_SUFFIXES = (".png", ".tif", ".tiff")  # the written formats that keep a transparent background (RGBA)
+                   ".tiff": ("TIFF", {}), ".bmp": ("BMP", {}),
+                   ".exr": ("EXR", {"compression": "zip16", "format": "half"})}  # FFmpeg's encoder (exr_bytes)
+# the written formats that keep a transparent background (RGBA)
+ALPHA_SUFFIXES = (".png", ".tif", ".tiff", ".exr")
+# sRGB code value -> linear light (IEC 61966-2-1), for the EXR frames
+_SRGB_TO_LINEAR = np.where(np.arange(256) / 255 <= 0.04045, np.arange(256) / 255 / 12.92,
+                           ((np.arange(256) / 255 + 0.055) / 1.055) ** 2.4).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -395,7 +403,10 @@ class ImageSequenceWriter:
         fd, tmp = tempfile.mkstemp(prefix=".capture-", suffix=self._suffix, dir=self._folder)
         try:
             with os.fdopen(fd, "wb") as fh:
-                Image.fromarray(rgb).save(fh, format=self._format, **self._options)
+                if self._format == "EXR":
+                    fh.write(exr_bytes(rgb, self._options))
+                else:
+                    Image.fromarray(rgb).save(fh, format=self._format, **self._options)
             os.replace(tmp, target)
         except OSError as e:
             with contextlib.suppress(OSError):
@@ -476,8 +487,27 @@ def audio_beside(source: str, target: str, start: float, end: float) -> str:
     return f"written beside as {target} ({a_in.codec_context.codec.canonical_name} -> pcm_s16le)"
 
 
+def exr_bytes(image: np.ndarray, options: Optional[dict] = None) -> bytes:
+    """An sRGB [H, W, 3 or 4] uint8 picture (straight alpha) as the bytes of an OpenEXR file (FFmpeg's encoder):
+    linear light, RGB premultiplied by alpha where there is one. options: the encoder's (`compression`: none,
+    rle, zip1, zip16; `format`: half, float); default WRITTEN_FORMATS' (half, zip16)."""
+    h, w, channels = image.shape
+    colour = _SRGB_TO_LINEAR[image[..., :3]]
+    if channels == 4:
+        alpha = image[..., 3:].astype(np.float32) / 255
+        data, pix_fmt = np.concatenate([colour * alpha, alpha], axis=2), "gbrapf32le"
+    else:
+        data, pix_fmt = colour, "gbrpf32le"
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(data), format=pix_fmt)
+    context = av.CodecContext.create("exr", "w")
+    context.width, context.height, context.pix_fmt = w, h, pix_fmt
+    context.time_base = Fraction(1, 25)
+    context.options = dict(options if options is not None else WRITTEN_FORMATS[".exr"][1])
+    return b"".join(bytes(packet) for packet in context.encode(frame) + context.encode(None))
+
+
 def _no_alpha(path: str, suffix: str) -> str:
-    return (f"{path}: {suffix} images keep no transparency; write .png or .tif frames, or a"
+    return (f"{path}: {suffix} images keep no transparency; write .png, .tif or .exr frames, or a"
             " .webm / .mov / .mkv video")
 
 
