@@ -184,31 +184,27 @@ static inline int64_t clamp64(double v, int64_t lo, int64_t hi) {
     return v < (double)lo ? lo : v > (double)hi ? hi : (int64_t)v;
 }
 
-/* pair() for the pixel pairs whose centres' segment the edge (ax, ay) - (bx, by) crosses: rows r0..r1-1 and
-   columns c0..c1-1 of the fragments. */
+/* pair() for the pairs of one direction whose centres' segment an edge crosses (dir 0: left-right pairs, on
+   the rows of centres the edge spans; 1: up-down, on its columns): the edge's ends as (line, position along
+   the line), the lines l0..l1-1 and positions q0..q1-1 of the fragments. */
+static void crossed_on_lines(Pass *p, int dir, float al, float aq, float bl, float bq, int64_t l0, int64_t l1,
+                             int64_t q0, int64_t q1) {
+    if (al == bl) return;
+    const int64_t first = clamp64(ceil(fminf(al, bl)), l0, l1), last = clamp64(floor(fmaxf(al, bl)), l0 - 1, l1 - 1);
+    for (int64_t l = first; l <= last; ++l) {
+        const float q = aq + ((float)l - al) * (bq - aq) / (bl - al);
+        const int64_t q_lo = clamp64(floor(q - NEAR), q0 - 1, q1), q_hi = clamp64(floor(q + NEAR), q0 - 1, q1);
+        for (int64_t k = q_lo; k <= q_hi; ++k)
+            if (k >= q0 && k + 1 < q1) pair(p, dir ? k : l, dir ? l : k, dir);
+    }
+}
+
+/* pair() for every pixel pair the edge (ax, ay) - (bx, by) crosses, within rows r0..r1-1, columns c0..c1-1. */
 static void crossed_pairs(Pass *p, float ax, float ay, float bx, float by, int64_t r0, int64_t r1, int64_t c0,
                           int64_t c1) {
     if (!(isfinite(ax) && isfinite(ay) && isfinite(bx) && isfinite(by))) return;
-    if (ay != by) {  /* left-right pairs on the rows the edge spans */
-        const float lo = fminf(ay, by), hi = fmaxf(ay, by);
-        const int64_t first = clamp64(ceil(lo), r0, r1), last = clamp64(floor(hi), r0 - 1, r1 - 1);
-        for (int64_t r = first; r <= last; ++r) {
-            const float cx = ax + ((float)r - ay) * (bx - ax) / (by - ay);
-            const int64_t c_lo = clamp64(floor(cx - NEAR), c0 - 1, c1), c_hi = clamp64(floor(cx + NEAR), c0 - 1, c1);
-            for (int64_t c = c_lo; c <= c_hi; ++c)
-                if (c >= c0 && c + 1 < c1) pair(p, r, c, 0);
-        }
-    }
-    if (ax != bx) {  /* up-down pairs on the columns it spans */
-        const float lo = fminf(ax, bx), hi = fmaxf(ax, bx);
-        const int64_t first = clamp64(ceil(lo), c0, c1), last = clamp64(floor(hi), c0 - 1, c1 - 1);
-        for (int64_t c = first; c <= last; ++c) {
-            const float cy = ay + ((float)c - ax) * (by - ay) / (bx - ax);
-            const int64_t q_lo = clamp64(floor(cy - NEAR), r0 - 1, r1), q_hi = clamp64(floor(cy + NEAR), r0 - 1, r1);
-            for (int64_t r = q_lo; r <= q_hi; ++r)
-                if (r >= r0 && r + 1 < r1) pair(p, r, c, 1);
-        }
-    }
+    crossed_on_lines(p, 0, ay, ax, by, bx, r0, r1, c0, c1);
+    crossed_on_lines(p, 1, ax, ay, bx, by, c0, c1, r0, r1);
 }
 
 /* ids / depth: H x W fragments (batch 1); x, y: [V] vertex pixel coordinates in the fragments' frame; faces, nb:
