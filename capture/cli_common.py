@@ -43,7 +43,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--background", default="grey", type=_background, metavar="COLOUR",
                         help="behind the avatar in the avatar and side-by-side layouts: grey (default), black, white, "
                              "green, blue, magenta (chroma keys), #rrggbb or r,g,b; or 'transparent' (recorded with "
-                             "its alpha: .webm VP9, .mov ProRes 4444, .mkv FFV1, or a .png/.tif sequence)")
+                             "its alpha: .webm VP9, .mov ProRes 4444, .mkv FFV1, or a .png/.tif/.exr sequence)")
     parser.add_argument("--no-antialias", dest="antialias", action="store_false",
                         help="draw the head's outline with one sample a pixel (hard edges, alpha 0 or 255) instead "
                              "of each edge pixel's covered share")
