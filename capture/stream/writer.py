@@ -160,7 +160,7 @@ def default_codec(path: str | os.PathLike, alpha: bool = False) -> str:
     if alpha:
         if ext not in _ALPHA_DEFAULTS:
             raise VideoError(f"{path}: a transparent background needs a container that keeps it: .webm (VP9), .mov"
-                             " (ProRes 4444), .mkv (FFV1), or an image sequence (.png, .tif)")
+                             " (ProRes 4444), .mkv (FFV1), or an image sequence (.png, .tif, .exr)")
         return _ALPHA_DEFAULTS[ext]
     if ext == ".gif":
         return "gif"
