@@ -107,8 +107,9 @@ def _read_exr(path, tmp_path):
 
 def test_exr_frames_are_linear_premultiplied_half_floats(tmp_path):
     """What a compositor reads from `-o f.####.exr`: linear light (the sRGB curve undone), RGB premultiplied by
-    alpha; our own reader shows it through the sRGB curve again."""
-    from capture.stream.sequence import ImageSequenceReader, ImageSequenceWriter, exr_bytes, find_sequence
+    alpha. Read by OpenCV's build of OpenEXR and by FFmpeg's decoder (our reader, through the sRGB curve again),
+    not by the library that wrote it."""
+    from capture.stream.sequence import ImageSequenceReader, ImageSequenceWriter, find_sequence, write_exr
 
     mask = np.zeros((32, 32), np.uint8)
     mask[8:24, 8:24] = 255
@@ -134,9 +135,9 @@ def test_exr_frames_are_linear_premultiplied_half_floats(tmp_path):
     assert _read_exr(tmp_path / "g_001.exr", tmp_path).shape == (64, 96, 3)
     frame = next(iter(ImageSequenceReader(find_sequence(str(tmp_path / "g_%03d.exr")))))
     assert np.abs(frame.image.astype(int) - rgb).max() <= 1
-    # a width whose rows FFmpeg pads: the same values
+    # any size, every value
     odd = np.random.default_rng(3).integers(0, 256, (7, 13, 4), dtype=np.uint8)
-    (tmp_path / "odd.exr").write_bytes(exr_bytes(odd))
+    write_exr(tmp_path / "odd.exr", odd)
     alpha = odd[..., 3:] / 255
     srgb = odd[..., :3] / 255
     linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)

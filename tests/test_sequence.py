@@ -188,11 +188,17 @@ def test_audio_goes_beside_the_frames_over_the_written_span(tmp_path):
     assert np.fft.rfftfreq(len(samples), 1 / rate)[spectrum.argmax()] == pytest.approx(440, abs=3)  # the clip's tone
 
 
-def test_what_cannot_be_written_is_said_before_any_work(tmp_path):
+def test_what_cannot_be_written_is_said_before_any_work(tmp_path, monkeypatch):
+    import sys
+
     from capture.stream.sequence import check_output
 
     assert check_output(tmp_path / "f_%04d.png") == "png" and check_output(tmp_path / "f.####.jpg") == "jpeg"
     assert check_output(tmp_path / "f.####.exr", alpha=True) == "exr"
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "OpenEXR", None)  # not installed
+        with pytest.raises(VideoError, match="needs the OpenEXR library's Python bindings: pip install openexr"):
+            check_output(tmp_path / "f.####.exr")
     with pytest.raises(VideoError, match="written as one of .png"):
         check_output(tmp_path / "f_%04d.webp")
     with pytest.raises(VideoError, match="--codec is for a video"):
