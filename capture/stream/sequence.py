@@ -66,9 +66,13 @@ WRITTEN_FORMATS = {".png": ("PNG", {"compress_level": 1}), ".jpg": ("JPEG", {"qu
                    ".exr": ("EXR", {"compression": "PIZ"})}  # the OpenEXR library (write_exr)
 # the written formats that keep a transparent background (RGBA)
 ALPHA_SUFFIXES = (".png", ".tif", ".tiff", ".exr")
-# sRGB code value -> linear light (IEC 61966-2-1), for the EXR frames
+# sRGB code value -> linear light (IEC 61966-2-1), for the EXR frames: as half floats, and premultiplied by each
+# alpha code ([alpha, code], 256 x 256), each rounded once from float64
 _SRGB_TO_LINEAR = np.where(np.arange(256) / 255 <= 0.04045, np.arange(256) / 255 / 12.92,
-                           ((np.arange(256) / 255 + 0.055) / 1.055) ** 2.4).astype(np.float32)
+                           ((np.arange(256) / 255 + 0.055) / 1.055) ** 2.4)
+_LINEAR_HALF = _SRGB_TO_LINEAR.astype(np.float16)
+_PREMULTIPLIED_HALF = (np.arange(256)[:, None] / 255 * _SRGB_TO_LINEAR[None, :]).astype(np.float16).reshape(-1)
+_ALPHA_HALF = (np.arange(256) / 255).astype(np.float16)
 
 
 @dataclass(frozen=True)
@@ -503,15 +507,17 @@ def write_exr(path: str | os.PathLike, image: np.ndarray, compression: str = "PI
     OpenEXR name (PIZ, ZIP, ZIPS, RLE, NO...); PIZ, lossless, is the smallest and fastest on these pictures (a
     720p frame in ~25 ms and ~0.9 MB, against ZIP's ~60 ms and ~1.9 MB)."""
     exr = _openexr()
-    colour = _SRGB_TO_LINEAR[image[..., :3]]
-    if image.shape[2] == 4:
-        alpha = image[..., 3:].astype(np.float32) / 255
-        pixels, channels = np.concatenate([colour * alpha, alpha], axis=2), "RGBA"
+    if image.shape[2] == 4:  # table look-ups: a third of the float arithmetic's time
+        flat = image.reshape(-1, 4)
+        pixels = np.empty(image.shape, np.float16)
+        pixels.reshape(-1, 4)[:, :3] = _PREMULTIPLIED_HALF[flat[:, 3:].astype(np.intp) << 8 | flat[:, :3]]
+        pixels.reshape(-1, 4)[:, 3] = _ALPHA_HALF[flat[:, 3]]
+        channels = "RGBA"
     else:
-        pixels, channels = colour, "RGB"
+        pixels, channels = _LINEAR_HALF[image], "RGB"
     header = {"compression": getattr(exr, f"{compression.upper()}_COMPRESSION"), "type": exr.scanlineimage}
     try:
-        with exr.File(header, {channels: pixels.astype(np.float16)}) as f:
+        with exr.File(header, {channels: pixels}) as f:
             f.write(os.fspath(path))
     except RuntimeError as e:  # the library's I/O failures ("Cannot write image file ..."): an OSError to callers
         raise OSError(errno.EIO, str(e)) from None
