@@ -68,6 +68,7 @@ import numpy as np
 import torch
 
 from .console import add_version_argument, prog
+from .cpus import usable_cpus
 
 STAGES = ("decode", "crop", "E_flame", "fit", "LBS", "D_detail", "shading", "rasterize", "composite", "encode")
 EAGER = "torch-eager"  # the registry's eager reference backend
@@ -106,6 +107,42 @@ def machine_info(device: torch.device) -> dict:
         info["gpu"] = {"name": props.name, "memory_gb": round(props.total_memory / 2**30, 1),
                        "cuda": torch.version.cuda, "capability": f"{props.major}.{props.minor}"}
     return info
+
+
+PARALLEL_SECONDS = 0.2  # each phase of `parallel_speedup`
+SHARED_CORES = 0.75  # parallel speedup per usable CPU below which the CPUs are taken as not the run's own
+
+
+def parallel_speedup(cpus: int, seconds: float = PARALLEL_SECONDS) -> Optional[float]:
+    """How many CPUs' work the machine does at once: float32 matrix products (one BLAS thread each) on one
+    thread, then on `cpus` threads together, as a multiple of the one. About `cpus` on cores of one's own;
+    ~1.2 where two virtual CPUs are the two hyper-threads of one physical core, which the guest cannot see (its
+    /proc/cpuinfo shows two cores) and which a hypervisor may change between runs. None with one CPU."""
+    if cpus < 2:
+        return None
+    from threadpoolctl import threadpool_limits
+
+    a = np.random.default_rng(0).standard_normal((192, 192)).astype(np.float32)
+
+    def work(deadline: float, counts: list, slot: int) -> None:
+        n = 0
+        while time.perf_counter() < deadline:
+            a @ a  # BLAS releases the GIL
+            n += 1
+        counts[slot] = n
+
+    with threadpool_limits(1):
+        a @ a  # warm
+        one = [0]
+        work(time.perf_counter() + seconds, one, 0)
+        together = [0] * cpus
+        deadline = time.perf_counter() + seconds
+        threads = [threading.Thread(target=work, args=(deadline, together, i)) for i in range(cpus)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return round(sum(together) / max(one[0], 1), 2)
 
 
 def _memory_gb() -> Optional[float]:
@@ -1154,10 +1191,17 @@ def machine_load(report: dict) -> dict:
         reasons.append(f"the eager reference's CPU time per frame varied {swing:.1f}x between chunks (its torch "
                        "threads spin while a core is taken away when OMP_WAIT_POLICY is not PASSIVE; "
                        "--eager-threads 1 avoids that too)")
+    # CPUs that are not the run's own (hyper-threads of one core, a host that moves them): nothing else shows it
+    speedups = [v for v in (report.get("parallel_speedup") or {}).values() if v is not None]
+    shared = bool(speedups) and min(speedups) < SHARED_CORES * nproc
+    if shared:
+        reasons.append(f"the {nproc} CPUs did {min(speedups):.2f}x one CPU's work at once (x {nproc} on cores of "
+                       "their own): they share physical cores, so FPS here is not a dedicated machine's")
     return {"nproc": nproc, "load_1min_before": before, "load_1min_after": after,
             "cores_busy_by_this_run": round(ours, 2), "other_load_estimate": others,
             "other_runnable_threads": wanting, "eager_cpu_swing": swing,
-            "chunk_ratio_spread": spreads, "busy": bool(reasons), "reasons": reasons}
+            "chunk_ratio_spread": spreads, "parallel_speedup": speedups or None, "shared_cores": shared,
+            "busy": bool(reasons), "reasons": reasons}
 
 
 # ------------------------------------------------------------------------------------------------ comparison
@@ -1322,7 +1366,8 @@ def format_tables(report: dict) -> str:
     gpu = f", {m['gpu']['name']}" if m.get("gpu") else ""
     lines += ["", f"end to end: {inp['frames_run']} frames {inp['width']}x{inp['height']} -> {report['layout']}, "
               f"codes from {report.get('codes_from', 'network')} (eager: network), "
-              f"{m['cpu']} ({m['nproc']} CPUs){gpu}, device {m['device']}, load avg {report['load_average']}"]
+              f"{m['cpu']} ({m['nproc']} CPUs{_speedup_text(report)}){gpu}, device {m['device']}, "
+              f"load avg {report['load_average']}"]
     header = (f"{'backend':<24}{'FPS':>7}{'x eager':>9}{'x eager*':>10}{'latency med/p95 ms':>20}"
               f"{'CPU ms/frame':>14}{'peak RSS MB':>13}  what")
     lines.append(header)
@@ -1390,6 +1435,13 @@ def format_tables(report: dict) -> str:
     if load and load["busy"]:
         lines.append("WARNING: busy machine, figures are not a quiet machine's: " + "; ".join(load["reasons"]))
     return "\n".join(lines)
+
+
+def _speedup_text(report: dict) -> str:
+    speedup = report.get("parallel_speedup") or {}
+    if speedup.get("before") is None:
+        return ""
+    return f", doing {speedup['before']}x / {speedup.get('after')}x one CPU's work at once before / after"
 
 
 def _scaling_lines(report: dict) -> list[str]:
@@ -1562,6 +1614,7 @@ def measure(args: argparse.Namespace, argv, priority: dict, others: RunnableOthe
     """fps.py's runs, report and tables (`main` without the priority and the sampling of other processes)."""
     say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
     load_before = load_average()
+    speedup_before = parallel_speedup(len(usable_cpus()))
     counters_before = cpu_counters()
     bench = Bench(args, say)
     if args.backends == "all":
@@ -1640,6 +1693,7 @@ def measure(args: argparse.Namespace, argv, priority: dict, others: RunnableOthe
         # The machine's load is read over the measured runs: the fresh processes below are this run's own work
         report["load_average"] = {"before": load_before, "after": load_average()}
         report["other_processes_cores"] = other_cores(counters_before, cpu_counters())
+        report["parallel_speedup"] = {"before": speedup_before, "after": parallel_speedup(len(usable_cpus()))}
         others.stop()
         report["other_runnable_threads"] = others.mean
         if args.sizes and not args.no_alone_rss:  # every size's path was loaded in this process

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -459,6 +460,32 @@ def test_machine_load_counts_other_runnable_threads_a_raised_priority_hides():
                                "nice -10: they got less than they asked for)"]
     report["other_runnable_threads"] = 0.2
     assert not fps.machine_load(report)["busy"]
+
+
+def test_cpus_that_share_a_core_are_seen_and_said():
+    """Two virtual CPUs on one physical core look like two cores to the guest; the throughput probe does not:
+    two threads pinned to one CPU do about one CPU's work. machine_load then says so."""
+    fps = _load_fps()
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs and sched_setaffinity")
+    import subprocess
+    import sys
+
+    code = "from capture.fps import parallel_speedup; print(parallel_speedup(2))"
+    one_cpu = subprocess.run(["taskset", "-c", str(min(os.sched_getaffinity(0))), sys.executable, "-c", code],
+                             capture_output=True, text=True, timeout=120) if shutil.which("taskset") else None
+    if one_cpu is not None:
+        assert one_cpu.returncode == 0, one_cpu.stderr
+        assert float(one_cpu.stdout) < 1.4
+    assert fps.parallel_speedup(1) is None
+    run = {"wall_s": 10.0, "cores_busy": 1.8}
+    report = {"machine": {"nproc": 2}, "load_average": {"before": [0.2], "after": [0.3]}, "eager": dict(run),
+              "backends": {"b": dict(run)}, "other_processes_cores": 0.0, "parallel_speedup": {"before": 1.94,
+                                                                                               "after": 1.9}}
+    assert not fps.machine_load(report)["busy"]
+    report["parallel_speedup"]["after"] = 1.15
+    load = fps.machine_load(report)
+    assert load["busy"] and load["shared_cores"] and "share physical cores" in load["reasons"][0]
 
 
 def test_raise_priority_sets_every_thread_and_restores_it(monkeypatch):
