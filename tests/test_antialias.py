@@ -182,6 +182,37 @@ def test_the_compiled_pass_matches_the_numpy_twin_on_a_head(demo_pack):
         assert ((rgb_c != patch).any(-1) | (a_c % 255 > 0)).sum() >= 0.8 * n_c  # most of them visibly change
 
 
+def test_both_implementations_agree_on_broken_meshes():
+    """Triangle soups (faces over each other, folded, non-manifold), NaN and far-away corners, a picture offset
+    from its fragments: the compiled pass and the numpy twin change the same pixels the same way, no crash."""
+    if aa.kernel_error() is not None:
+        pytest.skip(f"no compiled pass here: {aa.kernel_error()}")
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        n_verts, n_faces = int(rng.integers(3, 40)), int(rng.integers(1, 60))
+        vertices = torch.tensor(rng.uniform(-1.3, 1.3, (1, n_verts, 3)), dtype=torch.float32)
+        if trial % 5 == 0:
+            vertices[0, rng.integers(0, n_verts)] = float("nan")
+        if trial % 7 == 0:
+            vertices[0, rng.integers(0, n_verts), :2] = 1e7
+        faces = torch.tensor(rng.integers(0, n_verts, (n_faces, 3)))
+        frags = CpuRasterizer().rasterize(vertices, faces, (H, W))
+        ids = frags.face_id[0].numpy()
+        rgb = np.full((H + 2, W + 3, 3), 31, np.uint8)
+        rgb[1:1 + H, 2:2 + W][ids >= 0] = rng.integers(0, 256, (n_faces, 3), dtype=np.uint8)[ids[ids >= 0]]
+        alpha = np.where(np.pad(ids, ((1, 1), (2, 1)), constant_values=-1) >= 0, 255, 0).astype(np.uint8)
+        x, y = aa.vertex_pixels(vertices, (H, W))
+        out = []
+        for kernel in ("c", "numpy"):
+            r, a = rgb.copy(), alpha.copy()
+            n = aa.antialias(r, a, frags.face_id, frags.depth, x, y, faces.numpy(), aa.face_neighbours(faces), 1, 2,
+                             kernel=kernel)
+            out.append((n, r.astype(int), a.astype(int)))
+        (n_c, rgb_c, a_c), (n_np, rgb_np, a_np) = out
+        assert n_c == n_np, trial
+        assert (np.abs(rgb_c - rgb_np).max(-1) <= 1).all() and (np.abs(a_c - a_np) <= 1).all(), trial
+
+
 def test_face_neighbours_and_bad_input():
     faces = np.array([[0, 1, 2], [0, 2, 3], [2, 1, 4], [1, 2, 5]])  # edge 1-2 has three faces: a border
     nb = aa.face_neighbours(faces)

@@ -38,6 +38,7 @@ from ..conventions import ndc_to_pixel
 
 # Triangles a walk crosses before it gives up (a silhouette is farther than a pixel's width of triangles).
 MAX_STEPS = 16
+NEAR = 0.01  # the compiled pass's NEAR
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -46,6 +47,9 @@ _SOURCE = r"""
 #include <stdlib.h>
 
 #define MAX_STEPS @MAX_STEPS@
+/* pixels: how far a crossing may lie behind where the walk is and still count (the rasterizer's snapped corners
+   put a covered centre up to 1/512 pixel outside its triangle's float edges) */
+#define NEAR 0.01f
 
 typedef struct { const float *x, *y; const int64_t *faces, *nb; int64_t F; const int8_t *turn; } Mesh;
 
@@ -66,6 +70,7 @@ static inline int is_silhouette(const Mesh *m, int64_t f, int64_t n) {
    side) in e[6], else 0. */
 static int silhouette(const Mesh *m, int64_t f, int64_t g, float px, float py, int dx, int dy, float *e) {
     int64_t from = -1;
+    float entry_t = 0.0f;  /* where the walk entered this face */
     for (int step = 0; step < MAX_STEPS; ++step) {
         const int64_t *v = m->faces + 3 * f;
         int exit_k = -1;
@@ -82,6 +87,7 @@ static int silhouette(const Mesh *m, int64_t f, int64_t g, float px, float py, i
             if (t > exit_t) { exit_t = t; exit_k = k; }  /* a convex face: the farthest crossing is the way out */
         }
         if (exit_k < 0 || exit_t >= 1.0f) return 0;  /* the other centre lies on this surface */
+        if (exit_t < entry_t - NEAR) return 0;  /* no way forward: faces folded onto each other (a broken mesh) */
         const int64_t n = m->nb[3 * f + exit_k];
         if (is_silhouette(m, f, n)) {
             e[0] = m->x[v[exit_k]]; e[1] = m->y[v[exit_k]];
@@ -92,6 +98,7 @@ static int silhouette(const Mesh *m, int64_t f, int64_t g, float px, float py, i
         if (n == g) return 0;
         from = f;
         f = n;
+        entry_t = exit_t;
     }
     return 0;
 }
@@ -115,7 +122,8 @@ typedef struct {
     int64_t W, PW, top, left;
     const uint8_t *rgb, *alpha;
     float *share;        /* per fragment: the largest share offered so far */
-    uint32_t *colour;    /* and the RGBA it takes */
+    int64_t *source;     /* the picture pixel it comes from */
+    uint32_t *colour;    /* and that pixel's RGBA */
     int64_t *touched;    /* the fragments offered anything, in order */
     int64_t n_touched, cap;
     int failed;          /* 1: out of memory, -1: a face id out of range */
@@ -127,9 +135,13 @@ static inline uint32_t rgba_at(const Pass *p, int64_t at) {
            | ((uint32_t)(p->alpha ? p->alpha[at] : 255) << 24);
 }
 
-static void offer(Pass *p, int64_t i, float w, uint32_t c) {
-    if (!(w > p->share[i])) return;
-    if (p->share[i] == 0.0f) {
+/* Offer fragment i the share w of picture pixel src's colour: it keeps the largest share, and of equal ones
+   the lowest src (so the result does not depend on the order of the offers). */
+static void offer(Pass *p, int64_t i, float w, int64_t src) {
+    if (!(w > 0.0f)) return;
+    const float have = p->share[i];
+    if (w < have || (w == have && src >= p->source[i])) return;
+    if (have == 0.0f) {
         if (p->n_touched == p->cap) {
             int64_t *more = realloc(p->touched, (size_t)(2 * p->cap) * sizeof(int64_t));
             if (!more) { p->failed = 1; return; }  /* reported as out of memory */
@@ -139,7 +151,8 @@ static void offer(Pass *p, int64_t i, float w, uint32_t c) {
         p->touched[p->n_touched++] = i;
     }
     p->share[i] = w;
-    p->colour[i] = c;
+    p->source[i] = src;
+    p->colour[i] = rgba_at(p, src);
 }
 
 /* The pair of fragments (r, c) and (r + dir, c + 1 - dir), on different faces. */
@@ -148,12 +161,6 @@ static __attribute__((noinline)) void pair(Pass *p, int64_t r, int64_t c, int di
     const int64_t i = r * W + c, j = r2 * W + c2, fa = p->ids[i], fb = p->ids[j];
     if (fa == fb) return;
     if (fa >= p->m.F || fb >= p->m.F) { p->failed = -1; return; }
-    if (fa >= 0 && fb >= 0 && p->m.turn[fa] != 0 && p->m.turn[fa] == p->m.turn[fb]) {
-        /* faces that touch and turn the same way: one surface, nothing between them */
-        const int64_t *u = p->m.faces + 3 * fa, *v = p->m.faces + 3 * fb;
-        for (int k = 0; k < 3; ++k)
-            if (u[k] == v[0] || u[k] == v[1] || u[k] == v[2]) return;
-    }
     int near_first;
     if (fa < 0) near_first = 0;
     else if (fb < 0) near_first = 1;
@@ -174,11 +181,9 @@ static __attribute__((noinline)) void pair(Pass *p, int64_t r, int64_t c, int di
         dn = -dn; dout = -dout; ux = -ux; uy = -uy;
     }
     const int64_t pn = (nr + p->top) * p->PW + nc + p->left, po = (orow + p->top) * p->PW + ocol + p->left;
-    offer(p, n, 1.0f - square_share(dn, ux, uy), rgba_at(p, po));
-    offer(p, o, square_share(dout, ux, uy), rgba_at(p, pn));
+    offer(p, n, 1.0f - square_share(dn, ux, uy), po);
+    offer(p, o, square_share(dout, ux, uy), pn);
 }
-
-#define NEAR 0.01f
 
 static inline int64_t clamp64(double v, int64_t lo, int64_t hi) {
     return v < (double)lo ? lo : v > (double)hi ? hi : (int64_t)v;
@@ -209,19 +214,20 @@ static void crossed_pairs(Pass *p, float ax, float ay, float bx, float by, int64
 
 /* ids / depth: H x W fragments (batch 1); x, y: [V] vertex pixel coordinates in the fragments' frame; faces, nb:
    [F, 3] corners and the face across each edge (k: corner k -> k + 1; -1 none); rgb [PH, PW, 3] and alpha
-   [PH, PW] (or NULL: opaque) the picture, fragment (r, c) at its (r + top, c + left); share, colour: H x W
-   scratch, share all zero (and left so). Returns the pixels changed, -1 when a face id is out of range, -2 out
+   [PH, PW] (or NULL: opaque) the picture, fragment (r, c) at its (r + top, c + left); share, source, colour:
+   H x W scratch, share all zero (and left so). Returns the pixels changed, -1 when a face id is out of range, -2 out
    of memory. */
 int64_t capture_antialias(const int64_t *ids, const float *depth, int64_t H, int64_t W, const float *x,
                           const float *y, const int64_t *faces, const int64_t *nb, int64_t F, uint8_t *rgb,
                           uint8_t *alpha, int64_t PH, int64_t PW, int64_t top, int64_t left, float *share,
-                          uint32_t *colour) {
+                          int64_t *source, uint32_t *colour) {
     for (int64_t i = 0; i < 3 * F; ++i)
         if (nb[i] >= F) return -1;
     const int64_t r0 = top < 0 ? -top : 0, c0 = left < 0 ? -left : 0;  /* the fragments inside the picture */
     const int64_t r1 = H < PH - top ? H : PH - top, c1 = W < PW - left ? W : PW - left;
     if (r1 <= r0 || c1 <= c0) return 0;
-    Pass p = {{x, y, faces, nb, F, NULL}, ids, depth, W, PW, top, left, rgb, alpha, share, colour, NULL, 0, 4096, 0};
+    Pass p = {{x, y, faces, nb, F, NULL}, ids, depth, W, PW, top, left, rgb, alpha, share, source, colour, NULL, 0,
+              4096, 0};
     int8_t *turn = malloc((size_t)(F > 0 ? F : 1));
     p.touched = malloc((size_t)p.cap * sizeof(int64_t));
     int64_t changed = -2;
@@ -266,7 +272,7 @@ done:
 _KERNEL = CompiledKernel("antialias", _SOURCE, {
     "capture_antialias": (ctypes.c_int64, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
                           + [ctypes.c_void_p] * 4 + [ctypes.c_int64] + [ctypes.c_void_p] * 2
-                          + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 2)})
+                          + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 3)})
 
 
 def kernel_error() -> Optional[str]:
@@ -276,15 +282,15 @@ def kernel_error() -> Optional[str]:
 
 class Scratch:
     """The compiled pass's per-pixel working memory, kept between frames (fresh pages cost more than the pass):
-    share [n] float32, all zero between calls, and colour [n] uint32. One per caller thread."""
+    share [n] float32, all zero between calls, source [n] int64 and colour [n] uint32. One per caller thread."""
 
     def __init__(self):
         self.share = np.zeros(0, np.float32)
-        self.colour = np.zeros(0, np.uint32)
 
     def at_least(self, n: int) -> "Scratch":
         if self.share.size < n:
             self.share = np.zeros(n, np.float32)
+            self.source = np.zeros(n, np.int64)
             self.colour = np.zeros(n, np.uint32)
         return self
 
@@ -345,7 +351,8 @@ def antialias(rgb: np.ndarray, alpha: Optional[np.ndarray], face_id: torch.Tenso
     changed = _KERNEL.function("capture_antialias")(
         ids.data_ptr(), z.data_ptr(), H, W, x.ctypes.data, y.ctypes.data, faces.ctypes.data,
         neighbours.ctypes.data, faces.shape[0], rgb.ctypes.data, None if alpha is None else alpha.ctypes.data,
-        rgb.shape[0], rgb.shape[1], int(top), int(left), work.share.ctypes.data, work.colour.ctypes.data)
+        rgb.shape[0], rgb.shape[1], int(top), int(left), work.share.ctypes.data, work.source.ctypes.data,
+        work.colour.ctypes.data)
     if changed == -1:
         raise ValueError(f"antialias: fragments of faces up to {int(ids.max())}, the mesh has {faces.shape[0]}")
     if changed < 0:
@@ -366,7 +373,7 @@ def _square_share(d: np.ndarray, nx: np.ndarray, ny: np.ndarray) -> np.ndarray:
     return np.where(ad <= np.float32(0.5) * (b - a), linear, inside).astype(np.float32)
 
 
-def _walk(x, y, faces, nb, area, f, g, px, py, dx, dy):
+def _walk(x, y, faces, nb, turn, f, g, px, py, dx, dy):
     """The walk of the compiled pass for arrays of pairs: (found [N] bool, [N, 6] the edge's ends and the face's
     third corner)."""
     n = f.shape[0]
@@ -374,6 +381,7 @@ def _walk(x, y, faces, nb, area, f, g, px, py, dx, dy):
     edge = np.zeros((n, 6), np.float32)
     active = np.ones(n, bool)
     came = np.full(n, -1, np.int64)
+    entry = np.zeros(n, np.float32)  # where the walk entered its face
     f = f.copy()
     along_x = dy == 0
     for _ in range(MAX_STEPS):
@@ -393,16 +401,15 @@ def _walk(x, y, faces, nb, area, f, g, px, py, dx, dy):
         with np.errstate(divide="ignore", invalid="ignore"):
             s = a_across / (a_across - b_across)
             t = a_along + s * (b_along - a_along)
-        ok = ~((a_across * b_across > 0) | (a_across == b_across))
+        ok = ~((a_across * b_across > 0) | (a_across == b_across)) & np.isfinite(t)  # NaN corners: no crossing
         ok &= ~((came[idx, None] >= 0) & (nb[f[idx]] == came[idx, None]))
         t = np.where(ok, t, np.float32(-1e30))
         k = np.argmax(t, axis=1)  # the first of equal crossings, as the compiled loop's strict >
         t_exit = t[np.arange(idx.size), k]
-        stop = ~ok.any(axis=1) | (t_exit >= 1)
+        stop = ~ok.any(axis=1) | (t_exit >= 1) | (t_exit < entry[idx] - np.float32(NEAR))
         nxt = nb[f[idx], k]
-        a_f = area[f[idx]]
-        a_n = np.where(nxt >= 0, area[np.maximum(nxt, 0)], 0)
-        sil = ~stop & ((nxt < 0) | ((a_f > 0) != (a_n > 0)) | (a_n == 0))
+        t_n = np.where(nxt >= 0, turn[np.maximum(nxt, 0)], 0)
+        sil = ~stop & ((nxt < 0) | (t_n == 0) | (t_n != turn[f[idx]]))
         hit = idx[sil]
         rows = np.arange(idx.size)[sil]
         third = (k[sil] + 2) % 3
@@ -414,6 +421,7 @@ def _walk(x, y, faces, nb, area, f, g, px, py, dx, dy):
         move = idx[~done]
         came[move] = f[move]
         f[move] = nxt[~done]
+        entry[move] = t_exit[~done]
     return found, edge
 
 
@@ -430,6 +438,7 @@ def antialias_numpy(rgb, alpha, ids, depth, x, y, faces, nb, top=0, left=0) -> i
     v = faces
     area = ((x[v[:, 1]] - x[v[:, 0]]) * (y[v[:, 2]] - y[v[:, 0]])
             - (y[v[:, 1]] - y[v[:, 0]]) * (x[v[:, 2]] - x[v[:, 0]])).astype(np.float32)
+    turn = np.where(area > 0, 1, np.where(area < 0, -1, 0))  # which way each face turns; 0: edge-on (or NaN)
     rr, cc = np.mgrid[r0:r1, c0:c1]
     pairs = []
     for dr, dc in ((0, 1), (1, 0)):  # right, down (the compiled loop's order)
@@ -452,15 +461,16 @@ def antialias_numpy(rgb, alpha, ids, depth, x, y, faces, nb, top=0, left=0) -> i
         nr, nc = np.where(near_first, r, r + dr), np.where(near_first, c, c + dc)
         orow, ocol = np.where(near_first, r + dr, r), np.where(near_first, c + dc, c)
         sgn = np.where(near_first, 1, -1).astype(np.float32)
-        found, e = _walk(x, y, faces, nb, area, flat_ids[n], flat_ids[o], nc.astype(np.float32),
+        found, e = _walk(x, y, faces, nb, turn, flat_ids[n], flat_ids[o], nc.astype(np.float32),
                          nr.astype(np.float32), sgn * dc, sgn * dr)
         ux, uy = e[:, 3] - e[:, 1], e[:, 0] - e[:, 2]
         length = np.sqrt(ux * ux + uy * uy)
         found &= length > 0
         with np.errstate(divide="ignore", invalid="ignore"):
             ux, uy = ux / length, uy / length
-        dn = (nc - e[:, 0]) * ux + (nr - e[:, 1]) * uy
-        dout = (ocol - e[:, 0]) * ux + (orow - e[:, 1]) * uy
+        f32 = np.float32  # in float32 throughout, as the compiled pass
+        dn = (nc.astype(f32) - e[:, 0]) * ux + (nr.astype(f32) - e[:, 1]) * uy
+        dout = (ocol.astype(f32) - e[:, 0]) * ux + (orow.astype(f32) - e[:, 1]) * uy
         sign = np.where((e[:, 4] - e[:, 0]) * ux + (e[:, 5] - e[:, 1]) * uy < 0, -1, 1).astype(np.float32)
         dn, dout, ux, uy = dn * sign, dout * sign, ux * sign, uy * sign
         pn = (nr + top) * PW + nc + left
@@ -470,7 +480,7 @@ def antialias_numpy(rgb, alpha, ids, depth, x, y, faces, nb, top=0, left=0) -> i
     who, w, src = (np.concatenate(parts) for parts in zip(*offers))
     keep = w > 0
     who, w, src = who[keep], w[keep], src[keep]
-    order = np.lexsort((-w, who))  # per pixel the largest share first
+    order = np.lexsort((src, -w, who))  # per pixel the largest share first, of equal ones the lowest source
     first = np.r_[True, who[order][1:] != who[order][:-1]] if order.size else np.zeros(0, bool)
     pick = order[first]
     share = np.zeros(H * W, np.float32)
