@@ -141,8 +141,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                       "images, or a pattern such as shot/frame_%%04d.png or shot/frame.####.exr")
     parser.add_argument("-o", "--output", required=True,
                         help="output video (.mp4, .mkv, .mov, .webm...), or an image sequence: a pattern such as "
-                             "out/frame_%%04d.png (.png, .jpg, .tif: numbered by the source frame, audio beside as"
-                             " WAV)")
+                             "out/frame_%%04d.png (.png, .jpg, .tif, .exr: numbered by the source frame, audio beside"
+                             " as WAV)")
     add_model_arguments(parser)
     parser.add_argument("--smooth", action="store_true", help="One-Euro filter the codes over time")
     parser.add_argument("--codes", default=None, metavar="NPZ", help="save per-frame codes with timestamps")
