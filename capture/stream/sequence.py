@@ -520,7 +520,8 @@ def write_exr(path: str | os.PathLike, image: np.ndarray, compression: str = "PI
         with exr.File(header, {channels: pixels}) as f:
             f.write(os.fspath(path))
     except RuntimeError as e:  # the library's I/O failures ("Cannot write image file ..."): an OSError to callers
-        raise OSError(errno.EIO, str(e)) from None
+        full = "No space left on device" in str(e) or "Disk quota exceeded" in str(e)
+        raise OSError(errno.ENOSPC if full else errno.EIO, str(e).splitlines()[0] if str(e) else "") from None
 
 
 def _no_alpha(path: str, suffix: str) -> str:
