@@ -54,6 +54,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as capture/__init__.py: be
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -371,24 +372,28 @@ def resampled_clip(source: Path, n_frames: int, size: tuple[int, int], say: Call
 
     from capture.artifacts import atomic_write, build_lock
     from capture.assets.locate import cache_dir
-    from capture.stream.reader import FrameConverter, VideoReader
+    from capture.stream.reader import FrameConverter
+    from capture.stream.sequence import find_sequence, open_video
     from capture.stream.writer import VideoWriter
 
     w, h = size
-    with VideoReader(source) as reader:
+    with open_video(source) as reader:
         src_w, src_h = reader.width, reader.height
     if abs((w / h) / (src_w / src_h) - 1) > 0.01:
         raise SystemExit(f"error: --size {w}x{h}: {source} is {src_w}x{src_h}; give sizes of its aspect ratio "
                          f"(e.g. {2 * src_w}x{2 * src_h})")
-    stat = source.resolve().stat()
-    key = hashlib.sha256(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    path = cache_dir() / "bench" / f"{source.stem}-{key}-{w}x{h}-{n_frames}.mp4"
+    sequence = None if source.is_file() else find_sequence(str(source))
+    files = [Path(f) for _, f in sequence.frames[:n_frames]] if sequence is not None else [source]
+    stamp = "|".join(f"{f.resolve()}|{f.stat().st_size}|{f.stat().st_mtime_ns}" for f in files)
+    key = hashlib.sha256(stamp.encode()).hexdigest()[:12]
+    stem = source.stem if sequence is None else re.sub(r"%0?\d*d|#+", "", Path(sequence.pattern).stem).strip("._- ")
+    path = cache_dir() / "bench" / f"{stem}-{key}-{w}x{h}-{n_frames}.mp4"
     if not path.is_file():
         with build_lock(path):
             if not path.is_file():
                 say(f"resampling {source} to {w}x{h} ({n_frames} frames) -> {path}")
                 resize = FrameConverter(width=w, height=h, interpolation="BICUBIC")
-                with atomic_write(path, suffix=".mp4") as tmp, VideoReader(source) as reader, \
+                with atomic_write(path, suffix=".mp4") as tmp, open_video(source) as reader, \
                         VideoWriter(tmp, w, h, fps=reader.fps or CLIP_FPS, time_base=reader.time_base, crf=12,
                                     preset="fast") as writer:
                     for frame in itertools.islice(reader, n_frames):
@@ -607,12 +612,20 @@ class Bench:
         if args.input == "synthetic":
             self.clip = synthetic_clip(self.deca, args.frames, parse_size(args.size or DEFAULT_SIZE), say)
         else:
+            from capture.stream.sequence import find_sequence, open_video
+
             self.clip = Path(args.input)
-            if not self.clip.is_file():
-                raise SystemExit(f"error: --input {args.input}: no such file")
-            if args.size is not None:
+            sequence = None if self.clip.is_file() else find_sequence(args.input)
+            if not self.clip.is_file() and sequence is None:
+                raise SystemExit(f"error: --input {args.input}: no such file or image sequence")
+            if args.size is not None or sequence is not None:  # a sequence runs as a clip made of it, once
+                if args.size is None:
+                    with open_video(args.input) as reader:
+                        size = (reader.width, reader.height)
+                else:
+                    size = parse_size(args.size)
                 self.resampled_from = args.input
-                self.clip = resampled_clip(self.clip, args.frames, parse_size(args.size), say)
+                self.clip = resampled_clip(self.clip, args.frames, size, say)
         self.info, self.time_base = clip_info(self.clip)
         self.frame_size = (self.info["height"], self.info["width"])
         self.n_frames = args.frames
@@ -1521,7 +1534,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=prog("capture-fps", "capture.fps"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_version_argument(parser)
-    parser.add_argument("--input", default="synthetic", help="a video file, or 'synthetic' (default)")
+    parser.add_argument("--input", default="synthetic",
+                        help="a video file, an image sequence (a folder or a pattern such as shot/f_%%04d.png, run as "
+                             "a clip made of its first frames), or 'synthetic' (default)")
     parser.add_argument("--frames", type=int, default=200, help="frames per run (default 200)")
     parser.add_argument("--backends", default="all",
                         help=f"comma list from {', '.join(ALL_BACKENDS)}, or 'all' present here (default)")

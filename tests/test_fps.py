@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from capture.appearance import UVSampler, detail_normals, face_incidence, grid_normals, grid_triangles, vertex_normals
 from capture.reference import displacement_to_normals, render_views, world2uv
@@ -367,6 +368,21 @@ def test_resampled_clip_keeps_frames_and_timestamps_and_the_aspect(tmp_path, mon
     with pytest.raises(SystemExit, match="no frames decoded"):  # nothing to resample: one line, nothing cached
         fps.resampled_clip(source, 0, (256, 192), said.append)
     assert not list((tmp_path / "cache").rglob("*-0.mp4"))
+    # an image sequence (plate numbers 1001...): the same frames, at the plate's times, and a new clip when a
+    # file changes
+    plate = tmp_path / "plate"
+    plate.mkdir()
+    with VideoReader(source) as reader:
+        for k, frame in enumerate(reader):
+            Image.fromarray(frame.image).save(plate / f"p.{1001 + k}.png")
+    from_plate = fps.resampled_clip(plate, 4, (256, 192), said.append)
+    with VideoReader(from_plate) as reader:
+        frames = list(reader)
+    assert [int((f.image[96, :, 0] > 100).sum()) for f in frames] == pytest.approx([40, 80, 120, 160], abs=2)
+    assert [f.time for f in frames] == pytest.approx([(1001 + k) / 25 for k in range(4)], abs=1e-3)
+    assert fps.resampled_clip(tmp_path / "plate" / "p.####.png", 4, (256, 192), said.append) == from_plate
+    Image.fromarray(np.zeros((96, 128, 3), np.uint8)).save(plate / "p.1002.png")
+    assert fps.resampled_clip(plate, 4, (256, 192), said.append) != from_plate
     args = fps.parse_args(["--input", str(source), "--sizes", "128x96,256x192"])
     assert args.size == "128x96" and args.no_eager
     assert fps.parse_args(["--input", str(source)]).size is None  # a clip runs at its own size
