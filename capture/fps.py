@@ -110,15 +110,17 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-PARALLEL_SECONDS = 0.2  # each phase of `parallel_speedup`
+PARALLEL_SECONDS = 0.1  # each phase of `parallel_speedup`
+PARALLEL_ROUNDS = 3  # one-thread / every-CPU phase pairs, alternated: a burst of another process moves one pair
 SHARED_CORES = 0.75  # parallel speedup per usable CPU below which the CPUs are taken as not the run's own
 
 
-def parallel_speedup(cpus: int, seconds: float = PARALLEL_SECONDS) -> Optional[float]:
+def parallel_speedup(cpus: int, seconds: float = PARALLEL_SECONDS, rounds: int = PARALLEL_ROUNDS) -> Optional[float]:
     """How many CPUs' work the machine does at once: float32 matrix products (one BLAS thread each) on one
-    thread, then on `cpus` threads together, as a multiple of the one. About `cpus` on cores of one's own;
-    ~1.2 where two virtual CPUs are the two hyper-threads of one physical core, which the guest cannot see (its
-    /proc/cpuinfo shows two cores) and which a hypervisor may change between runs. None with one CPU."""
+    thread, then on `cpus` threads together, as a multiple of the one (the median over `rounds` alternated pairs
+    of phases). About `cpus` on cores of one's own; ~1.2 where two virtual CPUs are the two hyper-threads of one
+    physical core, which the guest cannot see (its /proc/cpuinfo shows two cores) and which a hypervisor may
+    change between runs. None with one CPU."""
     if cpus < 2:
         return None
     from threadpoolctl import threadpool_limits
@@ -132,18 +134,20 @@ def parallel_speedup(cpus: int, seconds: float = PARALLEL_SECONDS) -> Optional[f
             n += 1
         counts[slot] = n
 
+    def phase(threads: int) -> int:
+        counts = [0] * threads
+        deadline = time.perf_counter() + seconds
+        running = [threading.Thread(target=work, args=(deadline, counts, i)) for i in range(threads)]
+        for t in running:
+            t.start()
+        for t in running:
+            t.join()
+        return sum(counts)
+
     with threadpool_limits(1):
         a @ a  # warm
-        one = [0]
-        work(time.perf_counter() + seconds, one, 0)
-        together = [0] * cpus
-        deadline = time.perf_counter() + seconds
-        threads = [threading.Thread(target=work, args=(deadline, together, i)) for i in range(cpus)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    return round(sum(together) / max(one[0], 1), 2)
+        ratios = [phase(cpus) / max(phase(1), 1) for _ in range(rounds)]
+    return round(float(np.median(ratios)), 2)
 
 
 def _memory_gb() -> Optional[float]:

@@ -488,11 +488,16 @@ def test_cpus_that_share_a_core_are_seen_and_said():
     import sys
 
     code = "from capture.fps import parallel_speedup; print(parallel_speedup(2))"
-    one_cpu = subprocess.run(["taskset", "-c", str(min(os.sched_getaffinity(0))), sys.executable, "-c", code],
-                             capture_output=True, text=True, timeout=120) if shutil.which("taskset") else None
-    if one_cpu is not None:
-        assert one_cpu.returncode == 0, one_cpu.stderr
-        assert float(one_cpu.stdout) < 1.4
+    if shutil.which("taskset"):
+        readings = []
+        for _ in range(3):  # the other test workers' bursts can inflate one reading, not three
+            one_cpu = subprocess.run(["taskset", "-c", str(min(os.sched_getaffinity(0))), sys.executable, "-c",
+                                      code], capture_output=True, text=True, timeout=120)
+            assert one_cpu.returncode == 0, one_cpu.stderr
+            readings.append(float(one_cpu.stdout))
+            if readings[-1] < fps.SHARED_CORES * 2:  # what fps.py flags as shared
+                break
+        assert min(readings) < fps.SHARED_CORES * 2, readings
     assert fps.parallel_speedup(1) is None
     run = {"wall_s": 10.0, "cores_busy": 1.8}
     report = {"machine": {"nproc": 2}, "load_average": {"before": [0.2], "after": [0.3]}, "eager": dict(run),
