@@ -226,6 +226,9 @@ def test_face_neighbours_and_bad_input():
         with pytest.raises(ValueError, match="faces up to"):
             aa.antialias(rgb.copy(), None, beyond, frags.depth, x, y, faces_t.numpy(), aa.face_neighbours(faces_t),
                          kernel=kernel)
+    with pytest.raises(ValueError, match="do not fit 4 vertices"):  # a corner past the vertices
+        aa.antialias(rgb.copy(), None, frags.face_id, frags.depth, x, y, faces_t.numpy() + 1,
+                     aa.face_neighbours(faces_t))
     with pytest.raises(ValueError, match="uint8"):
         aa.antialias(rgb.astype(np.float32), None, frags.face_id, frags.depth, x, y, faces_t.numpy(),
                      aa.face_neighbours(faces_t))

@@ -347,6 +347,10 @@ def antialias(rgb: np.ndarray, alpha: Optional[np.ndarray], face_id: torch.Tenso
     faces = np.ascontiguousarray(faces, dtype=np.int64)
     neighbours = np.ascontiguousarray(neighbours, dtype=np.int64)
     x, y = np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y, np.float32)
+    if x.shape != y.shape or neighbours.shape != faces.shape or (faces.size and (faces.min() < 0
+                                                                               or faces.max() >= x.size)):
+        raise ValueError(f"antialias: {faces.shape[0]} faces with corners in [{faces.min(initial=0)}, "
+                         f"{faces.max(initial=0)}] and {neighbours.shape} neighbours do not fit {x.size} vertices")
     if kernel == "numpy" or (kernel == "auto" and kernel_error() is not None):
         return antialias_numpy(rgb, alpha, ids.numpy(), z.numpy(), x, y, faces, neighbours, top, left)
     H, W = ids.shape
