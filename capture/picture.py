@@ -9,7 +9,8 @@ no 2 x 2 chroma block takes pixels from two parts. `rgb()` builds the whole RGB 
 (a display, the API, an encoder that takes another pixel format).
 
 A picture with a transparent background (`--background transparent`) also carries its coverage as parts:
-`alpha`, rectangles of uint8 masks (255 where the head or the input is, 0 elsewhere); `rgba()` builds the whole
+`alpha`, rectangles of uint8 masks (255 where the head or the input is, 0 elsewhere, between on the head's
+antialiased outline: `capture.render.antialias`); `rgba()` builds the whole
 RGBA picture for the writers that keep transparency.
 """
 from __future__ import annotations
