@@ -406,11 +406,12 @@ class ImageSequenceWriter:
         target = self.file_for(number)
         fd, tmp = tempfile.mkstemp(prefix=".capture-", suffix=self._suffix, dir=self._folder)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                if self._format != "EXR":
-                    Image.fromarray(rgb).save(fh, format=self._format, **self._options)
             if self._format == "EXR":  # the library writes by name
+                os.close(fd)
                 write_exr(tmp, rgb, **self._options)
+            else:
+                with os.fdopen(fd, "wb") as fh:
+                    Image.fromarray(rgb).save(fh, format=self._format, **self._options)
             os.replace(tmp, target)
         except OSError as e:
             with contextlib.suppress(OSError):
